@@ -1,0 +1,71 @@
+"""arm64 target: aarch64-linux-gnu with NEON, cross-linked with Debian's toolchain.
+
+The artifact folder carries runtime/ (edgepress-run and the aarch64 TVM runtime), so it runs
+on a device as it is; here it runs under qemu-aarch64, where times mean nothing but outputs do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgepress.backends.aarch64_runtime import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
+from edgepress.backends.compile import compile_relax, make_target
+from edgepress.backends.runners.qemu import RunnerProcess, qemu_missing
+from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+from edgepress.compiler.errors import BackendError
+
+RUNTIME_DIR = "runtime"
+
+
+def tvm_target(options: TargetOptions) -> dict:
+    target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+              "mattr": ["+neon", *[a for a in options.mattr if a != "+neon"]]}
+    if options.mcpu:
+        target["mcpu"] = options.mcpu
+    return target
+
+
+def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+    from tvm.support import cc
+
+    if shutil.which(CROSS_CXX) is None:
+        raise BackendError(
+            f"{CROSS_CXX} not found: the arm64 target links with Debian's cross toolchain "
+            "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
+        )
+    runtime = aarch64_runtime_dir()
+    executable = compile_relax(mod, make_target(target))
+    library = outdir / LIBRARY_NAME
+    try:
+        executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
+    except Exception as err:
+        raise BackendError(f"linking the arm64 library with {CROSS_CXX} failed: {err}") from err
+    (outdir / RUNTIME_DIR).mkdir()
+    files = [library]
+    for name in RUNTIME_FILES:
+        files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
+    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime"}
+
+
+def runner(artifact: Path) -> Runner | str:
+    reason = qemu_missing()
+    if reason:
+        return reason
+    return RunnerProcess(artifact / LIBRARY_NAME, artifact / RUNTIME_DIR / "edgepress-run",
+                         emulate=not _native())
+
+
+def _native() -> bool:
+    import platform
+
+    return platform.machine() in ("aarch64", "arm64")
+
+
+BACKEND = Backend(
+    name="arm64",
+    summary="aarch64 Linux with NEON (--mattr=+dotprod,+i8mm for newer cores); runs under qemu here",
+    tvm_target=tvm_target,
+    build=build,
+    runner=runner,
+)

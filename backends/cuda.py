@@ -1,0 +1,47 @@
+"""CUDA target: dlight GPU schedules, device code compiled to a fatbin by nvcc at build time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepress.backends import cuda_codegen
+from edgepress.backends.compile import compile_relax, make_target
+from edgepress.backends.runners.host import HostRunner
+from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+from edgepress.compiler.errors import BackendError, UsageError
+
+HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+
+
+def tvm_target(options: TargetOptions) -> dict:
+    if not options.arch.startswith("sm_") or not options.arch[3:].isdigit():
+        raise UsageError(f"--arch {options.arch!r}: expected sm_NN, e.g. sm_80 or sm_90")
+    return {"kind": "cuda", "arch": options.arch}
+
+
+def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+    cuda_codegen.prepare(target["arch"])
+    executable = compile_relax(mod, make_target(target, host=HOST))
+    library = outdir / LIBRARY_NAME
+    executable.export_library(str(library))
+    fatbin = cuda_codegen.embedded_fatbin_bytes(library)
+    if fatbin == 0:
+        raise BackendError(f"{library}: the CUDA library holds no device code (only CUDA source); "
+                           "nvcc did not run")
+    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes"}
+
+
+def runner(artifact: Path) -> Runner | str:
+    reason = cuda_codegen.gpu_missing()
+    if reason:
+        return reason
+    return HostRunner(artifact / LIBRARY_NAME, device="cuda")
+
+
+BACKEND = Backend(
+    name="cuda",
+    summary="NVIDIA GPU (--arch sm_80 by default); device code compiled by nvcc, runs where a GPU is",
+    tvm_target=tvm_target,
+    build=build,
+    runner=runner,
+)

@@ -1,0 +1,45 @@
+"""What every target module provides, so the driver never branches on the target's name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+# The compiled library's file name inside an artifact folder, for every target.
+LIBRARY_NAME = "model.so"
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Per-target knobs from the command line; each target reads the ones it knows."""
+
+    mcpu: str | None = None
+    mattr: tuple[str, ...] = ()
+    arch: str = "sm_80"
+
+
+class Runner(Protocol):
+    """Runs an artifact: inputs in the model's input order, outputs in its output order."""
+
+    description: str
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One target: how to make its TVM target, build, package and run the artifact."""
+
+    name: str
+    summary: str
+    tvm_target: Callable[[TargetOptions], dict]
+    # Builds the Relax module into the folder; returns the files written (library first)
+    # and facts for the report.
+    build: Callable[[object, dict, Path], tuple[list[Path], dict]]
+    # A runner for an artifact folder, or the reason it cannot run on this machine.
+    runner: Callable[[Path], Runner | str]
+    extra_files: tuple[str, ...] = field(default=())

@@ -1,0 +1,44 @@
+"""x86-64 host target: LLVM for the build machine's CPU (or --mcpu), run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepress.backends.compile import compile_relax, make_target
+from edgepress.backends.runners.host import HostRunner
+from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+
+
+def host_cpu_name() -> str:
+    """LLVM's name for this machine's CPU (e.g. znver3), so the code uses its vector units."""
+    import tvm
+
+    name = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName", allow_missing=True)
+    return str(name()) if name is not None else "x86-64"
+
+
+def tvm_target(options: TargetOptions) -> dict:
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": options.mcpu or host_cpu_name()}
+    if options.mattr:
+        target["mattr"] = list(options.mattr)
+    return target
+
+
+def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+    executable = compile_relax(mod, make_target(target))
+    library = outdir / LIBRARY_NAME
+    executable.export_library(str(library))
+    return [library], {}
+
+
+def runner(artifact: Path) -> Runner | str:
+    return HostRunner(artifact / LIBRARY_NAME, device="cpu")
+
+
+BACKEND = Backend(
+    name="x86_64",
+    summary="x86-64 Linux, LLVM for this CPU (--mcpu to choose another), runs natively",
+    tvm_target=tvm_target,
+    build=build,
+    runner=runner,
+)

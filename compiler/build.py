@@ -1,0 +1,157 @@
+"""One build: load -> fix shapes -> passes -> model.onnx -> TVM -> library -> verify -> report."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgepress.backends.lower import import_onnx
+from edgepress.backends.target_base import TargetOptions
+from edgepress.backends.targets import get_backend
+from edgepress.compiler import outdir as outdirs
+from edgepress.compiler import report as reports
+from edgepress.compiler.errors import ModelError, VerificationError
+from edgepress.compiler.inputs import load_npz, random_inputs
+from edgepress.compiler.manifest import write_manifest
+from edgepress.compiler.model_io import load_model, sha256_file
+from edgepress.compiler.pipeline import run_pipeline
+from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
+from edgepress.compiler.verify import Tolerance, compare, not_verified, run_onnxruntime
+from edgepress.passes import DEFAULT_PIPELINE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildOptions:
+    model: Path
+    target: str
+    outdir: Path
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    target_options: TargetOptions = field(default_factory=TargetOptions)
+    passes: list[str] = field(default_factory=lambda: list(DEFAULT_PIPELINE))
+    verify_inputs: Path | None = None
+    seed: int = 0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    force: bool = False
+
+
+@dataclass
+class BuildResult:
+    outdir: Path
+    report: dict
+
+    @property
+    def status(self) -> str:
+        return self.report["status"]
+
+
+def _file_sizes(folder: Path, source: Path) -> dict[str, int]:
+    sizes = {"source model": source.stat().st_size}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        sizes[path.relative_to(folder).as_posix()] = path.stat().st_size
+    return sizes
+
+
+def build(opts: BuildOptions) -> BuildResult:
+    """Build and verify; the artifact folder is written even when verification fails (its
+    report says why), then VerificationError is raised."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    backend = get_backend(opts.target)
+    tvm_target = backend.tvm_target(opts.target_options)  # imports TVM (seconds)
+    timings["setup"] = time.perf_counter() - started
+    source = Path(opts.model)
+    given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
+    outdirs.check_outdir(Path(opts.outdir), given, opts.force)
+
+    t = time.perf_counter()
+    proto = load_model(source)
+    source_sha = sha256_file(source)
+    model = ir.from_proto(proto)
+    fix_input_shapes(model, opts.input_shapes, str(source))
+    input_specs = tensor_specs(model_inputs(model))
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model, pass_records = run_pipeline(model, opts.passes)
+    compressed = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(compressed)
+    except onnx.checker.ValidationError as err:
+        raise ModelError(f"{source}: the model after passes [{', '.join(opts.passes)}] fails the "
+                         f"ONNX checker: {str(err).splitlines()[0]}") from err
+    output_specs = tensor_specs(list(model.graph.outputs))
+    timings["passes"] = time.perf_counter() - t
+
+    inputs = (load_npz(opts.verify_inputs, input_specs, "--verify-inputs") if opts.verify_inputs
+              else random_inputs(input_specs, opts.seed))
+    staging = outdirs.staging_dir(Path(opts.outdir))
+    try:
+        model_path = staging / "model.onnx"
+        onnx.save(compressed, model_path)
+
+        t = time.perf_counter()
+        mod = import_onnx(compressed, str(source))
+        timings["import"] = time.perf_counter() - t
+        t = time.perf_counter()
+        files, notes = backend.build(mod, tvm_target, staging)
+        timings["compile"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        reference = run_onnxruntime(source, inputs)
+        tolerance = opts.tolerance
+        after_passes = compare(run_onnxruntime(model_path, inputs), reference, tolerance,
+                               "onnxruntime on the source model")
+        runner = backend.runner(staging)
+        if isinstance(runner, str):
+            artifact_check = not_verified(runner, "onnxruntime on the source model")
+        else:
+            outputs = runner.run([inputs[s.name] for s in input_specs])
+            got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
+            artifact_check = compare(got, reference, tolerance, "onnxruntime on the source model")
+            artifact_check.reference += f"; artifact run by {runner.description}"
+        timings["verify"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+
+        failed = artifact_check.failed or after_passes.failed
+        status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
+        report = {
+            "status": status,
+            "source": {"path": str(source), "sha256": source_sha},
+            "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
+            "inputs": [s.to_json() for s in input_specs],
+            "outputs": [s.to_json() for s in output_specs],
+            "verification_inputs": str(opts.verify_inputs) if opts.verify_inputs
+            else f"random, seed {opts.seed}",
+            "passes": [r.to_json() for r in pass_records],
+            "verification": {"artifact": artifact_check.to_json(),
+                             "passes": after_passes.to_json()},
+            "timings_s": timings,
+        }
+        report["sizes"] = _file_sizes(staging, source)
+        reports.write_json(report, staging / "report.json")
+        (staging / "report.md").write_text(reports.render_markdown(report))
+        write_manifest(staging, source=source, source_sha256=source_sha, target=report["target"],
+                       inputs=report["inputs"], outputs=report["outputs"], status=status)
+        outdirs.commit(staging, Path(opts.outdir))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result = BuildResult(Path(opts.outdir), report)
+    if failed:
+        broken = [f"'{o.name}' ({o.problem})" for v in (artifact_check, after_passes)
+                  for o in v.broken_outputs()]
+        raise VerificationError(
+            f"{source}: the {backend.name} build is outside tolerance against onnxruntime: "
+            f"output {', '.join(broken)}. The artifact and its report are in {opts.outdir}; "
+            "loosen with --atol/--rtol/--min-cosine only if the error is expected."
+        )
+    return result

@@ -1,0 +1,251 @@
+"""`compress`: the command line. Errors are caught here once and become a message and an exit code.
+
+    compress MODEL.onnx --target TARGET -o OUTDIR [--input-shape NAME=1,3,224,224 ...]
+    compress run OUTDIR --inputs in.npz -o out.npz
+    compress inspect MODEL.onnx
+    compress example NAME -o DIR | --list
+    compress passes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+from edgepress.compiler import __version__
+from edgepress.compiler.errors import EdgepressError, UsageError
+
+log = logging.getLogger("edgepress")
+
+SUBCOMMANDS = ("build", "run", "inspect", "example", "passes")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from edgepress.backends.targets import TARGETS
+    from edgepress.compiler.verify import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL
+
+    p = _Parser(prog="compress", description="Compile an ONNX model to a verified native artifact.")
+    p.add_argument("model", type=Path, help="the ONNX model (never modified)")
+    p.add_argument("--target", required=True, metavar="TARGET",
+                   help=f"one of: {', '.join(TARGETS)}")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+                   help="artifact folder to create")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                   help="fix an input's shape (repeat for each dynamic input)")
+    p.add_argument("--mcpu", help="CPU to generate code for (x86_64: default this machine's)")
+    p.add_argument("--mattr", default="", help="extra CPU features, e.g. +dotprod,+i8mm (arm64)")
+    p.add_argument("--arch", default="sm_80", help="CUDA architecture (cuda target)")
+    p.add_argument("--passes", help="comma-separated pass list (see 'compress passes')")
+    p.add_argument("--verify-inputs", type=Path, metavar="X.npz",
+                   help="verification inputs, one array per model input (default: random)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE)
+    p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    _common(p)
+    return p
+
+
+def cmd_build(argv: list[str]) -> int:
+    from edgepress.backends.target_base import TargetOptions
+    from edgepress.compiler.build import BuildOptions, build
+    from edgepress.compiler.errors import VerificationError
+    from edgepress.compiler.pipeline import parse_pass_list
+    from edgepress.compiler.shapes import parse_input_shapes
+    from edgepress.compiler.verify import Tolerance
+    from edgepress.passes import DEFAULT_PIPELINE
+
+    args = _build_parser().parse_args(argv)
+    _configure_logging(args)
+    for flag in ("atol", "rtol"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must not be negative")
+    if not -1.0 <= args.min_cosine <= 1.0:
+        raise UsageError("--min-cosine must lie in [-1, 1]")
+    opts = BuildOptions(
+        model=args.model, target=args.target, outdir=args.output,
+        input_shapes=parse_input_shapes(args.input_shape),
+        target_options=TargetOptions(mcpu=args.mcpu, arch=args.arch,
+                                     mattr=tuple(a for a in args.mattr.split(",") if a)),
+        passes=parse_pass_list(args.passes) if args.passes is not None else list(DEFAULT_PIPELINE),
+        verify_inputs=args.verify_inputs, seed=args.seed,
+        tolerance=Tolerance(args.atol, args.rtol, args.min_cosine), force=args.force)
+    try:
+        result = build(opts)
+    except VerificationError:
+        if not args.quiet and (args.output / "report.md").exists():
+            print((args.output / "report.md").read_text())
+        raise
+    if not args.quiet:
+        print((result.outdir / "report.md").read_text())
+    return 0
+
+
+def cmd_run(argv: list[str]) -> int:
+    import numpy as np
+
+    from edgepress.backends.targets import get_backend
+    from edgepress.compiler.inputs import load_npz
+    from edgepress.compiler.manifest import read_manifest
+    from edgepress.compiler.shapes import TensorSpec
+
+    p = _Parser(prog="compress run", description="Run a built artifact on inputs from an .npz.")
+    p.add_argument("artifact", type=Path, metavar="OUTDIR")
+    p.add_argument("--inputs", required=True, type=Path, metavar="IN.npz")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.npz")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT.npz")
+    _common(p)
+    args = p.parse_args(argv)
+    _configure_logging(args)
+    manifest = read_manifest(args.artifact)
+    specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+    inputs = load_npz(args.inputs, specs, "--inputs")
+    out = args.output
+    if out.resolve() == args.inputs.resolve():
+        raise UsageError(f"-o {out}: would overwrite the inputs file")
+    if out.exists() and not args.force:
+        raise UsageError(f"-o {out}: exists; pass --force to replace it")
+    backend = get_backend(manifest["target"]["name"])
+    runner = backend.runner(args.artifact)
+    if isinstance(runner, str):
+        raise UsageError(f"{args.artifact}: cannot run a {backend.name} artifact here: {runner}")
+    outputs = runner.run([inputs[s.name] for s in specs])
+    names = [o["name"] for o in manifest["outputs"]]
+    with open(out, "wb") as f:
+        np.savez(f, **dict(zip(names, outputs)))
+    if not args.quiet:
+        for name, array in zip(names, outputs):
+            print(f"{name}: {array.dtype} {list(array.shape)}")
+        print(f"wrote {out} ({runner.description})")
+    return 0
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    from edgepress.compiler.inspect_model import render, summarize
+    from edgepress.compiler.shapes import parse_input_shapes
+
+    p = _Parser(prog="compress inspect", description="Describe an ONNX model.")
+    p.add_argument("model", type=Path)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    args = p.parse_args(argv)
+    _configure_logging(args)
+    info = summarize(args.model, parse_input_shapes(args.input_shape))
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def cmd_example(argv: list[str]) -> int:
+    from edgepress.models import EXAMPLES
+
+    p = _Parser(prog="compress example", description="Write a bundled reference model.")
+    p.add_argument("name", nargs="?", help=f"one of: {', '.join(EXAMPLES)}")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR")
+    p.add_argument("--list", action="store_true", help="list the examples")
+    p.add_argument("--force", action="store_true", help="replace files already in DIR")
+    _common(p)
+    args = p.parse_args(argv)
+    _configure_logging(args)
+    if args.list:
+        for example in EXAMPLES.values():
+            print(f"{example.name:<12} {example.summary}")
+        return 0
+    if args.name is None or args.output is None:
+        raise UsageError("compress example: give NAME and -o DIR, or --list")
+    if args.name not in EXAMPLES:
+        raise UsageError(f"compress example: unknown example {args.name!r}; known: "
+                         f"{', '.join(EXAMPLES)}")
+    target = args.output / f"{args.name}.onnx"
+    if target.exists() and not args.force:
+        raise UsageError(f"-o {args.output}: {target} exists; pass --force to replace it")
+    args.output.mkdir(parents=True, exist_ok=True)
+    for path in EXAMPLES[args.name].write(args.output):
+        if not args.quiet:
+            print(path)
+    return 0
+
+
+def cmd_passes(argv: list[str]) -> int:
+    from edgepress.passes import DEFAULT_PIPELINE, PASSES
+
+    p = _Parser(prog="compress passes", description="List the graph passes.")
+    _common(p)
+    p.parse_args(argv)
+    for name, fn in PASSES.items():
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        default = " (default)" if name in DEFAULT_PIPELINE else ""
+        print(f"{name:<20} {doc}{default}")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "run": cmd_run, "inspect": cmd_inspect, "example": cmd_example,
+            "passes": cmd_passes}
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _print_help() -> None:
+    print(textwrap.dedent(f"""\
+        edgepress {__version__}: compile ONNX models to verified native artifacts.
+
+        usage:
+          compress MODEL.onnx --target {{x86_64,arm64,cuda}} -o OUTDIR [--input-shape NAME=D1,...]
+          compress run OUTDIR --inputs IN.npz -o OUT.npz
+          compress inspect MODEL.onnx [--input-shape NAME=D1,...] [--json]
+          compress example NAME -o DIR | compress example --list
+          compress passes
+
+        'compress build --help' (or any subcommand with --help) shows its options."""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"edgepress {__version__}")
+        return 0
+    command, rest = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("build", argv)
+    try:
+        return COMMANDS[command](rest)
+    except EdgepressError as err:
+        if debug:
+            log.exception("failed")
+        print(f"compress: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("compress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug in edgepress or a library: say so, keep the trace on --debug
+        if debug:
+            raise
+        print(f"compress: internal error: {type(err).__name__}: {err} (run with --debug for the "
+              "traceback and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The errors edgepress raises on purpose, caught once at the CLI and turned into an exit code.
+
+Each message says where (file, node, option), what, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgepressError(Exception):
+    """Base of every error the CLI reports as a one-paragraph message."""
+
+    exit_code = 2
+
+
+class UsageError(EdgepressError):
+    """A bad flag, option value or output path."""
+
+
+class ModelError(EdgepressError):
+    """The input file is missing, is not ONNX, or is a malformed model."""
+
+
+class UnsupportedOpError(EdgepressError):
+    """The model has operators the backend cannot lower."""
+
+    exit_code = 3
+
+
+class PassError(EdgepressError):
+    """A graph pass failed; the message names the pass and the passes before it."""
+
+    exit_code = 4
+
+
+class BackendError(EdgepressError):
+    """Lowering, compiling, linking or running the artifact failed."""
+
+    exit_code = 5
+
+
+class VerificationError(EdgepressError):
+    """The artifact's outputs are outside tolerance against onnxruntime."""
+
+    exit_code = 6
+
+
+def node_label(node, index: int | None = None) -> str:
+    """'conv_12' (Conv, #37): node names are optional in ONNX, so fall back to the index."""
+    op = f"{node.domain + '::' if getattr(node, 'domain', '') else ''}{node.op_type}"
+    where = f", #{index}" if index is not None else ""
+    name = node.name or (f"#{index}" if index is not None else "<unnamed>")
+    return f"node '{name}' ({op}{where})"

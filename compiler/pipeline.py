@@ -1,0 +1,58 @@
+"""Running a list of registered passes in order on one clone of the model, recording each."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import onnx_ir as ir
+
+from edgepress.compiler.errors import PassError, UsageError
+from edgepress.passes import PASSES, get_pass
+from edgepress.passes.graph_stats import count_nodes, parameter_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    changes: int
+    nodes_before: int
+    nodes_after: int
+    param_bytes_before: int
+    param_bytes_after: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_pass_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise UsageError(f"--passes: unknown pass(es) {', '.join(unknown)}; known passes: "
+                         f"{', '.join(sorted(PASSES))} (see 'compress passes')")
+    return names
+
+
+def run_pipeline(model: ir.Model, names: list[str]) -> tuple[ir.Model, list[PassRecord]]:
+    """Each pass gets the previous one's model; a crash names the pass and those before it."""
+    records: list[PassRecord] = []
+    for name in names:
+        nodes, params = count_nodes(model), parameter_bytes(model)
+        start = time.perf_counter()
+        try:
+            result = get_pass(name)(model)
+        except Exception as err:
+            done = ", ".join(r.name for r in records) or "nothing"
+            raise PassError(f"pass '{name}' failed after [{done}]: {type(err).__name__}: {err}") from err
+        model = result.model
+        record = PassRecord(name, result.changes, nodes, count_nodes(model), params,
+                            parameter_bytes(model), time.perf_counter() - start)
+        log.info("pass %s: %d changes, nodes %d -> %d, %.2f s", name, record.changes,
+                 record.nodes_before, record.nodes_after, record.seconds)
+        records.append(record)
+    return model, records

@@ -1,0 +1,68 @@
+"""report.json (for machines) and report.md (for people) of one build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _num(x: float | None, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def verification_lines(title: str, v: dict) -> list[str]:
+    lines = [f"### {title}", "", f"Status: **{v['status']}** (reference: {v['reference']})", ""]
+    if v.get("outputs"):
+        tol = v.get("tolerance") or {}
+        lines.append(f"Tolerance: atol {tol.get('atol')}, rtol {tol.get('rtol')}, "
+                     f"min cosine {tol.get('min_cosine')}")
+        lines += ["", "| output | ok | max abs err | max rel err | cosine | mismatched | problem |",
+                  "|---|---|---|---|---|---|---|"]
+        for o in v["outputs"]:
+            lines.append(
+                f"| {o['name']} | {'yes' if o['ok'] else 'NO'} | {_num(o['max_abs_err'])} | "
+                f"{_num(o['max_rel_err'])} | {_num(o['cosine'], '.7f')} | "
+                f"{o['mismatched'] if o['mismatched'] is not None else '-'} | {o['problem'] or ''} |")
+    lines.append("")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# edgepress build: {report['source']['path']} -> {report['target']['name']}", "",
+             f"Status: **{report['status']}**", ""]
+    lines += ["## Sizes", "", "| file | bytes | size |", "|---|---|---|"]
+    for name, n in report["sizes"].items():
+        lines.append(f"| {name} | {n} | {_size(n)} |")
+    lines += ["", "## Passes", "",
+              "| pass | changes | nodes before | nodes after | param bytes before | after | seconds |",
+              "|---|---|---|---|---|---|---|"]
+    for p in report["passes"]:
+        lines.append(f"| {p['name']} | {p['changes']} | {p['nodes_before']} | {p['nodes_after']} | "
+                     f"{p['param_bytes_before']} | {p['param_bytes_after']} | {p['seconds']:.2f} |")
+    lines += ["", "## Verification", ""]
+    lines += verification_lines("Artifact vs onnxruntime on the source model",
+                                report["verification"]["artifact"])
+    lines += verification_lines("model.onnx (after passes) vs the source model, both in onnxruntime",
+                                report["verification"]["passes"])
+    lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]
+    for key, value in report["target"].get("notes", {}).items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "| stage | seconds |", "|---|---|"]
+    for stage, seconds in report["timings_s"].items():
+        lines.append(f"| {stage} | {seconds:.2f} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Fixing the model's input shapes from --input-shape, with a message listing what stays dynamic.
+
+TVM and the folding of shape subgraphs need static shapes; exported models usually have a
+symbolic batch (and often spatial) dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from edgepress.compiler.errors import ModelError, UsageError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output with a static shape and a numpy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def parse_input_shapes(flags: list[str]) -> dict[str, tuple[int, ...]]:
+    """'images=1,3,224,224' flags -> {'images': (1, 3, 224, 224)}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for flag in flags:
+        name, sep, dims = flag.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"--input-shape {flag!r}: expected NAME=D1,D2,..., e.g. images=1,3,224,224")
+        try:
+            values = tuple(int(d) for d in dims.split(",") if d.strip() != "")
+        except ValueError:
+            raise UsageError(f"--input-shape {flag!r}: dimensions must be whole numbers") from None
+        if any(v <= 0 for v in values):
+            raise UsageError(f"--input-shape {flag!r}: dimensions must be positive")
+        if name in shapes:
+            raise UsageError(f"--input-shape: input '{name}' is given twice")
+        shapes[name] = values
+    return shapes
+
+
+def model_inputs(model: ir.Model) -> list[ir.Value]:
+    """Graph inputs that are real inputs (old exporters also list initializers as inputs)."""
+    return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+
+def _dims_text(value: ir.Value) -> str:
+    if value.shape is None:
+        return "unknown rank"
+    return "[" + ", ".join(str(d) if isinstance(d, int) else f"{d.value or '?'}*" for d in value.shape) + "]"
+
+
+def _is_static(value: ir.Value) -> bool:
+    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Set every input's shape from `shapes`; fail listing every input that stays dynamic."""
+    inputs = {v.name: v for v in model_inputs(model)}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise UsageError(
+            f"--input-shape names {', '.join(map(repr, unknown))}, which {source} does not have; "
+            f"its inputs are: {', '.join(inputs) or '(none)'}"
+        )
+    for name, dims in shapes.items():
+        value = inputs[name]
+        if value.shape is not None:
+            if len(value.shape) != len(dims):
+                raise UsageError(
+                    f"--input-shape {name}={','.join(map(str, dims))}: {source} declares input "
+                    f"'{name}' with rank {len(value.shape)} {_dims_text(value)}, not rank {len(dims)}"
+                )
+            for axis, (have, want) in enumerate(zip(value.shape, dims)):
+                if isinstance(have, int) and have != want:
+                    raise UsageError(
+                        f"--input-shape {name}={','.join(map(str, dims))}: dimension {axis} of "
+                        f"input '{name}' is fixed to {have} in {source}, not {want}"
+                    )
+        value.shape = ir.Shape(dims)
+    dynamic = [v for v in inputs.values() if not _is_static(v)]
+    if dynamic:
+        lines = []
+        for v in inputs.values():
+            mark = "static" if _is_static(v) else "dynamic (* marks symbolic dims)"
+            lines.append(f"'{v.name}' {_dims_text(v)} {mark}")
+        suggestion = " ".join(
+            "--input-shape " + v.name + "=" + ",".join(
+                str(d) if isinstance(d, int) else "1" for d in (v.shape or [1])
+            )
+            for v in dynamic
+        )
+        raise ModelError(
+            f"{source}: inputs with dynamic dimensions need a fixed shape. Inputs: "
+            + "; ".join(lines)
+            + f". Pass for example: {suggestion} (replace each 1 put for a symbolic dim by the "
+            "size you deploy with)."
+        )
+    # Outputs declared with symbolic dims are re-inferred from the now static inputs.
+    for out in model.graph.outputs:
+        if out.shape is not None and not all(isinstance(d, int) for d in out.shape):
+            out.shape = None
+
+
+def numpy_dtype(value: ir.Value) -> str:
+    if value.dtype is None:
+        raise ModelError(f"value '{value.name}' has no element type")
+    return str(value.dtype.numpy())
+
+
+def tensor_specs(values: list[ir.Value]) -> list[TensorSpec]:
+    """Static specs of inputs or outputs (after shapes were fixed and inferred)."""
+    specs = []
+    for v in values:
+        shape = tuple(d if isinstance(d, int) else -1 for d in (v.shape or ()))
+        specs.append(TensorSpec(v.name, shape, numpy_dtype(v)))
+    return specs

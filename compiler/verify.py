@@ -1,0 +1,134 @@
+"""Comparing an artifact's outputs with onnxruntime's, output by output.
+
+An output passes when every element satisfies |got - ref| <= atol + rtol * |ref| (numpy's
+allclose) and the cosine similarity of the flattened outputs is at least min_cosine. The
+reported max relative error divides by max(|ref|, 1e-3 * max|ref|), so elements near zero are
+measured against the output's scale instead of blowing up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+# fp32 defaults: TVM and onnxruntime sum in different orders, so deep nets differ by a few ulps
+# of their largest activations; an element off by more than this is a real bug.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+DEFAULT_MIN_COSINE = 0.9999
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    min_cosine: float = DEFAULT_MIN_COSINE
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    ok: bool
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    cosine: float | None = None
+    mismatched: int | None = None
+    elements: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Verification:
+    """The result of one comparison; `status` is 'ok', 'failed' or 'not verified: <why>'."""
+
+    status: str
+    reference: str
+    outputs: list[OutputCheck] = field(default_factory=list)
+    tolerance: Tolerance | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def broken_outputs(self) -> list[OutputCheck]:
+        return [o for o in self.outputs if not o.ok]
+
+
+def not_verified(reason: str, reference: str = "onnxruntime") -> Verification:
+    return Verification(status=f"not verified: {reason}", reference=reference)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> OutputCheck:
+    if got.shape != ref.shape:
+        return OutputCheck(name, False, problem=f"shape {got.shape}, expected {ref.shape}")
+    if ref.dtype.kind in "biu" or got.dtype.kind in "biu":
+        mismatched = int(np.count_nonzero(got != ref))
+        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        return OutputCheck(name, mismatched == 0, float(diff.max(initial=0.0)), None,
+                           cosine_similarity(got, ref), mismatched, int(ref.size))
+    got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+    if not np.all(np.isfinite(got64) == np.isfinite(ref64)):
+        return OutputCheck(name, False, problem="non-finite values differ (NaN or Inf)")
+    finite = np.isfinite(ref64)
+    diff = np.abs(got64[finite] - ref64[finite])
+    scale = float(np.abs(ref64[finite]).max(initial=0.0))
+    rel = diff / np.maximum(np.abs(ref64[finite]), max(1e-3 * scale, np.finfo(np.float64).tiny))
+    mismatched = int(np.count_nonzero(diff > tol.atol + tol.rtol * np.abs(ref64[finite])))
+    cosine = cosine_similarity(got64[finite], ref64[finite])
+    ok = mismatched == 0 and cosine >= tol.min_cosine
+    problem = None
+    if not ok:
+        problem = (f"{mismatched} of {ref.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}"
+                   if mismatched else f"cosine {cosine:.6f} < {tol.min_cosine}")
+    return OutputCheck(name, ok, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
+                       cosine, mismatched, int(ref.size), problem)
+
+
+def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Tolerance,
+            reference: str) -> Verification:
+    checks = []
+    for name, ref_array in ref.items():
+        if name not in got:
+            checks.append(OutputCheck(name, False, problem="output missing from the artifact"))
+            continue
+        checks.append(check_output(name, np.asarray(got[name]), np.asarray(ref_array), tol))
+    status = "ok" if all(c.ok for c in checks) else "failed"
+    return Verification(status=status, reference=reference, outputs=checks, tolerance=tol)
+
+
+def run_onnxruntime(model_path: Path | bytes, inputs: dict[str, np.ndarray],
+                    *, optimize: bool = False, threads: int = 0) -> dict[str, np.ndarray]:
+    """Outputs of `model_path` in onnxruntime's CPU provider, by output name.
+
+    Graph optimizations are off by default so the reference is the model as written.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    source = model_path if isinstance(model_path, bytes) else str(model_path)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))

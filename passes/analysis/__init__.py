@@ -1,0 +1,1 @@
+"""Read-only analyses of a model (MACs, parameters) shared by inspect, reports and pruning."""

@@ -1,0 +1,1 @@
+"""Cleanup passes: folding, dead code, no-op removal."""

@@ -1,0 +1,45 @@
+"""The one registry of passes: name -> function from an onnx_ir model to a PassResult."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the model (possibly the same object, changed in place) and an
+    honest count of the rewrites it made."""
+
+    model: ir.Model
+    changes: int
+
+
+PassFn = Callable[..., PassResult]
+PASSES: dict[str, PassFn] = {}
+
+# The order `compress` runs when --passes is not given.
+DEFAULT_PIPELINE: list[str] = ["fold_constants"]
+
+
+def register_pass(name: str) -> Callable[[PassFn], PassFn]:
+    """Register `fn` under `name`; a name can be registered once."""
+
+    def wrap(fn: PassFn) -> PassFn:
+        if name in PASSES:
+            raise ValueError(f"pass '{name}' is registered twice")
+        PASSES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_pass(name: str) -> PassFn:
+    """The pass called `name`; an unknown name raises listing the known ones."""
+    try:
+        return PASSES[name]
+    except KeyError:
+        known = ", ".join(sorted(PASSES))
+        raise KeyError(f"unknown pass '{name}'; known passes: {known}") from None
