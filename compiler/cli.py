@@ -201,8 +201,11 @@ COMMANDS = {"build": cmd_build, "run": cmd_run, "inspect": cmd_inspect, "example
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Libraries (onnxscript, TVM) log chattily at INFO: only edgepress's own progress shows.
+    ours = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("edgepress").setLevel(ours)
 
 
 def _print_help() -> None:

@@ -10,6 +10,7 @@ import onnx_ir.passes.common as common_passes
 
 from edgepress.compiler.model_io import load_model
 from edgepress.compiler.shapes import model_inputs
+from edgepress.passes import get_pass
 from edgepress.passes.analysis.macs import count_macs
 
 
@@ -30,6 +31,7 @@ def summarize(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None
         common_passes.ShapeInferencePass(strict_mode=False)(model)
     except Exception:  # inspection works on models shape inference cannot handle
         pass
+    static = all(v.shape is not None and all(isinstance(d, int) for d in v.shape) for v in inputs)
     histogram = Counter(
         (f"{n.domain}::" if n.domain not in ("", "ai.onnx") else "") + n.op_type
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -47,8 +49,19 @@ def summarize(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None
         "op_histogram": dict(histogram.most_common()),
         "parameters": int(sum(t.size for t in params)),
         "parameter_bytes": int(sum(t.nbytes for t in params)),
-        "macs": count_macs(model),
+        "macs": _macs(model, static),
     }
+
+
+def _macs(model: ir.Model, static_inputs: bool) -> int | None:
+    """MACs need every counted op's shape; with static inputs, folding shape subgraphs gives them."""
+    macs = count_macs(model)
+    if macs is None and static_inputs:
+        try:
+            macs = count_macs(get_pass("fold_constants")(model).model)
+        except Exception:  # an unfoldable model still gets the rest of its description
+            return None
+    return macs
 
 
 def render(info: dict) -> str:

@@ -52,7 +52,7 @@ def run_pipeline(model: ir.Model, names: list[str]) -> tuple[ir.Model, list[Pass
         model = result.model
         record = PassRecord(name, result.changes, nodes, count_nodes(model), params,
                             parameter_bytes(model), time.perf_counter() - start)
-        log.info("pass %s: %d changes, nodes %d -> %d, %.2f s", name, record.changes,
+        log.debug("pass %s: %d changes, nodes %d -> %d, %.2f s", name, record.changes,
                  record.nodes_before, record.nodes_after, record.seconds)
         records.append(record)
     return model, records

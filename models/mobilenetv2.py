@@ -54,10 +54,14 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def write_mobilenetv2(folder: Path, seed: int = 0) -> list[Path]:
-    generator = torch.Generator().manual_seed(seed)
+def mobilenetv2(seed: int = 0) -> MobileNetV2:
+    """Seeded random weights and BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
     model = MobileNetV2()
-    randomize_batchnorm(model, generator)
-    return [export_onnx(model, torch.randn(1, 3, 224, 224, generator=generator),
+    randomize_batchnorm(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def write_mobilenetv2(folder: Path, seed: int = 0) -> list[Path]:
+    return [export_onnx(mobilenetv2(seed), torch.zeros(1, 3, 224, 224),
                         folder / "mobilenetv2.onnx")]

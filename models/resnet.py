@@ -47,10 +47,13 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-def write_resnet18(folder: Path, seed: int = 0) -> list[Path]:
-    generator = torch.Generator().manual_seed(seed)
+def resnet18(seed: int = 0) -> ResNet18:
+    """Seeded random weights and BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
     model = ResNet18()
-    randomize_batchnorm(model, generator)
-    return [export_onnx(model, torch.randn(1, 3, 224, 224, generator=generator),
-                        folder / "resnet18.onnx")]
+    randomize_batchnorm(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def write_resnet18(folder: Path, seed: int = 0) -> list[Path]:
+    return [export_onnx(resnet18(seed), torch.zeros(1, 3, 224, 224), folder / "resnet18.onnx")]

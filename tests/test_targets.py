@@ -1,0 +1,72 @@
+"""A build per target of a tiny model; outputs compared with onnxruntime by the test itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from tests import builders
+from tests.conftest import ort_outputs, save
+from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return save(builders.conv_relu(), tmp_path / "tiny.onnx")
+
+
+def _run_artifact(cli, artifact, tmp_path, x):
+    np.savez(tmp_path / "in.npz", x=x)
+    result = cli("run", artifact, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert result.code == 0, result.err
+    return np.load(tmp_path / "out.npz")["y"]
+
+
+@pytest.mark.parametrize("target", ["x86_64", "arm64"])
+def test_cpu_target_builds_verifies_and_runs(cli, tiny, tmp_path, target):
+    out = tmp_path / f"art-{target}"
+    result = cli(tiny, "--target", target, "-o", out)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "ok"
+    assert report["verification"]["artifact"]["status"] == "ok"
+    if target == "arm64":
+        assert "qemu-aarch64" in report["verification"]["artifact"]["reference"]
+        assert (out / "model.so").read_bytes()[18:20] == struct.pack("<H", 183)  # EM_AARCH64
+        assert (out / "runtime" / "edgepress-run").is_file()
+    else:
+        assert (out / "model.so").read_bytes()[18:20] == struct.pack("<H", 62)  # EM_X86_64
+    # Independent of the build's own verification: run the artifact and compare here.
+    x = np.random.default_rng(7).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    got = _run_artifact(cli, out, tmp_path, x)
+    (ref,) = ort_outputs(tiny, {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_target_embeds_device_code(cli, tiny, tmp_path):
+    from edgepress.backends import cuda_codegen
+
+    out = tmp_path / "art-cuda"
+    result = cli(tiny, "--target", "cuda", "--arch", "sm_80", "-o", out)
+    assert result.code == 0, result.err
+    library = (out / "model.so").read_bytes()
+    assert cuda_codegen.FATBIN_MAGIC in library
+    assert b"__global__" not in library  # device code compiled, not CUDA C source
+    report = json.loads((out / "report.json").read_text())
+    status = report["verification"]["artifact"]["status"]
+    if cuda_codegen.gpu_missing():
+        assert status.startswith("not verified: no GPU")
+        assert report["status"] != "ok"
+    else:
+        assert status == "ok"
+
+
+def test_cuda_rejects_malformed_arch(cli, tiny, tmp_path):
+    result = cli(tiny, "--target", "cuda", "--arch", "ampere", "-o", tmp_path / "a")
+    assert result.code == 2
+    assert "--arch 'ampere'" in result.err

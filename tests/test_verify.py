@@ -1,0 +1,44 @@
+"""The comparison behind every build, against figures computed here with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepress.compiler.verify import Tolerance, compare
+
+
+def test_figures_match_numpy():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 10)).astype(np.float32)
+    got = ref + rng.normal(0, 1e-6, ref.shape).astype(np.float32)
+    v = compare({"y": got}, {"y": ref}, Tolerance(), "test")
+    (o,) = v.outputs
+    assert v.ok and o.ok
+    diff = np.abs(got.astype(np.float64) - ref)
+    assert o.max_abs_err == diff.max()
+    a, b = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    assert abs(o.cosine - a @ b / np.linalg.norm(a) / np.linalg.norm(b)) < 1e-12
+
+
+def test_one_bad_element_fails_and_is_counted():
+    ref = np.ones((3, 3), np.float32)
+    got = ref.copy()
+    got[1, 2] += 0.01
+    v = compare({"y": got}, {"y": ref}, Tolerance(atol=1e-4, rtol=1e-3), "test")
+    assert v.failed and v.outputs[0].mismatched == 1
+    assert "1 of 9 elements" in v.outputs[0].problem
+
+
+def test_shape_mismatch_nan_and_missing_output_fail():
+    ref = {"a": np.zeros(3, np.float32), "b": np.zeros(3, np.float32), "c": np.zeros(2, np.float32)}
+    got = {"a": np.zeros(4, np.float32), "b": np.array([0, np.nan, 0], np.float32)}
+    v = compare(got, ref, Tolerance(), "test")
+    problems = {o.name: o.problem for o in v.outputs}
+    assert "shape" in problems["a"] and "NaN" in problems["b"] and "missing" in problems["c"]
+    assert v.failed
+
+
+def test_integer_outputs_must_match_exactly():
+    ref = np.arange(5)
+    v = compare({"i": ref + np.array([0, 0, 1, 0, 0])}, {"i": ref}, Tolerance(), "test")
+    assert v.failed and v.outputs[0].mismatched == 1
