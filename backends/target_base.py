@@ -26,8 +26,13 @@ class Runner(Protocol):
     """Runs an artifact: inputs in the model's input order, outputs in its output order."""
 
     description: str
+    emulated: bool  # True when run under an emulator: outputs count, times do not
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def time(self, inputs: list[np.ndarray], repeat: int) -> list[float]:
+        """Seconds per run, one sample per repeat, after a warm-up."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -13,27 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
 from pathlib import Path
-
-
-def onnxruntime_ms(model: Path, feeds: dict, threads: int, repeat: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -43,15 +23,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
-    # TVM's runtime reads its thread count at start-up: set it before importing TVM.
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from edgepress.backends.threads import size_pool_to_all_cores
 
-    import numpy as np
+    size_pool_to_all_cores()  # before TVM's thread pool starts
 
-    from edgepress.backends.runners.host import HostRunner
+    from edgepress.compiler.bench import bench
     from edgepress.compiler.cli import main as compress
-    from edgepress.compiler.inputs import random_inputs
-    from edgepress.compiler.shapes import TensorSpec
     from edgepress.models import EXAMPLES
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -73,16 +50,9 @@ def main() -> None:
                            "max_abs_err": worst.get("max_abs_err"),
                            "max_rel_err": worst.get("max_rel_err"),
                            "cosine": worst.get("cosine")}
-        manifest = json.loads((args.out / f"{name}-x86_64" / "manifest.json").read_text())
-        specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
-        feeds = random_inputs(specs, seed=0)
-        runner = HostRunner(args.out / f"{name}-x86_64" / "model.so")
-        runner.run([feeds[s.name] for s in specs])
-        number = 1 if name != "digits" else 100
-        samples = runner.time([feeds[s.name] for s in specs], number=number, repeat=args.repeat)
-        row["artifact_ms"] = statistics.median(samples) * 1e3
-        row["onnxruntime_ms"] = onnxruntime_ms(model, feeds, args.threads, args.repeat)
-        row["speedup"] = row["onnxruntime_ms"] / row["artifact_ms"]
+        timing = bench(args.out / f"{name}-x86_64", threads=args.threads, repeat=args.repeat)
+        row.update(artifact_ms=timing.artifact_ms, onnxruntime_ms=timing.onnxruntime_ms,
+                   speedup=timing.speedup)
         rows.append(row)
         print(json.dumps(row), flush=True)
 

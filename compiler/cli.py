@@ -2,6 +2,7 @@
 
     compress MODEL.onnx --target TARGET -o OUTDIR [--input-shape NAME=1,3,224,224 ...]
     compress run OUTDIR --inputs in.npz -o out.npz
+    compress bench OUTDIR [--threads N] [--repeat N] [--json]
     compress inspect MODEL.onnx
     compress example NAME -o DIR | --list
     compress passes
@@ -16,12 +17,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from edgepress.backends.threads import size_pool_to_all_cores
 from edgepress.compiler import __version__
 from edgepress.compiler.errors import EdgepressError, UsageError
 
 log = logging.getLogger("edgepress")
 
-SUBCOMMANDS = ("build", "run", "inspect", "example", "passes")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +138,31 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    from edgepress.compiler.bench import bench, record_in_report
+
+    p = _Parser(prog="compress bench",
+                description="Time an artifact against onnxruntime, same inputs and threads.")
+    p.add_argument("artifact", type=Path, metavar="OUTDIR")
+    p.add_argument("--threads", type=int, default=1, help="threads for both (default 1)")
+    p.add_argument("--repeat", type=int, default=50, help="timed runs of each (default 50)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    args = p.parse_args(argv)
+    _configure_logging(args)
+    result = bench(args.artifact, threads=args.threads, repeat=args.repeat, warmup=args.warmup)
+    record_in_report(args.artifact, result)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif not args.quiet:
+        print(f"artifact     {result.artifact_ms:10.3f} ms (p90 {result.artifact_p90_ms:.3f})\n"
+              f"onnxruntime  {result.onnxruntime_ms:10.3f} ms (p90 {result.onnxruntime_p90_ms:.3f})\n"
+              f"speedup      {result.speedup:10.3f}x (onnxruntime / artifact; {result.threads} "
+              f"thread(s), median of {result.repeat})")
+    return 0
+
+
 def cmd_inspect(argv: list[str]) -> int:
     from edgepress.compiler.inspect_model import render, summarize
     from edgepress.compiler.shapes import parse_input_shapes
@@ -196,8 +222,8 @@ def cmd_passes(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "run": cmd_run, "inspect": cmd_inspect, "example": cmd_example,
-            "passes": cmd_passes}
+COMMANDS = {"build": cmd_build, "run": cmd_run, "bench": cmd_bench, "inspect": cmd_inspect,
+            "example": cmd_example, "passes": cmd_passes}
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -215,6 +241,7 @@ def _print_help() -> None:
         usage:
           compress MODEL.onnx --target {{x86_64,arm64,cuda}} -o OUTDIR [--input-shape NAME=D1,...]
           compress run OUTDIR --inputs IN.npz -o OUT.npz
+          compress bench OUTDIR [--threads N] [--repeat N] [--json]
           compress inspect MODEL.onnx [--input-shape NAME=D1,...] [--json]
           compress example NAME -o DIR | compress example --list
           compress passes
@@ -225,6 +252,7 @@ def _print_help() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    size_pool_to_all_cores()
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return 0

@@ -58,6 +58,15 @@ def render_markdown(report: dict) -> str:
                                 report["verification"]["artifact"])
     lines += verification_lines("model.onnx (after passes) vs the source model, both in onnxruntime",
                                 report["verification"]["passes"])
+    if "bench" in report:
+        b = report["bench"]
+        lines += ["## Speed", "",
+                  f"{b['threads']} thread(s), median of {b['repeat']} runs after {b['warmup']} "
+                  f"warm-up runs, same inputs, one run ({b['runner']}).", "",
+                  "| | median ms | p90 ms |", "|---|---|---|",
+                  f"| artifact | {b['artifact_ms']:.3f} | {b['artifact_p90_ms']:.3f} |",
+                  f"| onnxruntime | {b['onnxruntime_ms']:.3f} | {b['onnxruntime_p90_ms']:.3f} |",
+                  "", f"Speedup (onnxruntime / artifact): **{b['speedup']:.3f}x**", ""]
     lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]
     for key, value in report["target"].get("notes", {}).items():
         lines.append(f"- {key}: {value}")

@@ -23,6 +23,7 @@ class HostRunner:
         self.library = Path(library)
         self.device_name = device
         self.description = f"in-process TVM VM on {device}"
+        self.emulated = False
         self._vm = None
 
     def _load(self):
@@ -48,12 +49,13 @@ class HostRunner:
         except Exception as err:
             raise BackendError(f"{self.library}: running the artifact failed: {_first_line(err)}") from err
 
-    def time(self, inputs: list[np.ndarray], number: int, repeat: int) -> list[float]:
-        """Seconds per run, `repeat` samples of `number` runs each."""
+    def time(self, inputs: list[np.ndarray], repeat: int, number: int = 1) -> list[float]:
+        """Seconds per run, `repeat` samples of `number` runs each (after one warm-up run)."""
         import tvm
 
         if self._vm is None:
             self._load()
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in inputs]
+        self._vm["main"](*args)  # warm-up: first-call allocation and page faults
         timer = self._vm.time_evaluator("main", self._device, number=number, repeat=repeat)
         return list(timer(*args).results)

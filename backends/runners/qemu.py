@@ -36,6 +36,7 @@ class RunnerProcess:
         self.emulate = emulate
         self.timeout_s = timeout_s
         self.description = f"{runner.name} under {QEMU}" if emulate else f"{runner.name} natively"
+        self.emulated = emulate  # times under qemu mean nothing
 
     def _command(self, out_dir: Path, inputs: list[Path], repeat: int) -> list[str]:
         cmd = [str(self.runner), str(self.library), str(out_dir), *map(str, inputs)]

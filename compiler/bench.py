@@ -1,0 +1,124 @@
+"""`compress bench`: the artifact against onnxruntime, same inputs, same thread count, one run.
+
+Both are timed in alternating rounds (onnxruntime, artifact, onnxruntime, ...) after warm-up,
+so drift on a shared machine hits both alike. onnxruntime runs the source model (the one the
+artifact was built from, if it is still there unchanged; else the artifact's model.onnx) with
+its graph optimizations on, as users run it. speedup = onnxruntime_ms / artifact_ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepress.backends.targets import get_backend
+from edgepress.backends.threads import use_threads
+from edgepress.compiler import report as reports
+from edgepress.compiler.errors import UsageError
+from edgepress.compiler.inputs import random_inputs
+from edgepress.compiler.manifest import read_manifest, write_manifest
+from edgepress.compiler.model_io import sha256_file
+from edgepress.compiler.shapes import TensorSpec
+
+log = logging.getLogger(__name__)
+
+ROUNDS = 5
+
+
+@dataclass
+class BenchResult:
+    artifact_ms: float
+    artifact_p90_ms: float
+    onnxruntime_ms: float
+    onnxruntime_p90_ms: float
+    speedup: float
+    threads: int
+    repeat: int
+    warmup: int
+    runner: str
+    onnxruntime_model: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _p90(samples: list[float]) -> float:
+    return float(np.percentile(samples, 90))
+
+
+def _reference_model(artifact: Path, manifest: dict) -> Path:
+    source = Path(manifest["source"]["path"])
+    if source.is_file() and sha256_file(source) == manifest["source"]["sha256"]:
+        return source
+    log.warning("source model %s is gone or changed; timing onnxruntime on %s/model.onnx",
+                source, artifact)
+    return artifact / "model.onnx"
+
+
+def _ort_session(model: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def bench(artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: int = 0) -> BenchResult:
+    if threads < 1 or repeat < 1 or warmup < 0:
+        raise UsageError("--threads and --repeat must be at least 1, --warmup at least 0")
+    manifest = read_manifest(artifact)
+    backend = get_backend(manifest["target"]["name"])
+    runner = backend.runner(artifact)
+    if isinstance(runner, str):
+        raise UsageError(f"{artifact}: cannot time a {backend.name} artifact here: {runner}")
+    if runner.emulated:
+        raise UsageError(
+            f"{artifact}: a {backend.name} artifact runs under an emulator here, whose times mean "
+            "nothing; time it on the device with runtime/edgepress-run ... --repeat N")
+    specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+    feeds = random_inputs(specs, seed)
+    ordered = [feeds[s.name] for s in specs]
+    reference = _reference_model(artifact, manifest)
+    session = _ort_session(reference, threads)
+    use_threads(threads)
+
+    for _ in range(warmup):
+        session.run(None, feeds)
+        runner.run(ordered)
+    ort_samples: list[float] = []
+    art_samples: list[float] = []
+    per_round = max(1, -(-repeat // ROUNDS))
+    while len(art_samples) < repeat:
+        n = min(per_round, repeat - len(art_samples))
+        for _ in range(n):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            ort_samples.append((time.perf_counter() - start) * 1e3)
+        art_samples += [s * 1e3 for s in runner.time(ordered, n)]
+    art_ms, ort_ms = statistics.median(art_samples), statistics.median(ort_samples)
+    return BenchResult(art_ms, _p90(art_samples), ort_ms, _p90(ort_samples), ort_ms / art_ms,
+                       threads, repeat, warmup, runner.description, str(reference))
+
+
+def record_in_report(artifact: Path, result: BenchResult) -> None:
+    """Add the figures to report.json/report.md and refresh the manifest's hashes."""
+    import json
+
+    report_path = artifact / "report.json"
+    report = json.loads(report_path.read_text())
+    report["bench"] = result.to_json()
+    reports.write_json(report, report_path)
+    (artifact / "report.md").write_text(reports.render_markdown(report))
+    manifest = read_manifest(artifact)
+    write_manifest(artifact, source=Path(manifest["source"]["path"]),
+                   source_sha256=manifest["source"]["sha256"], target=manifest["target"],
+                   inputs=manifest["inputs"], outputs=manifest["outputs"],
+                   status=manifest["status"])
