@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from edgepress.backends.aarch64_runtime import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
-from edgepress.backends.compile import compile_relax, make_target
+from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.qemu import RunnerProcess, qemu_missing
 from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
 from edgepress.compiler.errors import BackendError
@@ -26,7 +26,7 @@ def tvm_target(options: TargetOptions) -> dict:
     return target
 
 
-def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
     from tvm.support import cc
 
     if shutil.which(CROSS_CXX) is None:
@@ -35,7 +35,9 @@ def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
             "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
         )
     runtime = aarch64_runtime_dir()
-    executable = compile_relax(mod, make_target(target))
+    executable, tuned = compile_module(
+        mod, target, tuning, cannot_measure="arm64 code runs only under qemu here, whose times "
+        "mean nothing (tuning needs the device)")
     library = outdir / LIBRARY_NAME
     try:
         executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
@@ -45,7 +47,8 @@ def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
     files = [library]
     for name in RUNTIME_FILES:
         files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
-    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime"}
+    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime",
+                   "tuning": tuned}
 
 
 def runner(artifact: Path) -> Runner | str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepress.backends import cuda_codegen
-from edgepress.backends.compile import compile_relax, make_target
+from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.host import HostRunner
 from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
 from edgepress.compiler.errors import BackendError, UsageError
@@ -19,16 +19,19 @@ def tvm_target(options: TargetOptions) -> dict:
     return {"kind": "cuda", "arch": options.arch}
 
 
-def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
     cuda_codegen.prepare(target["arch"])
-    executable = compile_relax(mod, make_target(target, host=HOST))
+    cannot_measure = cuda_codegen.gpu_missing() if tuning.requested else None
+    executable, tuned = compile_module(mod, target, tuning, host=HOST,
+                                       cannot_measure=cannot_measure)
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library))
     fatbin = cuda_codegen.embedded_fatbin_bytes(library)
     if fatbin == 0:
         raise BackendError(f"{library}: the CUDA library holds no device code (only CUDA source); "
                            "nvcc did not run")
-    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes"}
+    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
+                       "tuning": tuned}
 
 
 def runner(artifact: Path) -> Runner | str:

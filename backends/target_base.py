@@ -42,9 +42,9 @@ class Backend:
     name: str
     summary: str
     tvm_target: Callable[[TargetOptions], dict]
-    # Builds the Relax module into the folder; returns the files written (library first)
-    # and facts for the report.
-    build: Callable[[object, dict, Path], tuple[list[Path], dict]]
+    # Builds the Relax module into the folder with the given TuningOptions; returns the files
+    # written (library first) and facts for the report (its "tuning" entry: None or a summary).
+    build: Callable[..., tuple[list[Path], dict]]
     # A runner for an artifact folder, or the reason it cannot run on this machine.
     runner: Callable[[Path], Runner | str]
     extra_files: tuple[str, ...] = field(default=())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepress.backends.compile import compile_relax, make_target
+import os
+
+from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.host import HostRunner
 from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
 
@@ -18,17 +20,19 @@ def host_cpu_name() -> str:
 
 
 def tvm_target(options: TargetOptions) -> dict:
-    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": options.mcpu or host_cpu_name()}
+    # num-cores: MetaSchedule sizes parallel loops by it (and refuses to tune without it).
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": options.mcpu or host_cpu_name(),
+              "num-cores": os.cpu_count() or 1}
     if options.mattr:
         target["mattr"] = list(options.mattr)
     return target
 
 
-def build(mod, target: dict, outdir: Path) -> tuple[list[Path], dict]:
-    executable = compile_relax(mod, make_target(target))
+def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
+    executable, tuned = compile_module(mod, target, tuning)
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library))
-    return [library], {}
+    return [library], {"tuning": tuned}
 
 
 def runner(artifact: Path) -> Runner | str:

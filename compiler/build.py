@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgepress.backends.compile import TuningOptions
 from edgepress.backends.lower import import_onnx
 from edgepress.backends.target_base import TargetOptions
 from edgepress.backends.targets import get_backend
@@ -41,6 +42,7 @@ class BuildOptions:
     seed: int = 0
     tolerance: Tolerance = field(default_factory=Tolerance)
     force: bool = False
+    tuning: TuningOptions = field(default_factory=TuningOptions)
 
 
 @dataclass
@@ -104,7 +106,8 @@ def build(opts: BuildOptions) -> BuildResult:
         mod = import_onnx(compressed, str(source))
         timings["import"] = time.perf_counter() - t
         t = time.perf_counter()
-        files, notes = backend.build(mod, tvm_target, staging)
+        files, notes = backend.build(mod, tvm_target, staging, opts.tuning)
+        tuning = notes.pop("tuning", None)
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -134,6 +137,7 @@ def build(opts: BuildOptions) -> BuildResult:
             "verification_inputs": str(opts.verify_inputs) if opts.verify_inputs
             else f"random, seed {opts.seed}",
             "passes": [r.to_json() for r in pass_records],
+            "tuning": tuning,
             "verification": {"artifact": artifact_check.to_json(),
                              "passes": after_passes.to_json()},
             "timings_s": timings,

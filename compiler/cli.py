@@ -59,12 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE)
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials for the tasks the tuning database lacks")
+    p.add_argument("--tune-minutes", type=float, metavar="M", help="tuning time budget")
+    p.add_argument("--tuning-db", type=Path, metavar="PATH",
+                   help="tuning database folder, for one target (default: a folder per target "
+                        "under $EDGEPRESS_TUNING_DB, else under the cache)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
 
 
 def cmd_build(argv: list[str]) -> int:
+    from edgepress.backends.compile import TuningOptions
     from edgepress.backends.target_base import TargetOptions
     from edgepress.compiler.build import BuildOptions, build
     from edgepress.compiler.errors import VerificationError
@@ -80,6 +87,8 @@ def cmd_build(argv: list[str]) -> int:
             raise UsageError(f"--{flag} must not be negative")
     if not -1.0 <= args.min_cosine <= 1.0:
         raise UsageError("--min-cosine must lie in [-1, 1]")
+    if args.tune_trials < 0 or (args.tune_minutes is not None and args.tune_minutes <= 0):
+        raise UsageError("--tune-trials must not be negative and --tune-minutes must be positive")
     opts = BuildOptions(
         model=args.model, target=args.target, outdir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
@@ -87,7 +96,8 @@ def cmd_build(argv: list[str]) -> int:
                                      mattr=tuple(a for a in args.mattr.split(",") if a)),
         passes=parse_pass_list(args.passes) if args.passes is not None else list(DEFAULT_PIPELINE),
         verify_inputs=args.verify_inputs, seed=args.seed,
-        tolerance=Tolerance(args.atol, args.rtol, args.min_cosine), force=args.force)
+        tolerance=Tolerance(args.atol, args.rtol, args.min_cosine), force=args.force,
+        tuning=TuningOptions(args.tune_trials, args.tune_minutes, args.tuning_db))
     try:
         result = build(opts)
     except VerificationError:
@@ -232,6 +242,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("edgepress").setLevel(ours)
+    # MetaSchedule prints a task table per round at INFO: the progress bar says enough.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
+        logging.DEBUG if args.debug else logging.WARNING)
 
 
 def _print_help() -> None:

@@ -58,6 +58,20 @@ def render_markdown(report: dict) -> str:
                                 report["verification"]["artifact"])
     lines += verification_lines("model.onnx (after passes) vs the source model, both in onnxruntime",
                                 report["verification"]["passes"])
+    lines += ["## Tuning", ""]
+    tuning = report.get("tuning")
+    if not tuning:
+        lines += ["Untuned: no tuning database for this target (default TVM schedules).", ""]
+    else:
+        best = tuning["best_ms"]
+        lines += [f"Database: `{tuning['database']}`; {tuning['trials_measured']} trial(s) measured "
+                  f"in this build ({tuning['seconds']:.0f} s)"
+                  + (f", best task latency {best:.3f} ms" if best is not None else "") + ".", "",
+                  "| task | weight | tuned | record from an earlier build |", "|---|---|---|---|"]
+        for t in tuning["tasks"]:
+            lines.append(f"| {t['name']} | {t['weight']:g} | {'yes' if t['tuned'] else 'no'} | "
+                         f"{'yes' if t['from_database'] else 'no'} |")
+        lines.append("")
     if "bench" in report:
         b = report["bench"]
         lines += ["## Speed", "",

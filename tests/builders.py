@@ -97,3 +97,16 @@ def custom_op(opset: int = 17) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                    helper.make_opsetid("com.example", 1)])
+
+
+def conv_relu_pool() -> onnx.ModelProto:
+    """conv_relu's Conv and Relu (same weights, same shapes), then a MaxPool, which TVM does not
+    fuse into the conv: a model that shares conv_relu's fused conv workload and adds its own."""
+    model = conv_relu()
+    graph = model.graph
+    graph.node[1].output[0] = "r"
+    graph.node.append(helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2],
+                                       strides=[2, 2], name="pool"))
+    graph.output[0].type.tensor_type.shape.dim[2].dim_value = 4
+    graph.output[0].type.tensor_type.shape.dim[3].dim_value = 4
+    return model

@@ -13,6 +13,14 @@ import pytest
 from edgepress.compiler.cli import main
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_tuning_records_from_the_user(tmp_path_factory):
+    """Builds in tests must not pick up records from the machine's tuning cache."""
+    import os
+
+    os.environ["EDGEPRESS_TUNING_DB"] = str(tmp_path_factory.mktemp("tuning-root"))
+
+
 @dataclass
 class CliResult:
     code: int

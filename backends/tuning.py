@@ -1,0 +1,268 @@
+"""MetaSchedule tuning with a persistent database, one folder per target.
+
+Three things make tuning usable on a small machine (see the notes on TVM 0.27):
+- an in-process builder: MetaSchedule's LocalBuilder starts a worker pool per batch whose
+  workers each spend tens of seconds importing TVM on 2 cores, so candidates time out unbuilt;
+- a database that outlives the build (JSON files under the cache, or --tuning-db), whose
+  records a later build applies without measuring anything, for this model or any other
+  model that has the same workload (tasks are keyed by the TIR function's structure);
+- one database per target: the folder's target.json must equal the build's target, so records
+  timed on one CPU are never applied to another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgepress.backends.cache import cache_dir
+from edgepress.compiler.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+TUNING_DB_ENV = "EDGEPRESS_TUNING_DB"
+TARGET_FILE = "target.json"
+
+
+@dataclass
+class TaskRecord:
+    name: str
+    weight: float
+    tuned: bool  # a record for it is in the database after this build
+    from_database: bool  # it was there before this build (nothing measured for it)
+
+
+@dataclass
+class TuningSummary:
+    database: str
+    trials_measured: int = 0
+    seconds: float = 0.0
+    best_ms: float | None = None
+    tasks: list[TaskRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Path | None:
+    """The database folder for `target`: `path` (--tuning-db) if given, else a folder per target
+    under $EDGEPRESS_TUNING_DB or, by default, the cache's tuning/ folder.
+
+    None when it does not exist and `create` is false (a build that does not tune and has no
+    records for its target). A folder made for another target is refused.
+    """
+    if path is None:
+        root = Path(os.environ[TUNING_DB_ENV]) if os.environ.get(TUNING_DB_ENV) else cache_dir("tuning")
+        key = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:16]
+        path = root / f"{target['kind']}-{key}"
+    path = Path(path)
+    if not create and not (path / TARGET_FILE).is_file():
+        return None
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--tuning-db {path}: is a file; the tuning database is a folder")
+    marker = path / TARGET_FILE
+    if marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded != target:
+            raise UsageError(
+                f"--tuning-db {path}: this tuning database holds records for target "
+                f"{json.dumps(recorded, sort_keys=True)}, not for this build's target "
+                f"{json.dumps(target, sort_keys=True)}; records are never applied across targets. "
+                "Give another --tuning-db folder.")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
+    return path
+
+
+def open_database(folder: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(
+        path_workload=str(folder / "database_workload.json"),
+        path_tuning_record=str(folder / "database_tuning_record.json"),
+        allow_missing=True)
+
+
+def _in_process_builder():
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        """Builds each candidate in this process: no worker pool to start per batch."""
+
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    module = default_build(item.mod, item.target, None)
+                    results.append(BuilderResult(default_export(module), None))
+                except Exception as err:  # a candidate that fails to build is a result, not a crash
+                    results.append(BuilderResult(None, f"{type(err).__name__}: {err}"))
+            return results
+
+    del ms
+    return InProcessBuilder()
+
+
+def _in_process_runner():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
+
+    config = EvaluatorConfig._normalized(EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100))
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        """Times each candidate in this process with MetaSchedule's own measuring function.
+
+        LocalRunner does the same in a worker process that must first import TVM; the price of
+        skipping it is that a candidate cannot be killed on a timeout (none hung in our runs).
+        """
+
+        def run(self, runner_inputs):
+            futures = []
+            for item in runner_inputs:
+                try:
+                    costs = _worker_func(None, None, None, config, 1, str(item.artifact_path),
+                                         str(item.device_type),
+                                         tuple(a.as_json() for a in item.args_info))
+                    futures.append(LocalRunnerFuture(res=costs))
+                except Exception as err:  # a candidate that fails to run is a result
+                    futures.append(LocalRunnerFuture(error_message=f"{type(err).__name__}: {err}"))
+            return futures
+
+    return InProcessRunner()
+
+
+def _progress_callback(total_trials: int, deadline: float | None, summary: TuningSummary):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    start = time.monotonic()
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        """Prints trials done, best latency so far and time left; stops at the deadline."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            for result in runner_results:
+                summary.trials_measured += 1
+                if result.error_msg is None and result.run_secs:
+                    ms_ = 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                    summary.best_ms = ms_ if summary.best_ms is None else min(summary.best_ms, ms_)
+            elapsed = time.monotonic() - start
+            done = min(summary.trials_measured, total_trials)
+            left = (deadline - time.monotonic()) if deadline else (
+                elapsed / max(done, 1) * (total_trials - done))
+            width = 30
+            bar = "#" * int(width * done / max(total_trials, 1))
+            best = f"{summary.best_ms:.3f} ms" if summary.best_ms is not None else "-"
+            sys.stderr.write(f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, best task "
+                             f"latency {best}, about {max(left, 0):.0f} s left ")
+            sys.stderr.flush()
+            if deadline and time.monotonic() > deadline:
+                for i in range(len(task_scheduler.tasks_)):
+                    task_scheduler.terminate_task(i)
+
+    return Progress()
+
+
+def _fused(mod, target):
+    """The module as compile_relax prepares it before applying records (legalized, fused TIR),
+    so the tasks extracted here have the workload keys that compile_relax will look up."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    try:
+        dispatch = relax_pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    passes = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _search_strategy(trials: int, tasks: int):
+    """Evolutionary search sized to the budget: its default population (512, evolved 4 times a
+    round) costs about a minute a round on 2 cores, which a budget of a few trials never uses."""
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
+
+    per_task = max(1, trials // max(tasks, 1))
+    population = int(min(512, max(32, 8 * per_task)))
+    return EvolutionarySearch(population_size=population, init_min_unmeasured=min(50, population),
+                              genetic_num_iters=4 if per_task >= 32 else 2)
+
+
+def _tune_contexts(tasks, strategy, seed: int):
+    """One TuneContext per task, logging to edgepress's logger.
+
+    MetaSchedule's own helper (extracted_tasks_to_tune_contexts) rewrites the process's logging
+    configuration to add a file per task, which breaks under hosts with their own handlers.
+    """
+    from tvm.s_tir.meta_schedule import TuneContext
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    contexts = []
+    for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks))):
+        contexts.append(TuneContext(
+            mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+            search_strategy=strategy, task_name=task.task_name,
+            logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),
+            rand_state=rand_state, num_threads="physical").clone())
+    return contexts, [float(t.weight) for t in tasks]
+
+
+def _has_record(database, task, target) -> bool:
+    return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
+
+
+def tune_and_compile(mod, target, folder: Path, *, trials: int, minutes: float | None,
+                     seed: int = 0):
+    """Tune what the database lacks within the budget, then compile with all records applied.
+
+    Returns the executable and a summary saying, per task, whether it is tuned and whether its
+    record came from an earlier build.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import compile_relax, extract_tasks
+
+    summary = TuningSummary(database=str(folder))
+    database = open_database(folder)
+    tasks = extract_tasks(_fused(mod, target), target)
+    known = {t.task_name: _has_record(database, t, target) for t in tasks}
+    pending = [t for t in tasks if not known[t.task_name]]
+    start = time.monotonic()
+    if pending and trials > 0:
+        contexts, weights = _tune_contexts(pending, _search_strategy(trials, len(pending)), seed)
+        deadline = start + 60 * minutes if minutes else None
+        per_iter = max(1, min(16, trials // max(len(contexts), 1)))
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(folder / "logs"),
+            max_trials_global=trials, num_trials_per_iter=per_iter,
+            builder=_in_process_builder(),
+            runner=_in_process_runner(),
+            database=database, cost_model="xgb",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               _progress_callback(trials, deadline, summary)])
+        sys.stderr.write("\n")
+    summary.seconds = time.monotonic() - start
+    for t in tasks:
+        summary.tasks.append(TaskRecord(t.task_name, float(t.weight),
+                                        known[t.task_name] or _has_record(database, t, target),
+                                        known[t.task_name]))
+    with target:
+        executable = compile_relax(database, mod, target, None)
+    return executable, summary

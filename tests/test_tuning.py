@@ -1,0 +1,99 @@
+"""Tuning: a few trials fill the database; later builds apply its records without measuring;
+workloads shared between models are not tuned again; databases never cross targets.
+
+Tuning imports TVM's tensor intrinsics (about a minute on 2 cores, once per process); the trial
+budgets here are tiny. Speed is measured by benchmarks, not here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests import builders
+from tests.conftest import ort_outputs, save
+from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
+
+TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    from edgepress.compiler.cli import main
+
+    folder = tmp_path_factory.mktemp("tuning")
+    source = save(builders.conv_relu(), folder / "tiny.onnx")
+    db = folder / "db"
+    args = ["--target", "x86_64", "--tuning-db", str(db), "--tune-trials", str(TRIALS), "-q"]
+    assert main([str(source), "-o", str(folder / "first"), *args]) == 0
+    assert main([str(source), "-o", str(folder / "second"), *args]) == 0
+    return folder, source, db
+
+
+def _tuning(folder):
+    return json.loads((folder / "report.json").read_text())["tuning"]
+
+
+def test_first_build_tunes_and_fills_the_database(tuned):
+    folder, _, db = tuned
+    tuning = _tuning(folder / "first")
+    assert 1 <= tuning["trials_measured"] <= TRIALS
+    assert tuning["tasks"] and all(t["tuned"] and not t["from_database"] for t in tuning["tasks"])
+    records = (db / "database_tuning_record.json").read_text().strip().splitlines()
+    assert len(records) >= 1
+    assert json.loads((db / "target.json").read_text())["kind"] == "llvm"
+    assert "| fused_conv2d_add_relu | 1 | yes | no |" in (folder / "first" / "report.md").read_text()
+
+
+def test_second_build_applies_records_without_measuring(tuned):
+    folder, _, _ = tuned
+    tuning = _tuning(folder / "second")
+    assert tuning["trials_measured"] == 0
+    assert all(t["tuned"] and t["from_database"] for t in tuning["tasks"])
+
+
+def test_tuned_artifact_matches_onnxruntime(tuned, cli, tmp_path):
+    folder, source, _ = tuned
+    x = np.random.default_rng(11).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", folder / "second", "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    assert r.code == 0, r.err
+    (ref,) = ort_outputs(source, {"x": x})
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL,
+                               atol=ARTIFACT_ATOL)
+
+
+def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
+    folder, _, db = tuned
+    other = save(builders.conv_relu_pool(), folder / "other.onnx")
+    r = cli(other, "--target", "x86_64", "-o", folder / "other", "--tuning-db", db,
+            "--tune-trials", "2", "-q")
+    assert r.code == 0, r.err
+    tasks = {t["name"]: t for t in _tuning(folder / "other")["tasks"]}
+    assert tasks["fused_conv2d_add_relu"]["from_database"]
+    new = [t for name, t in tasks.items() if name != "fused_conv2d_add_relu"]
+    assert new and not any(t["from_database"] for t in new)
+
+
+def test_database_of_another_target_is_refused(tuned, cli):
+    folder, source, db = tuned
+    r = cli(source, "--target", "x86_64", "--mcpu", "skylake", "-o", folder / "skl",
+            "--tuning-db", db)
+    assert r.code == 2
+    assert f"--tuning-db {db}: this tuning database holds records for target" in r.err
+    assert "never applied across targets" in r.err
+
+
+def test_cannot_tune_where_nothing_can_be_timed(tuned, cli, tmp_path):
+    _, source, _ = tuned
+    r = cli(source, "--target", "arm64", "-o", tmp_path / "a", "--tune-trials", "2")
+    assert r.code == 2 and "cannot tune" in r.err and "qemu" in r.err
+
+
+def test_untuned_build_says_so(cli, tmp_path):
+    source = save(builders.conv_relu(), tmp_path / "tiny.onnx")
+    assert cli(source, "--target", "x86_64", "-o", tmp_path / "o", "-q").code == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["tuning"] is None
+    assert "Untuned: no tuning database" in (tmp_path / "o" / "report.md").read_text()
