@@ -39,9 +39,23 @@ def _runner_digest() -> str:
 
 def _download_wheels(dest: Path) -> list[Path]:
     tvm_version, ffi_version = _versions()
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--platform", _WHEEL_PLATFORM, "--python-version", "3.11", "-d", str(dest),
-           f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        _WHEEL_PLATFORM,
+        "--python-version",
+        "3.11",
+        "-d",
+        str(dest),
+        f"apache-tvm=={tvm_version}",
+        f"apache-tvm-ffi=={ffi_version}",
+    ]
     log.info("fetching the aarch64 TVM runtime wheels (once per machine)")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -63,7 +77,7 @@ def _extract(wheels: list[Path], dest: Path) -> Path:
                 if name in ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"):
                     (dest / base).write_bytes(zf.read(name))
                 elif name.startswith("tvm_ffi/include/") and not name.endswith("/"):
-                    target = include / name[len("tvm_ffi/include/"):]
+                    target = include / name[len("tvm_ffi/include/") :]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(zf.read(name))
     for lib in ("libtvm_runtime.so", "libtvm_ffi.so"):
@@ -79,9 +93,23 @@ def _compile_runner(include: Path, libdir: Path, out: Path) -> None:
             f"{CROSS_CXX} not found: the arm64 target needs Debian's cross toolchain "
             "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
         )
-    cmd = [cxx, "-std=c++17", "-O2", "-I", str(include), "-I", str(include / "dlpack"),
-           str(RUNNER_SOURCE), "-o", str(out), f"-L{libdir}", "-Wl,--no-as-needed",
-           "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]
+    cmd = [
+        cxx,
+        "-std=c++17",
+        "-O2",
+        "-I",
+        str(include),
+        "-I",
+        str(include / "dlpack"),
+        str(RUNNER_SOURCE),
+        "-o",
+        str(out),
+        f"-L{libdir}",
+        "-Wl,--no-as-needed",
+        "-ltvm_runtime",
+        "-ltvm_ffi",
+        "-Wl,-rpath,$ORIGIN",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BackendError(f"building edgepress-run for aarch64 failed:\n{proc.stderr[-2000:]}")

@@ -19,8 +19,11 @@ RUNTIME_DIR = "runtime"
 
 
 def tvm_target(options: TargetOptions) -> dict:
-    target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
-              "mattr": ["+neon", *[a for a in options.mattr if a != "+neon"]]}
+    target = {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mattr": ["+neon", *[a for a in options.mattr if a != "+neon"]],
+    }
     if options.mcpu:
         target["mcpu"] = options.mcpu
     return target
@@ -36,8 +39,12 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         )
     runtime = aarch64_runtime_dir()
     executable, tuned = compile_module(
-        mod, target, tuning, cannot_measure="arm64 code runs only under qemu here, whose times "
-        "mean nothing (tuning needs the device)")
+        mod,
+        target,
+        tuning,
+        cannot_measure="arm64 code runs only under qemu here, whose times "
+        "mean nothing (tuning needs the device)",
+    )
     library = outdir / LIBRARY_NAME
     try:
         executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
@@ -47,16 +54,19 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
     files = [library]
     for name in RUNTIME_FILES:
         files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
-    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime",
-                   "tuning": tuned}
+    return files, {
+        "runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime",
+        "tuning": tuned,
+    }
 
 
 def runner(artifact: Path) -> Runner | str:
     reason = qemu_missing()
     if reason:
         return reason
-    return RunnerProcess(artifact / LIBRARY_NAME, artifact / RUNTIME_DIR / "edgepress-run",
-                         emulate=not _native())
+    return RunnerProcess(
+        artifact / LIBRARY_NAME, artifact / RUNTIME_DIR / "edgepress-run", emulate=not _native()
+    )
 
 
 def _native() -> bool:

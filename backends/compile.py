@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepress.backends.lower import _first_line
-from edgepress.compiler.errors import BackendError, UsageError
+from edgepress.compiler.errors import BackendError, UsageError, first_line
 
 # --tune-minutes alone: trials are bounded by the clock, not by this.
 TRIALS_FOR_A_TIME_BUDGET = 100_000
@@ -35,7 +34,7 @@ def make_target(target: dict, host: dict | None = None):
     try:
         return tvm.target.Target(target, host=host) if host else tvm.target.Target(target)
     except Exception as err:
-        raise BackendError(f"TVM rejects the target {target}: {_first_line(err)}") from err
+        raise BackendError(f"TVM rejects the target {target}: {first_line(err)}") from err
 
 
 def compile_relax(mod, target):
@@ -47,12 +46,18 @@ def compile_relax(mod, target):
         return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     except Exception as err:
         raise BackendError(
-            f"TVM failed to compile for {target.kind.name}: {_first_line(err)}"
+            f"TVM failed to compile for {target.kind.name}: {first_line(err)}"
         ) from err
 
 
-def compile_module(mod, target_dict: dict, tuning: TuningOptions, *, host: dict | None = None,
-                   cannot_measure: str | None = None):
+def compile_module(
+    mod,
+    target_dict: dict,
+    tuning: TuningOptions,
+    *,
+    host: dict | None = None,
+    cannot_measure: str | None = None,
+):
     """The executable, and the tuning summary for the report (None when no database applies).
 
     `cannot_measure` is why candidates cannot be timed on this machine (tuning is refused then;
@@ -62,19 +67,23 @@ def compile_module(mod, target_dict: dict, tuning: TuningOptions, *, host: dict 
 
     target = make_target(target_dict, host=host)
     if tuning.requested and cannot_measure:
-        raise UsageError(f"--tune-trials/--tune-minutes: cannot tune for {target.kind.name} "
-                         f"{target_dict.get('mtriple', target_dict.get('arch', ''))} here: "
-                         f"{cannot_measure}")
+        raise UsageError(
+            f"--tune-trials/--tune-minutes: cannot tune for {target.kind.name} "
+            f"{target_dict.get('mtriple', target_dict.get('arch', ''))} here: "
+            f"{cannot_measure}"
+        )
     folder = database_dir(target_dict, tuning.database, create=tuning.requested)
     if folder is None:
         return compile_relax(mod, target), None
     trials = tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0)
     try:
-        executable, summary = tune_and_compile(mod, target, folder, trials=trials,
-                                               minutes=tuning.minutes)
+        executable, summary = tune_and_compile(
+            mod, target, folder, trials=trials, minutes=tuning.minutes
+        )
     except (UsageError, BackendError):
         raise
     except Exception as err:
-        raise BackendError(f"tuning or compiling with the database {folder} failed: "
-                           f"{_first_line(err)}") from err
+        raise BackendError(
+            f"tuning or compiling with the database {folder} failed: {first_line(err)}"
+        ) from err
     return executable, summary.to_json()

@@ -22,16 +22,20 @@ def tvm_target(options: TargetOptions) -> dict:
 def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
     cuda_codegen.prepare(target["arch"])
     cannot_measure = cuda_codegen.gpu_missing() if tuning.requested else None
-    executable, tuned = compile_module(mod, target, tuning, host=HOST,
-                                       cannot_measure=cannot_measure)
+    executable, tuned = compile_module(
+        mod, target, tuning, host=HOST, cannot_measure=cannot_measure
+    )
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library))
     fatbin = cuda_codegen.embedded_fatbin_bytes(library)
     if fatbin == 0:
-        raise BackendError(f"{library}: the CUDA library holds no device code (only CUDA source); "
-                           "nvcc did not run")
-    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
-                       "tuning": tuned}
+        raise BackendError(
+            f"{library}: the CUDA library holds no device code (only CUDA source); nvcc did not run"
+        )
+    return [library], {
+        "device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
+        "tuning": tuned,
+    }
 
 
 def runner(artifact: Path) -> Runner | str:

@@ -42,8 +42,11 @@ def _load_driver() -> bool:
         if cc is None:
             raise BackendError("no C compiler (cc) to build the CUDA driver stub; install gcc")
         tmp = stub.with_suffix(".tmp")
-        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp), str(STUB_SOURCE),
-                               "-Wl,-soname,libcuda.so.1"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [cc, "-shared", "-fPIC", "-o", str(tmp), str(STUB_SOURCE), "-Wl,-soname,libcuda.so.1"],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise BackendError(f"building the CUDA driver stub failed: {proc.stderr[-1000:]}")
         tmp.replace(stub)
@@ -62,8 +65,11 @@ def _load_tvm_cuda_runtime() -> None:
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     try:
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
-            mode="RTLD_LOCAL")
+            package="tvm",
+            target_name="tvm_runtime_cuda",
+            extra_lib_paths=[runtime_dir],
+            mode="RTLD_LOCAL",
+        )
     except (OSError, RuntimeError) as err:
         raise BackendError(f"TVM's CUDA runtime library does not load: {err}") from err
     if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is None:
@@ -77,8 +83,10 @@ def prepare(arch: str) -> None:
     from tvm.support import nvcc as tvm_nvcc
 
     if shutil.which("nvcc") is None:
-        raise BackendError("nvcc not found: the cuda target compiles device code with the CUDA "
-                           "toolkit's nvcc; put it on PATH")
+        raise BackendError(
+            "nvcc not found: the cuda target compiles device code with the CUDA "
+            "toolkit's nvcc; put it on PATH"
+        )
     number = arch.removeprefix("sm_")
     _load_driver()
     _load_tvm_cuda_runtime()
@@ -88,8 +96,9 @@ def prepare(arch: str) -> None:
     def compile_with_nvcc(code, *_):
         # nvcc's wrapper reads the current target for the arch even when given one explicitly.
         with target:
-            return tvm_nvcc.compile_cuda(code, target_format="fatbin", arch=gencode,
-                                         compiler="nvcc")
+            return tvm_nvcc.compile_cuda(
+                code, target_format="fatbin", arch=gencode, compiler="nvcc"
+            )
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_with_nvcc, override=True)
 

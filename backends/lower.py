@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import onnx
 
-from edgepress.compiler.errors import BackendError, UnsupportedOpError, node_label
+from edgepress.compiler.errors import BackendError, UnsupportedOpError, first_line, node_label
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def import_onnx(model: onnx.ModelProto, source: str):
     missing = unsupported_nodes(model)
     if missing:
         raise UnsupportedOpError(
-            f"{source}: TVM cannot lower {len(missing)} node(s): " + "; ".join(missing)
+            f"{source}: TVM cannot lower {len(missing)} node(s): "
+            + "; ".join(missing)
             + ". Remove or replace these operators before compiling (the model.onnx written by "
             "the passes still runs in onnxruntime)."
         )
@@ -61,7 +62,7 @@ def import_onnx(model: onnx.ModelProto, source: str):
         mod = from_onnx(model, opset=default_opset(model), keep_params_in_input=False)
     except Exception as err:  # the importer raises bare Python and TVM errors
         raise BackendError(
-            f"{source}: TVM's ONNX importer failed: {_first_line(err)}. If a shape computation "
+            f"{source}: TVM's ONNX importer failed: {first_line(err)}. If a shape computation "
             "is named, check that every input shape is fixed (--input-shape) and that the "
             "'fold_constants' pass ran."
         ) from err
@@ -69,10 +70,3 @@ def import_onnx(model: onnx.ModelProto, source: str):
     # elementwise ops (the order matters).
     mod = relax.transform.FoldBatchnormToConv2D()(mod)
     return mod
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # TVM errors put the message after a traceback; the last line is the useful one.
-    return (lines[-1] if lines else type(err).__name__)[:500]

@@ -58,7 +58,11 @@ def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Pat
     records for its target). A folder made for another target is refused.
     """
     if path is None:
-        root = Path(os.environ[TUNING_DB_ENV]) if os.environ.get(TUNING_DB_ENV) else cache_dir("tuning")
+        root = (
+            Path(os.environ[TUNING_DB_ENV])
+            if os.environ.get(TUNING_DB_ENV)
+            else cache_dir("tuning")
+        )
         key = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:16]
         path = root / f"{target['kind']}-{key}"
     path = Path(path)
@@ -74,7 +78,8 @@ def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Pat
                 f"--tuning-db {path}: this tuning database holds records for target "
                 f"{json.dumps(recorded, sort_keys=True)}, not for this build's target "
                 f"{json.dumps(target, sort_keys=True)}; records are never applied across targets. "
-                "Give another --tuning-db folder.")
+                "Give another --tuning-db folder."
+            )
     else:
         path.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
@@ -87,7 +92,8 @@ def open_database(folder: Path):
     return ms.database.JSONDatabase(
         path_workload=str(folder / "database_workload.json"),
         path_tuning_record=str(folder / "database_tuning_record.json"),
-        allow_missing=True)
+        allow_missing=True,
+    )
 
 
 def _in_process_builder():
@@ -133,9 +139,16 @@ def _in_process_runner():
             futures = []
             for item in runner_inputs:
                 try:
-                    costs = _worker_func(None, None, None, config, 1, str(item.artifact_path),
-                                         str(item.device_type),
-                                         tuple(a.as_json() for a in item.args_info))
+                    costs = _worker_func(
+                        None,
+                        None,
+                        None,
+                        config,
+                        1,
+                        str(item.artifact_path),
+                        str(item.device_type),
+                        tuple(a.as_json() for a in item.args_info),
+                    )
                     futures.append(LocalRunnerFuture(res=costs))
                 except Exception as err:  # a candidate that fails to run is a result
                     futures.append(LocalRunnerFuture(error_message=f"{type(err).__name__}: {err}"))
@@ -154,8 +167,9 @@ def _progress_callback(total_trials: int, deadline: float | None, summary: Tunin
     class Progress(PyMeasureCallback):
         """Prints trials done, best latency so far and time left; stops at the deadline."""
 
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
-                  runner_results):
+        def apply(
+            self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
+        ):
             for result in runner_results:
                 summary.trials_measured += 1
                 if result.error_msg is None and result.run_secs:
@@ -163,13 +177,18 @@ def _progress_callback(total_trials: int, deadline: float | None, summary: Tunin
                     summary.best_ms = ms_ if summary.best_ms is None else min(summary.best_ms, ms_)
             elapsed = time.monotonic() - start
             done = min(summary.trials_measured, total_trials)
-            left = (deadline - time.monotonic()) if deadline else (
-                elapsed / max(done, 1) * (total_trials - done))
+            left = (
+                (deadline - time.monotonic())
+                if deadline
+                else (elapsed / max(done, 1) * (total_trials - done))
+            )
             width = 30
             bar = "#" * int(width * done / max(total_trials, 1))
             best = f"{summary.best_ms:.3f} ms" if summary.best_ms is not None else "-"
-            sys.stderr.write(f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, best task "
-                             f"latency {best}, about {max(left, 0):.0f} s left ")
+            sys.stderr.write(
+                f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, best task "
+                f"latency {best}, about {max(left, 0):.0f} s left "
+            )
             sys.stderr.flush()
             if deadline and time.monotonic() > deadline:
                 for i in range(len(task_scheduler.tasks_)):
@@ -189,8 +208,14 @@ def _fused(mod, target):
         dispatch = relax_pipeline.library_dispatch_passes(target)
     except (ValueError, AttributeError):
         dispatch = []
-    passes = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-              relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    passes = [
+        *dispatch,
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(passes)(mod)
 
@@ -202,8 +227,11 @@ def _search_strategy(trials: int, tasks: int):
 
     per_task = max(1, trials // max(tasks, 1))
     population = int(min(512, max(32, 8 * per_task)))
-    return EvolutionarySearch(population_size=population, init_min_unmeasured=min(50, population),
-                              genetic_num_iters=4 if per_task >= 32 else 2)
+    return EvolutionarySearch(
+        population_size=population,
+        init_min_unmeasured=min(50, population),
+        genetic_num_iters=4 if per_task >= 32 else 2,
+    )
 
 
 def _tune_contexts(tasks, strategy, seed: int):
@@ -217,11 +245,18 @@ def _tune_contexts(tasks, strategy, seed: int):
 
     contexts = []
     for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks))):
-        contexts.append(TuneContext(
-            mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
-            search_strategy=strategy, task_name=task.task_name,
-            logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),
-            rand_state=rand_state, num_threads="physical").clone())
+        contexts.append(
+            TuneContext(
+                mod=task.dispatched[0],
+                target=task.target,
+                space_generator="post-order-apply",
+                search_strategy=strategy,
+                task_name=task.task_name,
+                logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),
+                rand_state=rand_state,
+                num_threads="physical",
+            ).clone()
+        )
     return contexts, [float(t.weight) for t in tasks]
 
 
@@ -229,8 +264,9 @@ def _has_record(database, task, target) -> bool:
     return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
 
 
-def tune_and_compile(mod, target, folder: Path, *, trials: int, minutes: float | None,
-                     seed: int = 0):
+def tune_and_compile(
+    mod, target, folder: Path, *, trials: int, minutes: float | None, seed: int = 0
+):
     """Tune what the database lacks within the budget, then compile with all records applied.
 
     Returns the executable and a summary saying, per task, whether it is tuned and whether its
@@ -250,19 +286,31 @@ def tune_and_compile(mod, target, folder: Path, *, trials: int, minutes: float |
         deadline = start + 60 * minutes if minutes else None
         per_iter = max(1, min(16, trials // max(len(contexts), 1)))
         ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(folder / "logs"),
-            max_trials_global=trials, num_trials_per_iter=per_iter,
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(folder / "logs"),
+            max_trials_global=trials,
+            num_trials_per_iter=per_iter,
             builder=_in_process_builder(),
             runner=_in_process_runner(),
-            database=database, cost_model="xgb",
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                               _progress_callback(trials, deadline, summary)])
+            database=database,
+            cost_model="xgb",
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                _progress_callback(trials, deadline, summary),
+            ],
+        )
         sys.stderr.write("\n")
     summary.seconds = time.monotonic() - start
     for t in tasks:
-        summary.tasks.append(TaskRecord(t.task_name, float(t.weight),
-                                        known[t.task_name] or _has_record(database, t, target),
-                                        known[t.task_name]))
+        summary.tasks.append(
+            TaskRecord(
+                t.task_name,
+                float(t.weight),
+                known[t.task_name] or _has_record(database, t, target),
+                known[t.task_name],
+            )
+        )
     with target:
         executable = compile_relax(database, mod, target, None)
     return executable, summary

@@ -21,8 +21,12 @@ def host_cpu_name() -> str:
 
 def tvm_target(options: TargetOptions) -> dict:
     # num-cores: MetaSchedule sizes parallel loops by it (and refuses to tune without it).
-    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": options.mcpu or host_cpu_name(),
-              "num-cores": os.cpu_count() or 1}
+    target = {
+        "kind": "llvm",
+        "mtriple": "x86_64-linux-gnu",
+        "mcpu": options.mcpu or host_cpu_name(),
+        "num-cores": os.cpu_count() or 1,
+    }
     if options.mattr:
         target["mattr"] = list(options.mattr)
     return target

@@ -43,34 +43,54 @@ def main() -> None:
             code = compress([str(model), "--target", target, "-o", str(folder), "--force", "-q"])
             report = json.loads((folder / "report.json").read_text())
             check = report["verification"]["artifact"]
-            worst = max(check["outputs"], key=lambda o: o["max_abs_err"] or 0) if check["outputs"] else {}
-            row[target] = {"exit": code, "status": report["status"],
-                           "build_s": report["timings_s"]["total"],
-                           "compile_s": report["timings_s"]["compile"],
-                           "max_abs_err": worst.get("max_abs_err"),
-                           "max_rel_err": worst.get("max_rel_err"),
-                           "cosine": worst.get("cosine")}
+            worst = (
+                max(check["outputs"], key=lambda o: o["max_abs_err"] or 0)
+                if check["outputs"]
+                else {}
+            )
+            row[target] = {
+                "exit": code,
+                "status": report["status"],
+                "build_s": report["timings_s"]["total"],
+                "compile_s": report["timings_s"]["compile"],
+                "max_abs_err": worst.get("max_abs_err"),
+                "max_rel_err": worst.get("max_rel_err"),
+                "cosine": worst.get("cosine"),
+            }
         timing = bench(args.out / f"{name}-x86_64", threads=args.threads, repeat=args.repeat)
-        row.update(artifact_ms=timing.artifact_ms, onnxruntime_ms=timing.onnxruntime_ms,
-                   speedup=timing.speedup)
+        row.update(
+            artifact_ms=timing.artifact_ms,
+            onnxruntime_ms=timing.onnxruntime_ms,
+            speedup=timing.speedup,
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    lines = [f"# Bundled models: builds and untuned x86_64 latency ({args.threads} thread(s), "
-             f"median of {args.repeat})", "",
-             "| model | target | status | build s | compile s | max abs err | max rel err | cosine |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Bundled models: builds and untuned x86_64 latency ({args.threads} thread(s), "
+        f"median of {args.repeat})",
+        "",
+        "| model | target | status | build s | compile s | max abs err | max rel err | cosine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for target in ("x86_64", "arm64"):
             t = r[target]
-            lines.append(f"| {r['model']} | {target} | {t['status']} | {t['build_s']:.1f} | "
-                         f"{t['compile_s']:.1f} | {t['max_abs_err']:.2e} | {t['max_rel_err']:.2e} | "
-                         f"{t['cosine']:.8f} |")
-    lines += ["", "| model | onnxruntime ms | untuned artifact ms | speedup (ort / artifact) |",
-              "|---|---|---|---|"]
+            lines.append(
+                f"| {r['model']} | {target} | {t['status']} | {t['build_s']:.1f} | "
+                f"{t['compile_s']:.1f} | {t['max_abs_err']:.2e} | {t['max_rel_err']:.2e} | "
+                f"{t['cosine']:.8f} |"
+            )
+    lines += [
+        "",
+        "| model | onnxruntime ms | untuned artifact ms | speedup (ort / artifact) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['onnxruntime_ms']:.2f} | {r['artifact_ms']:.2f} | "
-                     f"{r['speedup']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['onnxruntime_ms']:.2f} | {r['artifact_ms']:.2f} | "
+            f"{r['speedup']:.3f} |"
+        )
     text = "\n".join(lines) + "\n"
     (args.out / "bundled_builds.md").write_text(text)
     print(text)

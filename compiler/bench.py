@@ -55,8 +55,9 @@ def _reference_model(artifact: Path, manifest: dict) -> Path:
     source = Path(manifest["source"]["path"])
     if source.is_file() and sha256_file(source) == manifest["source"]["sha256"]:
         return source
-    log.warning("source model %s is gone or changed; timing onnxruntime on %s/model.onnx",
-                source, artifact)
+    log.warning(
+        "source model %s is gone or changed; timing onnxruntime on %s/model.onnx", source, artifact
+    )
     return artifact / "model.onnx"
 
 
@@ -71,7 +72,9 @@ def _ort_session(model: Path, threads: int):
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
-def bench(artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: int = 0) -> BenchResult:
+def bench(
+    artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: int = 0
+) -> BenchResult:
     if threads < 1 or repeat < 1 or warmup < 0:
         raise UsageError("--threads and --repeat must be at least 1, --warmup at least 0")
     manifest = read_manifest(artifact)
@@ -82,7 +85,8 @@ def bench(artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: i
     if runner.emulated:
         raise UsageError(
             f"{artifact}: a {backend.name} artifact runs under an emulator here, whose times mean "
-            "nothing; time it on the device with runtime/edgepress-run ... --repeat N")
+            "nothing; time it on the device with runtime/edgepress-run ... --repeat N"
+        )
     specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
     feeds = random_inputs(specs, seed)
     ordered = [feeds[s.name] for s in specs]
@@ -104,8 +108,18 @@ def bench(artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: i
             ort_samples.append((time.perf_counter() - start) * 1e3)
         art_samples += [s * 1e3 for s in runner.time(ordered, n)]
     art_ms, ort_ms = statistics.median(art_samples), statistics.median(ort_samples)
-    return BenchResult(art_ms, _p90(art_samples), ort_ms, _p90(ort_samples), ort_ms / art_ms,
-                       threads, repeat, warmup, runner.description, str(reference))
+    return BenchResult(
+        art_ms,
+        _p90(art_samples),
+        ort_ms,
+        _p90(ort_samples),
+        ort_ms / art_ms,
+        threads,
+        repeat,
+        warmup,
+        runner.description,
+        str(reference),
+    )
 
 
 def record_in_report(artifact: Path, result: BenchResult) -> None:
@@ -118,7 +132,12 @@ def record_in_report(artifact: Path, result: BenchResult) -> None:
     reports.write_json(report, report_path)
     (artifact / "report.md").write_text(reports.render_markdown(report))
     manifest = read_manifest(artifact)
-    write_manifest(artifact, source=Path(manifest["source"]["path"]),
-                   source_sha256=manifest["source"]["sha256"], target=manifest["target"],
-                   inputs=manifest["inputs"], outputs=manifest["outputs"],
-                   status=manifest["status"])
+    write_manifest(
+        artifact,
+        source=Path(manifest["source"]["path"]),
+        source_sha256=manifest["source"]["sha256"],
+        target=manifest["target"],
+        inputs=manifest["inputs"],
+        outputs=manifest["outputs"],
+        status=manifest["status"],
+    )

@@ -90,13 +90,18 @@ def build(opts: BuildOptions) -> BuildResult:
     try:
         onnx.checker.check_model(compressed)
     except onnx.checker.ValidationError as err:
-        raise ModelError(f"{source}: the model after passes [{', '.join(opts.passes)}] fails the "
-                         f"ONNX checker: {str(err).splitlines()[0]}") from err
+        raise ModelError(
+            f"{source}: the model after passes [{', '.join(opts.passes)}] fails the "
+            f"ONNX checker: {str(err).splitlines()[0]}"
+        ) from err
     output_specs = tensor_specs(list(model.graph.outputs))
     timings["passes"] = time.perf_counter() - t
 
-    inputs = (load_npz(opts.verify_inputs, input_specs, "--verify-inputs") if opts.verify_inputs
-              else random_inputs(input_specs, opts.seed))
+    inputs = (
+        load_npz(opts.verify_inputs, input_specs, "--verify-inputs")
+        if opts.verify_inputs
+        else random_inputs(input_specs, opts.seed)
+    )
     staging = outdirs.staging_dir(Path(opts.outdir))
     try:
         model_path = staging / "model.onnx"
@@ -113,8 +118,12 @@ def build(opts: BuildOptions) -> BuildResult:
         t = time.perf_counter()
         reference = run_onnxruntime(source, inputs)
         tolerance = opts.tolerance
-        after_passes = compare(run_onnxruntime(model_path, inputs), reference, tolerance,
-                               "onnxruntime on the source model")
+        after_passes = compare(
+            run_onnxruntime(model_path, inputs),
+            reference,
+            tolerance,
+            "onnxruntime on the source model",
+        )
         runner = backend.runner(staging)
         if isinstance(runner, str):
             artifact_check = not_verified(runner, "onnxruntime on the source model")
@@ -134,27 +143,40 @@ def build(opts: BuildOptions) -> BuildResult:
             "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
             "inputs": [s.to_json() for s in input_specs],
             "outputs": [s.to_json() for s in output_specs],
-            "verification_inputs": str(opts.verify_inputs) if opts.verify_inputs
+            "verification_inputs": str(opts.verify_inputs)
+            if opts.verify_inputs
             else f"random, seed {opts.seed}",
             "passes": [r.to_json() for r in pass_records],
             "tuning": tuning,
-            "verification": {"artifact": artifact_check.to_json(),
-                             "passes": after_passes.to_json()},
+            "verification": {
+                "artifact": artifact_check.to_json(),
+                "passes": after_passes.to_json(),
+            },
             "timings_s": timings,
         }
         report["sizes"] = _file_sizes(staging, source)
         reports.write_json(report, staging / "report.json")
         (staging / "report.md").write_text(reports.render_markdown(report))
-        write_manifest(staging, source=source, source_sha256=source_sha, target=report["target"],
-                       inputs=report["inputs"], outputs=report["outputs"], status=status)
+        write_manifest(
+            staging,
+            source=source,
+            source_sha256=source_sha,
+            target=report["target"],
+            inputs=report["inputs"],
+            outputs=report["outputs"],
+            status=status,
+        )
         outdirs.commit(staging, Path(opts.outdir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     result = BuildResult(Path(opts.outdir), report)
     if failed:
-        broken = [f"'{o.name}' ({o.problem})" for v in (artifact_check, after_passes)
-                  for o in v.broken_outputs()]
+        broken = [
+            f"'{o.name}' ({o.problem})"
+            for v in (artifact_check, after_passes)
+            for o in v.broken_outputs()
+        ]
         raise VerificationError(
             f"{source}: the {backend.name} build is outside tolerance against onnxruntime: "
             f"output {', '.join(broken)}. The artifact and its report are in {opts.outdir}; "

@@ -1,11 +1,11 @@
 """`compress`: the command line. Errors are caught here once and become a message and an exit code.
 
-    compress MODEL.onnx --target TARGET -o OUTDIR [--input-shape NAME=1,3,224,224 ...]
-    compress run OUTDIR --inputs in.npz -o out.npz
-    compress bench OUTDIR [--threads N] [--repeat N] [--json]
-    compress inspect MODEL.onnx
-    compress example NAME -o DIR | --list
-    compress passes
+compress MODEL.onnx --target TARGET -o OUTDIR [--input-shape NAME=1,3,224,224 ...]
+compress run OUTDIR --inputs in.npz -o out.npz
+compress bench OUTDIR [--threads N] [--repeat N] [--json]
+compress inspect MODEL.onnx
+compress example NAME -o DIR | --list
+compress passes
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from edgepress.compiler import __version__
 from edgepress.compiler.errors import EdgepressError, UsageError
 
 log = logging.getLogger("edgepress")
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,28 +42,53 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="compress", description="Compile an ONNX model to a verified native artifact.")
     p.add_argument("model", type=Path, help="the ONNX model (never modified)")
-    p.add_argument("--target", required=True, metavar="TARGET",
-                   help=f"one of: {', '.join(TARGETS)}")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
-                   help="artifact folder to create")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                   help="fix an input's shape (repeat for each dynamic input)")
+    p.add_argument(
+        "--target", required=True, metavar="TARGET", help=f"one of: {', '.join(TARGETS)}"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUTDIR",
+        help="artifact folder to create",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="fix an input's shape (repeat for each dynamic input)",
+    )
     p.add_argument("--mcpu", help="CPU to generate code for (x86_64: default this machine's)")
     p.add_argument("--mattr", default="", help="extra CPU features, e.g. +dotprod,+i8mm (arm64)")
     p.add_argument("--arch", default="sm_80", help="CUDA architecture (cuda target)")
     p.add_argument("--passes", help="comma-separated pass list (see 'compress passes')")
-    p.add_argument("--verify-inputs", type=Path, metavar="X.npz",
-                   help="verification inputs, one array per model input (default: random)")
+    p.add_argument(
+        "--verify-inputs",
+        type=Path,
+        metavar="X.npz",
+        help="verification inputs, one array per model input (default: random)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE)
-    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
-                   help="MetaSchedule trials for the tasks the tuning database lacks")
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MetaSchedule trials for the tasks the tuning database lacks",
+    )
     p.add_argument("--tune-minutes", type=float, metavar="M", help="tuning time budget")
-    p.add_argument("--tuning-db", type=Path, metavar="PATH",
-                   help="tuning database folder, for one target (default: a folder per target "
-                        "under $EDGEPRESS_TUNING_DB, else under the cache)")
+    p.add_argument(
+        "--tuning-db",
+        type=Path,
+        metavar="PATH",
+        help="tuning database folder, for one target (default: a folder per target "
+        "under $EDGEPRESS_TUNING_DB, else under the cache)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
@@ -90,14 +114,20 @@ def cmd_build(argv: list[str]) -> int:
     if args.tune_trials < 0 or (args.tune_minutes is not None and args.tune_minutes <= 0):
         raise UsageError("--tune-trials must not be negative and --tune-minutes must be positive")
     opts = BuildOptions(
-        model=args.model, target=args.target, outdir=args.output,
+        model=args.model,
+        target=args.target,
+        outdir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
-        target_options=TargetOptions(mcpu=args.mcpu, arch=args.arch,
-                                     mattr=tuple(a for a in args.mattr.split(",") if a)),
+        target_options=TargetOptions(
+            mcpu=args.mcpu, arch=args.arch, mattr=tuple(a for a in args.mattr.split(",") if a)
+        ),
         passes=parse_pass_list(args.passes) if args.passes is not None else list(DEFAULT_PIPELINE),
-        verify_inputs=args.verify_inputs, seed=args.seed,
-        tolerance=Tolerance(args.atol, args.rtol, args.min_cosine), force=args.force,
-        tuning=TuningOptions(args.tune_trials, args.tune_minutes, args.tuning_db))
+        verify_inputs=args.verify_inputs,
+        seed=args.seed,
+        tolerance=Tolerance(args.atol, args.rtol, args.min_cosine),
+        force=args.force,
+        tuning=TuningOptions(args.tune_trials, args.tune_minutes, args.tuning_db),
+    )
     try:
         result = build(opts)
     except VerificationError:
@@ -151,8 +181,10 @@ def cmd_run(argv: list[str]) -> int:
 def cmd_bench(argv: list[str]) -> int:
     from edgepress.compiler.bench import bench, record_in_report
 
-    p = _Parser(prog="compress bench",
-                description="Time an artifact against onnxruntime, same inputs and threads.")
+    p = _Parser(
+        prog="compress bench",
+        description="Time an artifact against onnxruntime, same inputs and threads.",
+    )
     p.add_argument("artifact", type=Path, metavar="OUTDIR")
     p.add_argument("--threads", type=int, default=1, help="threads for both (default 1)")
     p.add_argument("--repeat", type=int, default=50, help="timed runs of each (default 50)")
@@ -166,10 +198,12 @@ def cmd_bench(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     elif not args.quiet:
-        print(f"artifact     {result.artifact_ms:10.3f} ms (p90 {result.artifact_p90_ms:.3f})\n"
-              f"onnxruntime  {result.onnxruntime_ms:10.3f} ms (p90 {result.onnxruntime_p90_ms:.3f})\n"
-              f"speedup      {result.speedup:10.3f}x (onnxruntime / artifact; {result.threads} "
-              f"thread(s), median of {result.repeat})")
+        print(
+            f"artifact     {result.artifact_ms:10.3f} ms (p90 {result.artifact_p90_ms:.3f})\n"
+            f"onnxruntime  {result.onnxruntime_ms:10.3f} ms (p90 {result.onnxruntime_p90_ms:.3f})\n"
+            f"speedup      {result.speedup:10.3f}x (onnxruntime / artifact; {result.threads} "
+            f"thread(s), median of {result.repeat})"
+        )
     return 0
 
 
@@ -207,8 +241,9 @@ def cmd_example(argv: list[str]) -> int:
     if args.name is None or args.output is None:
         raise UsageError("compress example: give NAME and -o DIR, or --list")
     if args.name not in EXAMPLES:
-        raise UsageError(f"compress example: unknown example {args.name!r}; known: "
-                         f"{', '.join(EXAMPLES)}")
+        raise UsageError(
+            f"compress example: unknown example {args.name!r}; known: {', '.join(EXAMPLES)}"
+        )
     target = args.output / f"{args.name}.onnx"
     if target.exists() and not args.force:
         raise UsageError(f"-o {args.output}: {target} exists; pass --force to replace it")
@@ -232,23 +267,34 @@ def cmd_passes(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "run": cmd_run, "bench": cmd_bench, "inspect": cmd_inspect,
-            "example": cmd_example, "passes": cmd_passes}
+COMMANDS = {
+    "build": cmd_build,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "inspect": cmd_inspect,
+    "example": cmd_example,
+    "passes": cmd_passes,
+}
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
     # Libraries (onnxscript, TVM) log chattily at INFO: only edgepress's own progress shows.
     ours = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.INFO)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     logging.getLogger("edgepress").setLevel(ours)
     # MetaSchedule prints a task table per round at INFO: the progress bar says enough.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
-        logging.DEBUG if args.debug else logging.WARNING)
+        logging.DEBUG if args.debug else logging.WARNING
+    )
 
 
 def _print_help() -> None:
-    print(textwrap.dedent(f"""\
+    print(
+        textwrap.dedent(f"""\
         edgepress {__version__}: compile ONNX models to verified native artifacts.
 
         usage:
@@ -259,7 +305,8 @@ def _print_help() -> None:
           compress example NAME -o DIR | compress example --list
           compress passes
 
-        'compress build --help' (or any subcommand with --help) shows its options."""))
+        'compress build --help' (or any subcommand with --help) shows its options.""")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug in edgepress or a library: say so, keep the trace on --debug
         if debug:
             raise
-        print(f"compress: internal error: {type(err).__name__}: {err} (run with --debug for the "
-              "traceback and please report it)", file=sys.stderr)
+        print(
+            f"compress: internal error: {type(err).__name__}: {err} (run with --debug for the "
+            "traceback and please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -50,3 +50,9 @@ def node_label(node, index: int | None = None) -> str:
     where = f", #{index}" if index is not None else ""
     name = node.name or (f"#{index}" if index is not None else "<unnamed>")
     return f"node '{name}' ({op}{where})"
+
+
+def first_line(err: BaseException, limit: int = 500) -> str:
+    """The useful line of a library's error: TVM puts its message after a traceback."""
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:limit]

@@ -24,8 +24,10 @@ def random_inputs(specs: list[TensorSpec], seed: int) -> dict[str, np.ndarray]:
         elif dtype.kind == "b":
             arrays[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
         else:
-            raise UsageError(f"input '{spec.name}': cannot make random data of dtype {dtype}; "
-                             "pass --verify-inputs with an .npz")
+            raise UsageError(
+                f"input '{spec.name}': cannot make random data of dtype {dtype}; "
+                "pass --verify-inputs with an .npz"
+            )
     return arrays
 
 

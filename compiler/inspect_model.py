@@ -43,8 +43,9 @@ def summarize(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None
         "ir_version": proto.ir_version,
         "opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
         "inputs": [{"name": v.name, "shape": _dims(v), "dtype": str(v.dtype)} for v in inputs],
-        "outputs": [{"name": v.name, "shape": _dims(v), "dtype": str(v.dtype)}
-                    for v in model.graph.outputs],
+        "outputs": [
+            {"name": v.name, "shape": _dims(v), "dtype": str(v.dtype)} for v in model.graph.outputs
+        ],
         "nodes": sum(histogram.values()),
         "op_histogram": dict(histogram.most_common()),
         "parameters": int(sum(t.size for t in params)),
@@ -65,17 +66,26 @@ def _macs(model: ir.Model, static_inputs: bool) -> int | None:
 
 
 def render(info: dict) -> str:
-    lines = [f"{info['path']}", f"  producer: {info['producer'] or '-'}   IR version "
-             f"{info['ir_version']}   opsets: "
-             + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
+    lines = [
+        f"{info['path']}",
+        f"  producer: {info['producer'] or '-'}   IR version "
+        f"{info['ir_version']}   opsets: "
+        + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()),
+    ]
     for kind in ("inputs", "outputs"):
         lines.append(f"  {kind}:")
         for v in info[kind]:
             lines.append(f"    {v['name']}: {v['dtype']} [{', '.join(map(str, v['shape']))}]")
     lines.append(f"  parameters: {info['parameters']:,} ({info['parameter_bytes']:,} bytes)")
     macs = info["macs"]
-    lines.append("  MACs: " + (f"{macs:,} ({macs / 1e9:.3f} G)" if macs is not None else
-                              "unknown (dynamic dims: pass --input-shape)"))
+    lines.append(
+        "  MACs: "
+        + (
+            f"{macs:,} ({macs / 1e9:.3f} G)"
+            if macs is not None
+            else "unknown (dynamic dims: pass --input-shape)"
+        )
+    )
     lines.append(f"  nodes: {info['nodes']}")
     for op, n in info["op_histogram"].items():
         lines.append(f"    {op:<28} {n}")

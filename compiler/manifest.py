@@ -22,13 +22,23 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(folder: Path, *, source: Path, source_sha256: str, target: dict,
-                   inputs: list[dict], outputs: list[dict], status: str) -> Path:
+def write_manifest(
+    folder: Path,
+    *,
+    source: Path,
+    source_sha256: str,
+    target: dict,
+    inputs: list[dict],
+    outputs: list[dict],
+    status: str,
+) -> Path:
     """Hash every file in the folder (the manifest itself aside) and write the manifest."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        files[path.relative_to(folder).as_posix()] = {"sha256": sha256_file(path),
-                                                      "bytes": path.stat().st_size}
+        files[path.relative_to(folder).as_posix()] = {
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+        }
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "status": status,

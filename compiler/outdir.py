@@ -26,8 +26,10 @@ def check_outdir(outdir: Path, inputs: list[Path], force: bool) -> None:
     for given in inputs:
         given = given.resolve()
         if _inside(given, out):
-            raise UsageError(f"-o {outdir}: the output folder would contain or replace {given}, "
-                             "which is an input; choose another folder")
+            raise UsageError(
+                f"-o {outdir}: the output folder would contain or replace {given}, "
+                "which is an input; choose another folder"
+            )
         if given in out.parents:
             raise UsageError(f"-o {outdir}: the output folder cannot be inside the input {given}")
     if out.exists():
@@ -36,8 +38,10 @@ def check_outdir(outdir: Path, inputs: list[Path], force: bool) -> None:
         if not force:
             raise UsageError(f"-o {outdir}: the folder exists; pass --force to replace it")
         if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise UsageError(f"-o {outdir}: exists and is not an edgepress artifact folder (no "
-                             f"{MANIFEST}); refusing to replace it even with --force")
+            raise UsageError(
+                f"-o {outdir}: exists and is not an edgepress artifact folder (no "
+                f"{MANIFEST}); refusing to replace it even with --force"
+            )
 
 
 def staging_dir(outdir: Path) -> Path:

@@ -33,8 +33,10 @@ def parse_pass_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PASSES]
     if unknown:
-        raise UsageError(f"--passes: unknown pass(es) {', '.join(unknown)}; known passes: "
-                         f"{', '.join(sorted(PASSES))} (see 'compress passes')")
+        raise UsageError(
+            f"--passes: unknown pass(es) {', '.join(unknown)}; known passes: "
+            f"{', '.join(sorted(PASSES))} (see 'compress passes')"
+        )
     return names
 
 
@@ -48,11 +50,26 @@ def run_pipeline(model: ir.Model, names: list[str]) -> tuple[ir.Model, list[Pass
             result = get_pass(name)(model)
         except Exception as err:
             done = ", ".join(r.name for r in records) or "nothing"
-            raise PassError(f"pass '{name}' failed after [{done}]: {type(err).__name__}: {err}") from err
+            raise PassError(
+                f"pass '{name}' failed after [{done}]: {type(err).__name__}: {err}"
+            ) from err
         model = result.model
-        record = PassRecord(name, result.changes, nodes, count_nodes(model), params,
-                            parameter_bytes(model), time.perf_counter() - start)
-        log.debug("pass %s: %d changes, nodes %d -> %d, %.2f s", name, record.changes,
-                 record.nodes_before, record.nodes_after, record.seconds)
+        record = PassRecord(
+            name,
+            result.changes,
+            nodes,
+            count_nodes(model),
+            params,
+            parameter_bytes(model),
+            time.perf_counter() - start,
+        )
+        log.debug(
+            "pass %s: %d changes, nodes %d -> %d, %.2f s",
+            name,
+            record.changes,
+            record.nodes_before,
+            record.nodes_after,
+            record.seconds,
+        )
         records.append(record)
     return model, records

@@ -28,59 +28,92 @@ def verification_lines(title: str, v: dict) -> list[str]:
     lines = [f"### {title}", "", f"Status: **{v['status']}** (reference: {v['reference']})", ""]
     if v.get("outputs"):
         tol = v.get("tolerance") or {}
-        lines.append(f"Tolerance: atol {tol.get('atol')}, rtol {tol.get('rtol')}, "
-                     f"min cosine {tol.get('min_cosine')}")
-        lines += ["", "| output | ok | max abs err | max rel err | cosine | mismatched | problem |",
-                  "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"Tolerance: atol {tol.get('atol')}, rtol {tol.get('rtol')}, "
+            f"min cosine {tol.get('min_cosine')}"
+        )
+        lines += [
+            "",
+            "| output | ok | max abs err | max rel err | cosine | mismatched | problem |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for o in v["outputs"]:
             lines.append(
                 f"| {o['name']} | {'yes' if o['ok'] else 'NO'} | {_num(o['max_abs_err'])} | "
                 f"{_num(o['max_rel_err'])} | {_num(o['cosine'], '.7f')} | "
-                f"{o['mismatched'] if o['mismatched'] is not None else '-'} | {o['problem'] or ''} |")
+                f"{o['mismatched'] if o['mismatched'] is not None else '-'} | {o['problem'] or ''} |"
+            )
     lines.append("")
     return lines
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# edgepress build: {report['source']['path']} -> {report['target']['name']}", "",
-             f"Status: **{report['status']}**", ""]
+    lines = [
+        f"# edgepress build: {report['source']['path']} -> {report['target']['name']}",
+        "",
+        f"Status: **{report['status']}**",
+        "",
+    ]
     lines += ["## Sizes", "", "| file | bytes | size |", "|---|---|---|"]
     for name, n in report["sizes"].items():
         lines.append(f"| {name} | {n} | {_size(n)} |")
-    lines += ["", "## Passes", "",
-              "| pass | changes | nodes before | nodes after | param bytes before | after | seconds |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Passes",
+        "",
+        "| pass | changes | nodes before | nodes after | param bytes before | after | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in report["passes"]:
-        lines.append(f"| {p['name']} | {p['changes']} | {p['nodes_before']} | {p['nodes_after']} | "
-                     f"{p['param_bytes_before']} | {p['param_bytes_after']} | {p['seconds']:.2f} |")
+        lines.append(
+            f"| {p['name']} | {p['changes']} | {p['nodes_before']} | {p['nodes_after']} | "
+            f"{p['param_bytes_before']} | {p['param_bytes_after']} | {p['seconds']:.2f} |"
+        )
     lines += ["", "## Verification", ""]
-    lines += verification_lines("Artifact vs onnxruntime on the source model",
-                                report["verification"]["artifact"])
-    lines += verification_lines("model.onnx (after passes) vs the source model, both in onnxruntime",
-                                report["verification"]["passes"])
+    lines += verification_lines(
+        "Artifact vs onnxruntime on the source model", report["verification"]["artifact"]
+    )
+    lines += verification_lines(
+        "model.onnx (after passes) vs the source model, both in onnxruntime",
+        report["verification"]["passes"],
+    )
     lines += ["## Tuning", ""]
     tuning = report.get("tuning")
     if not tuning:
         lines += ["Untuned: no tuning database for this target (default TVM schedules).", ""]
     else:
         best = tuning["best_ms"]
-        lines += [f"Database: `{tuning['database']}`; {tuning['trials_measured']} trial(s) measured "
-                  f"in this build ({tuning['seconds']:.0f} s)"
-                  + (f", best task latency {best:.3f} ms" if best is not None else "") + ".", "",
-                  "| task | weight | tuned | record from an earlier build |", "|---|---|---|---|"]
+        lines += [
+            f"Database: `{tuning['database']}`; {tuning['trials_measured']} trial(s) measured "
+            f"in this build ({tuning['seconds']:.0f} s)"
+            + (f", best task latency {best:.3f} ms" if best is not None else "")
+            + ".",
+            "",
+            "| task | weight | tuned | record from an earlier build |",
+            "|---|---|---|---|",
+        ]
         for t in tuning["tasks"]:
-            lines.append(f"| {t['name']} | {t['weight']:g} | {'yes' if t['tuned'] else 'no'} | "
-                         f"{'yes' if t['from_database'] else 'no'} |")
+            lines.append(
+                f"| {t['name']} | {t['weight']:g} | {'yes' if t['tuned'] else 'no'} | "
+                f"{'yes' if t['from_database'] else 'no'} |"
+            )
         lines.append("")
     if "bench" in report:
         b = report["bench"]
-        lines += ["## Speed", "",
-                  f"{b['threads']} thread(s), median of {b['repeat']} runs after {b['warmup']} "
-                  f"warm-up runs, same inputs, one run ({b['runner']}).", "",
-                  "| | median ms | p90 ms |", "|---|---|---|",
-                  f"| artifact | {b['artifact_ms']:.3f} | {b['artifact_p90_ms']:.3f} |",
-                  f"| onnxruntime | {b['onnxruntime_ms']:.3f} | {b['onnxruntime_p90_ms']:.3f} |",
-                  "", f"Speedup (onnxruntime / artifact): **{b['speedup']:.3f}x**", ""]
+        lines += [
+            "## Speed",
+            "",
+            f"{b['threads']} thread(s), median of {b['repeat']} runs after {b['warmup']} "
+            f"warm-up runs, same inputs, one run ({b['runner']}).",
+            "",
+            "| | median ms | p90 ms |",
+            "|---|---|---|",
+            f"| artifact | {b['artifact_ms']:.3f} | {b['artifact_p90_ms']:.3f} |",
+            f"| onnxruntime | {b['onnxruntime_ms']:.3f} | {b['onnxruntime_p90_ms']:.3f} |",
+            "",
+            f"Speedup (onnxruntime / artifact): **{b['speedup']:.3f}x**",
+            "",
+        ]
     lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]
     for key, value in report["target"].get("notes", {}).items():
         lines.append(f"- {key}: {value}")

@@ -31,7 +31,9 @@ def parse_input_shapes(flags: list[str]) -> dict[str, tuple[int, ...]]:
     for flag in flags:
         name, sep, dims = flag.rpartition("=")
         if not sep or not name:
-            raise UsageError(f"--input-shape {flag!r}: expected NAME=D1,D2,..., e.g. images=1,3,224,224")
+            raise UsageError(
+                f"--input-shape {flag!r}: expected NAME=D1,D2,..., e.g. images=1,3,224,224"
+            )
         try:
             values = tuple(int(d) for d in dims.split(",") if d.strip() != "")
         except ValueError:
@@ -52,7 +54,11 @@ def model_inputs(model: ir.Model) -> list[ir.Value]:
 def _dims_text(value: ir.Value) -> str:
     if value.shape is None:
         return "unknown rank"
-    return "[" + ", ".join(str(d) if isinstance(d, int) else f"{d.value or '?'}*" for d in value.shape) + "]"
+    return (
+        "["
+        + ", ".join(str(d) if isinstance(d, int) else f"{d.value or '?'}*" for d in value.shape)
+        + "]"
+    )
 
 
 def _is_static(value: ir.Value) -> bool:
@@ -90,9 +96,10 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source
             mark = "static" if _is_static(v) else "dynamic (* marks symbolic dims)"
             lines.append(f"'{v.name}' {_dims_text(v)} {mark}")
         suggestion = " ".join(
-            "--input-shape " + v.name + "=" + ",".join(
-                str(d) if isinstance(d, int) else "1" for d in (v.shape or [1])
-            )
+            "--input-shape "
+            + v.name
+            + "="
+            + ",".join(str(d) if isinstance(d, int) else "1" for d in (v.shape or [1]))
             for v in dynamic
         )
         raise ModelError(

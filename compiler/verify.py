@@ -85,8 +85,15 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
     if ref.dtype.kind in "biu" or got.dtype.kind in "biu":
         mismatched = int(np.count_nonzero(got != ref))
         diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-        return OutputCheck(name, mismatched == 0, float(diff.max(initial=0.0)), None,
-                           cosine_similarity(got, ref), mismatched, int(ref.size))
+        return OutputCheck(
+            name,
+            mismatched == 0,
+            float(diff.max(initial=0.0)),
+            None,
+            cosine_similarity(got, ref),
+            mismatched,
+            int(ref.size),
+        )
     got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
     if not np.all(np.isfinite(got64) == np.isfinite(ref64)):
         return OutputCheck(name, False, problem="non-finite values differ (NaN or Inf)")
@@ -99,14 +106,26 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
     ok = mismatched == 0 and cosine >= tol.min_cosine
     problem = None
     if not ok:
-        problem = (f"{mismatched} of {ref.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}"
-                   if mismatched else f"cosine {cosine:.6f} < {tol.min_cosine}")
-    return OutputCheck(name, ok, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
-                       cosine, mismatched, int(ref.size), problem)
+        problem = (
+            f"{mismatched} of {ref.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}"
+            if mismatched
+            else f"cosine {cosine:.6f} < {tol.min_cosine}"
+        )
+    return OutputCheck(
+        name,
+        ok,
+        float(diff.max(initial=0.0)),
+        float(rel.max(initial=0.0)),
+        cosine,
+        mismatched,
+        int(ref.size),
+        problem,
+    )
 
 
-def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Tolerance,
-            reference: str) -> Verification:
+def compare(
+    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Tolerance, reference: str
+) -> Verification:
     checks = []
     for name, ref_array in ref.items():
         if name not in got:
@@ -117,15 +136,23 @@ def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Toleran
     return Verification(status=status, reference=reference, outputs=checks, tolerance=tol)
 
 
-def run_onnxruntime(model_path: Path | bytes, inputs: dict[str, np.ndarray],
-                    *, optimize: bool = False, threads: int = 0) -> dict[str, np.ndarray]:
+def run_onnxruntime(
+    model_path: Path | bytes,
+    inputs: dict[str, np.ndarray],
+    *,
+    optimize: bool = False,
+    threads: int = 0,
+) -> dict[str, np.ndarray]:
     """Outputs of `model_path` in onnxruntime's CPU provider, by output name.
 
     Graph optimizations are off by default so the reference is the model as written.
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     source = model_path if isinstance(model_path, bytes) else str(model_path)

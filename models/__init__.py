@@ -39,10 +39,18 @@ def _digits(folder: Path) -> list[Path]:
 EXAMPLES: dict[str, Example] = {
     e.name: e
     for e in (
-        Example("resnet18", "ResNet-18, 1x3x224x224, random weights (speed and fidelity)", _resnet18),
-        Example("mobilenetv2", "MobileNetV2, 1x3x224x224, random weights (speed and fidelity)",
-                _mobilenetv2),
-        Example("digits", "small CNN trained on scikit-learn's 8x8 digits, with calibration.npz "
-                "and eval.npz", _digits),
+        Example(
+            "resnet18", "ResNet-18, 1x3x224x224, random weights (speed and fidelity)", _resnet18
+        ),
+        Example(
+            "mobilenetv2",
+            "MobileNetV2, 1x3x224x224, random weights (speed and fidelity)",
+            _mobilenetv2,
+        ),
+        Example(
+            "digits",
+            "small CNN trained on scikit-learn's 8x8 digits, with calibration.npz and eval.npz",
+            _digits,
+        ),
     )
 }

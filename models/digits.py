@@ -26,10 +26,16 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
         )
         self.fc = nn.Linear(64, 10)
 
@@ -46,8 +52,11 @@ def digits_splits(seed: int = SEED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     labels = data.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(labels))
     n_train, n_cal = int(0.6 * len(order)), int(0.2 * len(order))
-    parts = {"train": order[:n_train], "calibration": order[n_train:n_train + n_cal],
-             "eval": order[n_train + n_cal:]}
+    parts = {
+        "train": order[:n_train],
+        "calibration": order[n_train : n_train + n_cal],
+        "eval": order[n_train + n_cal :],
+    }
     return {name: (images[idx], labels[idx]) for name, idx in parts.items()}
 
 

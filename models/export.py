@@ -18,13 +18,26 @@ def randomize_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> N
             module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, *,
-                opset: int = 17, dynamic_batch: bool = False) -> Path:
+def export_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+) -> Path:
     """TorchScript-based export (dynamo=False): one self-contained file at the given opset."""
     model.eval()
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes=dynamic_axes)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=dynamic_axes,
+        )
     return path

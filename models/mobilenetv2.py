@@ -10,10 +10,13 @@ from torch import nn
 from edgepress.models.export import export_onnx, randomize_batchnorm
 
 
-def conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1,
-            act: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+def conv_bn(
+    cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -24,8 +27,10 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers = [conv_bn(cin, hidden, 1, 1)] if expand != 1 else []
-        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden),
-                   conv_bn(hidden, cout, 1, 1, act=False)]
+        layers += [
+            conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            conv_bn(hidden, cout, 1, 1, act=False),
+        ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -35,8 +40,15 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # (expansion, channels, repeats, first stride), as in the paper's Table 2.
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -63,5 +75,6 @@ def mobilenetv2(seed: int = 0) -> MobileNetV2:
 
 
 def write_mobilenetv2(folder: Path, seed: int = 0) -> list[Path]:
-    return [export_onnx(mobilenetv2(seed), torch.zeros(1, 3, 224, 224),
-                        folder / "mobilenetv2.onnx")]
+    return [
+        export_onnx(mobilenetv2(seed), torch.zeros(1, 3, 224, 224), folder / "mobilenetv2.onnx")
+    ]

@@ -19,8 +19,12 @@ def artifact(tmp_path_factory):
     folder = tmp_path_factory.mktemp("artifact")
     source = save(builders.shape_subgraph(opset=13), folder / "model_in.onnx")
     out = folder / "out"
-    assert main([str(source), "--target", "x86_64", "-o", str(out), "--input-shape",
-                 "x=2,2,6,6", "-q"]) == 0
+    assert (
+        main(
+            [str(source), "--target", "x86_64", "-o", str(out), "--input-shape", "x=2,2,6,6", "-q"]
+        )
+        == 0
+    )
     return source, out
 
 

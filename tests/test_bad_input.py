@@ -67,7 +67,10 @@ def test_unsupported_op_names_node_op_and_opset(cli, tmp_path):
 
 def test_unknown_target(cli, tiny, tmp_path):
     r = cli(tiny, "--target", "riscv", "-o", tmp_path / "o")
-    assert r.code == 2 and "--target 'riscv': unknown target; known targets: x86_64, arm64, cuda" in r.err
+    assert (
+        r.code == 2
+        and "--target 'riscv': unknown target; known targets: x86_64, arm64, cuda" in r.err
+    )
     _one_paragraph(r.err)
 
 
@@ -127,8 +130,7 @@ def test_bad_option_value_is_a_usage_error(cli, tiny, tmp_path):
     assert r.code == 2 and "-o/--output" in r.err
 
 
-def test_verification_failure_exits_nonzero_and_names_the_output(cli, tiny, tmp_path,
-                                                                 monkeypatch):
+def test_verification_failure_exits_nonzero_and_names_the_output(cli, tiny, tmp_path, monkeypatch):
     """An artifact whose output is off: the build step fails, names the output, keeps the report."""
     import dataclasses
 

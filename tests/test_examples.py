@@ -35,8 +35,10 @@ def test_digits_is_trained_and_its_data_disjoint(cli, tmp_path):
     # duplicates may show up on both sides.
     assert sum(x.tobytes() in rows for x in ev["input"]) <= 5
     # Real accuracy on held-out data, measured by onnxruntime on the exported file.
-    correct = sum(int(ort_outputs(model, {"input": x[None]})[0].argmax() == y)
-                  for x, y in zip(ev["input"], ev["label"]))
+    correct = sum(
+        int(ort_outputs(model, {"input": x[None]})[0].argmax() == y)
+        for x, y in zip(ev["input"], ev["label"])
+    )
     assert correct / len(ev["label"]) >= 0.95
     # The file is not overwritten without --force.
     r = cli("example", "digits", "-o", tmp_path)

@@ -17,12 +17,16 @@ def test_subpackages_import_under_edgepress():
 
 
 def test_console_script_runs():
-    exe = shutil.which("compress") or str(__import__("pathlib").Path(sys.executable).with_name("compress"))
+    exe = shutil.which("compress") or str(
+        __import__("pathlib").Path(sys.executable).with_name("compress")
+    )
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("edgepress ")
 
 
 def test_compressing_does_not_import_torch():
-    code = ("import sys, edgepress.compiler.build, edgepress.compiler.cli; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, edgepress.compiler.build, edgepress.compiler.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -16,14 +16,24 @@ from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
 
 def _build_and_compare(cli, source, tmp_path, shape, name="x"):
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "--input-shape",
-            f"{name}={','.join(map(str, shape))}", "-q")
+    r = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        out,
+        "--input-shape",
+        f"{name}={','.join(map(str, shape))}",
+        "-q",
+    )
     assert r.code == 0, r.err
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["artifact"]["status"] == "ok"
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     np.savez(tmp_path / "in.npz", **{name: x})
-    assert cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz", "-q").code == 0
+    assert (
+        cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz", "-q").code == 0
+    )
     got = np.load(tmp_path / "o.npz")
     refs = ort_outputs(source, {name: x})
     for ref, key in zip(refs, got.files):
@@ -75,9 +85,16 @@ def test_torchscript_export_dynamic_batch(cli, tmp_path, opset):
     import torch
 
     path = tmp_path / f"torch_op{opset}.onnx"
-    torch.onnx.export(_TorchNet.make(), (torch.randn(2, 3, 5, 5),), str(path), opset_version=opset,
-                      dynamo=False, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    torch.onnx.export(
+        _TorchNet.make(),
+        (torch.randn(2, 3, 5, 5),),
+        str(path),
+        opset_version=opset,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert "Shape" in ops or "Flatten" in ops or "Reshape" in ops
     _build_and_compare(cli, path, tmp_path, (4, 3, 5, 5))
@@ -88,9 +105,14 @@ def test_dynamo_export(cli, tmp_path):
 
     path = tmp_path / "dynamo.onnx"
     batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.onnx.export(_TorchNet.make(), (torch.randn(2, 3, 5, 5),), dynamo=True,
-                                input_names=["x"], output_names=["y"],
-                                dynamic_shapes={"x": {0: batch}})
+    program = torch.onnx.export(
+        _TorchNet.make(),
+        (torch.randn(2, 3, 5, 5),),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_shapes={"x": {0: batch}},
+    )
     program.save(str(path), external_data=False)
     assert onnx.load(path).opset_import[0].version >= 18
     _build_and_compare(cli, path, tmp_path, (3, 3, 5, 5))

@@ -44,7 +44,9 @@ def test_first_build_tunes_and_fills_the_database(tuned):
     records = (db / "database_tuning_record.json").read_text().strip().splitlines()
     assert len(records) >= 1
     assert json.loads((db / "target.json").read_text())["kind"] == "llvm"
-    assert "| fused_conv2d_add_relu | 1 | yes | no |" in (folder / "first" / "report.md").read_text()
+    assert (
+        "| fused_conv2d_add_relu | 1 | yes | no |" in (folder / "first" / "report.md").read_text()
+    )
 
 
 def test_second_build_applies_records_without_measuring(tuned):
@@ -61,15 +63,26 @@ def test_tuned_artifact_matches_onnxruntime(tuned, cli, tmp_path):
     r = cli("run", folder / "second", "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
     assert r.code == 0, r.err
     (ref,) = ort_outputs(source, {"x": x})
-    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL,
-                               atol=ARTIFACT_ATOL)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
+    )
 
 
 def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
     folder, _, db = tuned
     other = save(builders.conv_relu_pool(), folder / "other.onnx")
-    r = cli(other, "--target", "x86_64", "-o", folder / "other", "--tuning-db", db,
-            "--tune-trials", "2", "-q")
+    r = cli(
+        other,
+        "--target",
+        "x86_64",
+        "-o",
+        folder / "other",
+        "--tuning-db",
+        db,
+        "--tune-trials",
+        "2",
+        "-q",
+    )
     assert r.code == 0, r.err
     tasks = {t["name"]: t for t in _tuning(folder / "other")["tasks"]}
     assert tasks["fused_conv2d_add_relu"]["from_database"]
@@ -79,8 +92,9 @@ def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
 
 def test_database_of_another_target_is_refused(tuned, cli):
     folder, source, db = tuned
-    r = cli(source, "--target", "x86_64", "--mcpu", "skylake", "-o", folder / "skl",
-            "--tuning-db", db)
+    r = cli(
+        source, "--target", "x86_64", "--mcpu", "skylake", "-o", folder / "skl", "--tuning-db", db
+    )
     assert r.code == 2
     assert f"--tuning-db {db}: this tuning database holds records for target" in r.err
     assert "never applied across targets" in r.err

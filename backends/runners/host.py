@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepress.compiler.errors import BackendError
-from edgepress.backends.lower import _first_line
+from edgepress.compiler.errors import BackendError, first_line
 
 
 def _flatten(value) -> list[np.ndarray]:
@@ -36,7 +35,9 @@ class HostRunner:
             self._device = device
             self._vm = relax.VirtualMachine(lib, device)
         except Exception as err:
-            raise BackendError(f"{self.library}: cannot load the artifact: {_first_line(err)}") from err
+            raise BackendError(
+                f"{self.library}: cannot load the artifact: {first_line(err)}"
+            ) from err
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import tvm
@@ -47,7 +48,9 @@ class HostRunner:
         try:
             return _flatten(self._vm["main"](*args))
         except Exception as err:
-            raise BackendError(f"{self.library}: running the artifact failed: {_first_line(err)}") from err
+            raise BackendError(
+                f"{self.library}: running the artifact failed: {first_line(err)}"
+            ) from err
 
     def time(self, inputs: list[np.ndarray], repeat: int, number: int = 1) -> list[float]:
         """Seconds per run, `repeat` samples of `number` runs each (after one warm-up run)."""

@@ -56,11 +56,16 @@ class RunnerProcess:
             out_dir = tmp_path / "out"
             out_dir.mkdir()
             try:
-                proc = subprocess.run(self._command(out_dir, paths, repeat), capture_output=True,
-                                      text=True, timeout=self.timeout_s)
+                proc = subprocess.run(
+                    self._command(out_dir, paths, repeat),
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout_s,
+                )
             except subprocess.TimeoutExpired as err:
-                raise BackendError(f"{self.library}: {self.description} ran past "
-                                   f"{self.timeout_s:.0f} s") from err
+                raise BackendError(
+                    f"{self.library}: {self.description} ran past {self.timeout_s:.0f} s"
+                ) from err
             if proc.returncode != 0:
                 raise BackendError(
                     f"{self.library}: {self.description} failed (exit {proc.returncode}): "

@@ -29,7 +29,7 @@ def node_macs(node: ir.Node) -> int | None:
         x = _shape(node.inputs[0])
         if w is None or y is None or x is None:
             return None
-        group = node.attributes.get_int("group", 1)
+        # The weight's dim 1 is already per group (Cin/group, or Cout/group for ConvTranspose).
         kernel = math.prod(w[2:])
         if op == "Conv":
             return y[0] * y[1] * math.prod(y[2:]) * w[1] * kernel

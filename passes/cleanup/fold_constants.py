@@ -44,8 +44,12 @@ def fold_constants(model: ir.Model, *, max_rounds: int = MAX_ROUNDS) -> PassResu
             output_size_limit=OUTPUT_SIZE_LIMIT,
         )
         removed = common_passes.RemoveUnusedNodesPass()(model)
-        log.debug("fold_constants round %d: folded=%s removed=%s", round_, folded.modified,
-                  removed.modified)
+        log.debug(
+            "fold_constants round %d: folded=%s removed=%s",
+            round_,
+            folded.modified,
+            removed.modified,
+        )
         if not (folded.modified or removed.modified):
             break
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
