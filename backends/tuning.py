@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TUNING_DB_ENV = "EDGEPRESS_TUNING_DB"
 TARGET_FILE = "target.json"
+# About what 2 cores measure in a minute (building and timing a candidate takes a few seconds):
+# used only to size the search when the budget is given in minutes.
+TRIALS_PER_MINUTE = 20
 
 
 @dataclass
@@ -254,7 +257,8 @@ def _tune_contexts(tasks, strategy, seed: int):
                 task_name=task.task_name,
                 logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),
                 rand_state=rand_state,
-                num_threads="physical",
+                # "physical" finds one core on VMs reporting 2 vCPUs as one hyper-threaded core.
+                num_threads=os.cpu_count() or 1,
             ).clone()
         )
     return contexts, [float(t.weight) for t in tasks]
@@ -282,7 +286,9 @@ def tune_and_compile(
     pending = [t for t in tasks if not known[t.task_name]]
     start = time.monotonic()
     if pending and trials > 0:
-        contexts, weights = _tune_contexts(pending, _search_strategy(trials, len(pending)), seed)
+        # With only a time budget, size the search by the trials that time can measure.
+        sizing = min(trials, int(minutes * TRIALS_PER_MINUTE)) if minutes else trials
+        contexts, weights = _tune_contexts(pending, _search_strategy(sizing, len(pending)), seed)
         deadline = start + 60 * minutes if minutes else None
         per_iter = max(1, min(16, trials // max(len(contexts), 1)))
         ms.tune.tune_tasks(
