@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import shutil
 import subprocess
 import sys
 
 
-def test_subpackages_import_under_edgepress():
-    for name in ("compiler", "passes", "backends", "models"):
-        module = importlib.import_module(f"edgepress.{name}")
-        assert module.__file__.replace("\\", "/").rsplit("/", 2)[-2] == name
-        assert importlib.util.find_spec(name) is None or name not in sys.modules
+def test_subpackages_import_under_edgepress_and_no_generic_names(tmp_path):
+    """From outside the repository (so its folders are not on sys.path through the cwd), the
+    installed distribution provides edgepress.* and none of compiler, passes, backends, models."""
+    code = (
+        "import importlib, importlib.util\n"
+        "for name in ('compiler', 'passes', 'backends', 'models'):\n"
+        "    assert importlib.util.find_spec(name) is None, name + ' is importable at top level'\n"
+        "    module = importlib.import_module('edgepress.' + name)\n"
+        "    assert module.__file__.replace('\\\\', '/').rsplit('/', 2)[-2] == name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=tmp_path)
 
 
 def test_console_script_runs():

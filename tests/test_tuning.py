@@ -90,6 +90,21 @@ def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
     assert new and not any(t["from_database"] for t in new)
 
 
+def test_time_budget_stops_tuning(tuned, cli):
+    """--tune-minutes alone: tuning stops at the deadline (here, after the first measurements),
+    far short of the trial cap a time budget runs under."""
+    from edgepress.backends.compile import TRIALS_FOR_A_TIME_BUDGET
+
+    folder, source, _ = tuned
+    r = cli(source, "--target", "x86_64", "-o", folder / "timed", "--tuning-db",
+            folder / "timed-db", "--tune-minutes", "0.01", "-q")
+    assert r.code == 0, r.err
+    tuning = _tuning(folder / "timed")
+    assert 1 <= tuning["trials_measured"] < TRIALS_FOR_A_TIME_BUDGET
+    assert tuning["trials_measured"] <= 64  # one measurement round at most
+    assert json.loads((folder / "timed" / "report.json").read_text())["status"] == "ok"
+
+
 def test_database_of_another_target_is_refused(tuned, cli):
     folder, source, db = tuned
     r = cli(
