@@ -38,7 +38,7 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
             "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
         )
     runtime = aarch64_runtime_dir()
-    executable, tuned = compile_module(
+    executable, facts = compile_module(
         mod,
         target,
         tuning,
@@ -56,7 +56,7 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
     return files, {
         "runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime",
-        "tuning": tuned,
+        **facts,
     }
 
 

@@ -1,9 +1,9 @@
-"""Relax module -> VM executable: tuned records applied when the target's database has them.
+"""Relax module -> VM executable, with tuning records applied where any database has them.
 
-Without records, the target's own default pipeline (relax.get_default_pipeline: fusion
-included; the plain tvm.compile default does no fusion on CPU). With a tuning database for the
-target, MetaSchedule's compile_relax applies its records and leaves other functions to the
-default schedules; with --tune-trials/--tune-minutes, the tasks the database lacks are tuned first.
+Every build goes through relax_pipeline.prepare/finish: records from the user's tuning database
+for this target (--tuning-db, else a folder per target under the cache) and records shipped
+with edgepress for exactly this target are applied; other functions get the target's default
+schedule. With --tune-trials/--tune-minutes, the tasks no database covers are tuned first.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class TuningOptions:
     trials: int = 0
     minutes: float | None = None
     database: Path | None = None  # --tuning-db; else $EDGEPRESS_TUNING_DB, else the cache
+    shipped: bool = True  # apply the records shipped with edgepress for this exact target
 
     @property
     def requested(self) -> bool:
@@ -37,19 +38,6 @@ def make_target(target: dict, host: dict | None = None):
         raise BackendError(f"TVM rejects the target {target}: {first_line(err)}") from err
 
 
-def compile_relax(mod, target):
-    """tvm.compile with relax.get_default_pipeline(target): the plain default does no fusion."""
-    import tvm
-    from tvm import relax
-
-    try:
-        return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
-    except Exception as err:
-        raise BackendError(
-            f"TVM failed to compile for {target.kind.name}: {first_line(err)}"
-        ) from err
-
-
 def compile_module(
     mod,
     target_dict: dict,
@@ -58,7 +46,8 @@ def compile_module(
     host: dict | None = None,
     cannot_measure: str | None = None,
 ):
-    """The executable, and the tuning summary for the report (None when no database applies).
+    """The executable, and for the report: the tuning summary (None when no database applies)
+    and the kernel list.
 
     `cannot_measure` is why candidates cannot be timed on this machine (tuning is refused then;
     records from a database are still applied).
@@ -73,17 +62,20 @@ def compile_module(
             f"{cannot_measure}"
         )
     folder = database_dir(target_dict, tuning.database, create=tuning.requested)
-    if folder is None:
-        return compile_relax(mod, target), None
     trials = tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0)
     try:
-        executable, summary = tune_and_compile(
-            mod, target, folder, trials=trials, minutes=tuning.minutes
+        executable, kernels, summary = tune_and_compile(
+            mod, target, target_dict, folder, trials=trials, minutes=tuning.minutes,
+            use_shipped=tuning.shipped,
         )
     except (UsageError, BackendError):
         raise
     except Exception as err:
+        where = f" with the database {folder}" if folder else ""
         raise BackendError(
-            f"tuning or compiling with the database {folder} failed: {first_line(err)}"
+            f"TVM failed to tune or compile for {target.kind.name}{where}: {first_line(err)}"
         ) from err
-    return executable, summary.to_json()
+    return executable, {
+        "tuning": summary.to_json() if summary else None,
+        "kernels": [k.to_json() for k in kernels],
+    }

@@ -22,7 +22,7 @@ def tvm_target(options: TargetOptions) -> dict:
 def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
     cuda_codegen.prepare(target["arch"])
     cannot_measure = cuda_codegen.gpu_missing() if tuning.requested else None
-    executable, tuned = compile_module(
+    executable, facts = compile_module(
         mod, target, tuning, host=HOST, cannot_measure=cannot_measure
     )
     library = outdir / LIBRARY_NAME
@@ -34,7 +34,7 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         )
     return [library], {
         "device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
-        "tuning": tuned,
+        **facts,
     }
 
 

@@ -43,7 +43,7 @@ class Backend:
     summary: str
     tvm_target: Callable[[TargetOptions], dict]
     # Builds the Relax module into the folder with the given TuningOptions; returns the files
-    # written (library first) and facts for the report (its "tuning" entry: None or a summary).
+    # written (library first) and facts for the report ("tuning": None or a summary; "kernels").
     build: Callable[..., tuple[list[Path], dict]]
     # A runner for an artifact folder, or the reason it cannot run on this machine.
     runner: Callable[[Path], Runner | str]

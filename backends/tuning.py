@@ -31,26 +31,45 @@ TARGET_FILE = "target.json"
 # About what 2 cores measure in a minute (building and timing a candidate takes a few seconds):
 # used only to size the search when the budget is given in minutes.
 TRIALS_PER_MINUTE = 20
+# Records shipped with edgepress (best record per workload, one folder per target).
+SHIPPED_DIR = Path(__file__).parent / "tuned"
 
 
 @dataclass
 class TaskRecord:
     name: str
     weight: float
-    tuned: bool  # a record for it is in the database after this build
-    from_database: bool  # it was there before this build (nothing measured for it)
+    tuned: bool  # a record for it was applied
+    # Where that record came from: "this build" (measured now), "database" (an earlier build's,
+    # in the user's database), "shipped" (edgepress's own records for this target), or None.
+    record: str | None
+
+    @property
+    def from_database(self) -> bool:
+        return self.record in ("database", "shipped")
 
 
 @dataclass
 class TuningSummary:
-    database: str
+    database: str | None  # the user's database folder, if any
+    shipped: str | None = None  # the shipped records' folder, when they match the target
     trials_measured: int = 0
     seconds: float = 0.0
-    best_ms: float | None = None
+    # Sum over tasks of weight x best measured latency: the model's tuned kernel time so far.
+    estimated_total_ms: float | None = None
     tasks: list[TaskRecord] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for task, record in zip(out["tasks"], self.tasks):
+            task["from_database"] = record.from_database
+        return out
+
+
+def target_key(target: dict) -> str:
+    """A folder name for a target: its kind and a hash of its whole description."""
+    digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{target['kind']}-{digest}"
 
 
 def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Path | None:
@@ -66,8 +85,7 @@ def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Pat
             if os.environ.get(TUNING_DB_ENV)
             else cache_dir("tuning")
         )
-        key = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:16]
-        path = root / f"{target['kind']}-{key}"
+        path = root / target_key(target)
     path = Path(path)
     if not create and not (path / TARGET_FILE).is_file():
         return None
@@ -160,15 +178,19 @@ def _in_process_runner():
     return InProcessRunner()
 
 
-def _progress_callback(total_trials: int, deadline: float | None, summary: TuningSummary):
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+def _progress_callback(
+    total_trials: int, deadline: float | None, summary: TuningSummary, weights: list[float]
+):
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     start = time.monotonic()
+    best: dict[int, float] = {}  # task index -> best measured ms
 
     @derived_object
     class Progress(PyMeasureCallback):
-        """Prints trials done, best latency so far and time left; stops at the deadline."""
+        """Prints trials done, the model's estimated kernel time so far (each task's best
+        latency times its weight) and time left; stops at the deadline."""
 
         def apply(
             self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
@@ -177,7 +199,9 @@ def _progress_callback(total_trials: int, deadline: float | None, summary: Tunin
                 summary.trials_measured += 1
                 if result.error_msg is None and result.run_secs:
                     ms_ = 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
-                    summary.best_ms = ms_ if summary.best_ms is None else min(summary.best_ms, ms_)
+                    best[task_id] = min(best.get(task_id, ms_), ms_)
+            if best:
+                summary.estimated_total_ms = sum(weights[i] * b for i, b in best.items())
             elapsed = time.monotonic() - start
             done = min(summary.trials_measured, total_trials)
             left = (
@@ -187,40 +211,19 @@ def _progress_callback(total_trials: int, deadline: float | None, summary: Tunin
             )
             width = 30
             bar = "#" * int(width * done / max(total_trials, 1))
-            best = f"{summary.best_ms:.3f} ms" if summary.best_ms is not None else "-"
+            total = summary.estimated_total_ms
+            shown = f"{total:.2f} ms" if total is not None else "-"
             sys.stderr.write(
-                f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, best task "
-                f"latency {best}, about {max(left, 0):.0f} s left "
+                f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, tuned kernels "
+                f"{shown} ({len(best)}/{len(weights)} tasks), about {max(left, 0):.0f} s left "
             )
             sys.stderr.flush()
             if deadline and time.monotonic() > deadline:
-                for i in range(len(task_scheduler.tasks_)):
-                    task_scheduler.terminate_task(i)
+                for i, task in enumerate(task_scheduler.tasks_):
+                    if not task.is_terminated:
+                        task_scheduler.terminate_task(i)
 
     return Progress()
-
-
-def _fused(mod, target):
-    """The module as compile_relax prepares it before applying records (legalized, fused TIR),
-    so the tasks extracted here have the workload keys that compile_relax will look up."""
-    import tvm
-    from tvm import relax
-    from tvm.relax import pipeline as relax_pipeline
-
-    try:
-        dispatch = relax_pipeline.library_dispatch_passes(target)
-    except (ValueError, AttributeError):
-        dispatch = []
-    passes = [
-        *dispatch,
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-    with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(passes)(mod)
 
 
 def _search_strategy(trials: int, tasks: int):
@@ -268,24 +271,68 @@ def _has_record(database, task, target) -> bool:
     return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
 
 
-def tune_and_compile(
-    mod, target, folder: Path, *, trials: int, minutes: float | None, seed: int = 0
-):
-    """Tune what the database lacks within the budget, then compile with all records applied.
+def shipped_database(target: dict):
+    """The records shipped with edgepress for exactly this target (benchmarks/tune_bundled.py
+    makes them) as (folder, database), or None. Read only: tuning never writes there."""
+    folder = SHIPPED_DIR / target_key(target)
+    marker = folder / TARGET_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == target:
+        return folder, open_database(folder)
+    return None
 
-    Returns the executable and a summary saying, per task, whether it is tuned and whether its
-    record came from an earlier build.
+
+def export_best_records(source: Path, destination: Path, target: dict) -> int:
+    """Copy the best record of each workload in the database `source` into a fresh database
+    folder `destination` (what edgepress ships); returns the number of records."""
+    import shutil
+
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    (destination / TARGET_FILE).write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
+    open_database(source).dump_pruned(open_database(destination))
+    return len((destination / "database_tuning_record.json").read_text().splitlines())
+
+
+def tune_and_compile(
+    mod, target, target_dict: dict, folder: Path | None, *, trials: int,
+    minutes: float | None, use_shipped: bool = True, seed: int = 0,
+):
+    """Tune what the databases lack within the budget, then compile with all records applied.
+
+    `folder` is the user's database (None: no database for this target and no tuning asked
+    for). Records shipped with edgepress for this exact target are applied too, best record
+    wins. Returns the executable, the kernel list and a summary saying, per task, whether it
+    is tuned and where its record came from.
     """
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import compile_relax, extract_tasks
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    summary = TuningSummary(database=str(folder))
-    database = open_database(folder)
-    tasks = extract_tasks(_fused(mod, target), target)
-    known = {t.task_name: _has_record(database, t, target) for t in tasks}
-    pending = [t for t in tasks if not known[t.task_name]]
+    from edgepress.backends.relax_pipeline import finish, prepare
+
+    prepared = prepare(mod, target)
+    shipped = shipped_database(target_dict) if use_shipped else None
+    if folder is None and shipped is None:
+        executable, kernels = finish(prepared, target)
+        return executable, kernels, None
+    databases = []
+    summary = TuningSummary(database=str(folder) if folder else None)
+    user_db = open_database(folder) if folder else None
+    if user_db is not None:
+        databases.append(user_db)
+    if shipped is not None:
+        summary.shipped = str(shipped[0])
+        databases.append(shipped[1])
+    tasks = extract_tasks(prepared, target)
+    source = {}
+    for t in tasks:
+        if user_db is not None and _has_record(user_db, t, target):
+            source[t.task_name] = "database"
+        elif shipped is not None and _has_record(shipped[1], t, target):
+            source[t.task_name] = "shipped"
+    pending = [t for t in tasks if t.task_name not in source]
     start = time.monotonic()
-    if pending and trials > 0:
+    if pending and trials > 0 and user_db is not None:
         # With only a time budget, size the search by the trials that time can measure.
         sizing = min(trials, int(minutes * TRIALS_PER_MINUTE)) if minutes else trials
         contexts, weights = _tune_contexts(pending, _search_strategy(sizing, len(pending)), seed)
@@ -299,24 +346,23 @@ def tune_and_compile(
             num_trials_per_iter=per_iter,
             builder=_in_process_builder(),
             runner=_in_process_runner(),
-            database=database,
+            database=user_db,
             cost_model="xgb",
             measure_callbacks=[
                 *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(trials, deadline, summary),
+                _progress_callback(trials, deadline, summary, weights),
             ],
         )
         sys.stderr.write("\n")
+        for t in pending:
+            if _has_record(user_db, t, target):
+                source[t.task_name] = "this build"
     summary.seconds = time.monotonic() - start
     for t in tasks:
         summary.tasks.append(
-            TaskRecord(
-                t.task_name,
-                float(t.weight),
-                known[t.task_name] or _has_record(database, t, target),
-                known[t.task_name],
-            )
+            TaskRecord(t.task_name, float(t.weight), t.task_name in source,
+                       source.get(t.task_name))
         )
-    with target:
-        executable = compile_relax(database, mod, target, None)
-    return executable, summary
+    database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+    executable, kernels = finish(prepared, target, database)
+    return executable, kernels, summary

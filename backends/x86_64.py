@@ -33,10 +33,10 @@ def tvm_target(options: TargetOptions) -> dict:
 
 
 def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
-    executable, tuned = compile_module(mod, target, tuning)
+    executable, facts = compile_module(mod, target, tuning)
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library))
-    return [library], {"tuning": tuned}
+    return [library], facts
 
 
 def runner(artifact: Path) -> Runner | str:

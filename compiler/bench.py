@@ -122,13 +122,45 @@ def bench(
     )
 
 
-def record_in_report(artifact: Path, result: BenchResult) -> None:
+def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0) -> dict:
+    """Each kernel's time per run (VM instrument hook), FLOP rate and share, against the peak
+    of `threads` cores; a JSON-ready dict with "rows", "peak" and "markdown"."""
+    import json
+
+    from edgepress.backends.cpu_peak import cpu_peak
+    from edgepress.compiler.kernel_profile import kernel_rows, render
+
+    manifest = read_manifest(artifact)
+    runner = get_backend(manifest["target"]["name"]).runner(artifact)
+    if isinstance(runner, str) or not hasattr(runner, "profile") or runner.emulated:
+        raise UsageError(f"{artifact}: --profile needs an artifact that runs in this process")
+    kernels = json.loads((artifact / "report.json").read_text()).get("kernels") or []
+    if not kernels:
+        raise UsageError(f"{artifact}: its report lists no kernels (built by an older edgepress)")
+    specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+    feeds = random_inputs(specs, seed)
+    use_threads(threads)
+    timings = runner.profile([feeds[s.name] for s in specs], repeat)
+    peak = cpu_peak()
+    rows = kernel_rows(timings, kernels, peak.gflops * min(threads, peak.cores) / peak.cores)
+    return {
+        "threads": threads,
+        "repeat": repeat,
+        "peak": peak.to_json(),
+        "rows": [r.to_json() for r in rows],
+        "markdown": render(rows, peak, threads),
+    }
+
+
+def record_in_report(artifact: Path, result: BenchResult, profile: dict | None = None) -> None:
     """Add the figures to report.json/report.md and refresh the manifest's hashes."""
     import json
 
     report_path = artifact / "report.json"
     report = json.loads(report_path.read_text())
     report["bench"] = result.to_json()
+    if profile is not None:
+        report["kernel_profile"] = profile
     reports.write_json(report, report_path)
     (artifact / "report.md").write_text(reports.render_markdown(report))
     manifest = read_manifest(artifact)

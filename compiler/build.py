@@ -113,6 +113,7 @@ def build(opts: BuildOptions) -> BuildResult:
         t = time.perf_counter()
         files, notes = backend.build(mod, tvm_target, staging, opts.tuning)
         tuning = notes.pop("tuning", None)
+        kernels = notes.pop("kernels", [])
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -148,6 +149,7 @@ def build(opts: BuildOptions) -> BuildResult:
             else f"random, seed {opts.seed}",
             "passes": [r.to_json() for r in pass_records],
             "tuning": tuning,
+            "kernels": kernels,
             "verification": {
                 "artifact": artifact_check.to_json(),
                 "passes": after_passes.to_json(),

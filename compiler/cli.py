@@ -89,6 +89,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tuning database folder, for one target (default: a folder per target "
         "under $EDGEPRESS_TUNING_DB, else under the cache)",
     )
+    p.add_argument(
+        "--no-shipped-records",
+        action="store_true",
+        help="do not apply the tuning records shipped with edgepress for this target",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
@@ -126,7 +131,9 @@ def cmd_build(argv: list[str]) -> int:
         seed=args.seed,
         tolerance=Tolerance(args.atol, args.rtol, args.min_cosine),
         force=args.force,
-        tuning=TuningOptions(args.tune_trials, args.tune_minutes, args.tuning_db),
+        tuning=TuningOptions(
+            args.tune_trials, args.tune_minutes, args.tuning_db, not args.no_shipped_records
+        ),
     )
     try:
         result = build(opts)
@@ -179,7 +186,7 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from edgepress.compiler.bench import bench, record_in_report
+    from edgepress.compiler.bench import bench, profile_kernels, record_in_report
 
     p = _Parser(
         prog="compress bench",
@@ -190,13 +197,26 @@ def cmd_bench(argv: list[str]) -> int:
     p.add_argument("--repeat", type=int, default=50, help="timed runs of each (default 50)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time each kernel: share of the run, GFLOP/s, fraction of the CPU's peak",
+    )
     _common(p)
     args = p.parse_args(argv)
     _configure_logging(args)
     result = bench(args.artifact, threads=args.threads, repeat=args.repeat, warmup=args.warmup)
-    record_in_report(args.artifact, result)
+    profile = (
+        profile_kernels(args.artifact, threads=args.threads, repeat=max(1, args.repeat // 5))
+        if args.profile
+        else None
+    )
+    record_in_report(args.artifact, result, profile)
     if args.json:
-        print(json.dumps(result.to_json()))
+        out = result.to_json()
+        if profile is not None:
+            out["kernel_profile"] = {k: v for k, v in profile.items() if k != "markdown"}
+        print(json.dumps(out))
     elif not args.quiet:
         print(
             f"artifact     {result.artifact_ms:10.3f} ms (p90 {result.artifact_p90_ms:.3f})\n"
@@ -204,6 +224,8 @@ def cmd_bench(argv: list[str]) -> int:
             f"speedup      {result.speedup:10.3f}x (onnxruntime / artifact; {result.threads} "
             f"thread(s), median of {result.repeat})"
         )
+        if profile is not None:
+            print("\n" + profile["markdown"])
     return 0
 
 

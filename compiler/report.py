@@ -47,6 +47,45 @@ def verification_lines(title: str, v: dict) -> list[str]:
     return lines
 
 
+def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:
+    lines = ["## Tuning", ""]
+    if not tuning:
+        lines += ["Untuned: no tuning database for this target (default TVM schedules).", ""]
+    else:
+        where = [f"database `{tuning['database']}`"] if tuning.get("database") else []
+        if tuning.get("shipped"):
+            where.append(f"shipped records `{tuning['shipped']}`")
+        total = tuning.get("estimated_total_ms")
+        lines += [
+            f"Records from {' and '.join(where)}; {tuning['trials_measured']} trial(s) measured "
+            f"in this build ({tuning['seconds']:.0f} s)"
+            + (f", tuned kernels estimated at {total:.4g} ms" if total is not None else "")
+            + ".",
+            "",
+            "| task | weight | tuned | record from |",
+            "|---|---|---|---|",
+        ]
+        for t in tuning["tasks"]:
+            lines.append(
+                f"| {t['name']} | {t['weight']:g} | {'yes' if t['tuned'] else 'no'} | "
+                f"{t.get('record') or '-'} |"
+            )
+        lines.append("")
+    if kernels:
+        counts: dict[str, int] = {}
+        for k in kernels:
+            counts[k["schedule"]] = counts.get(k["schedule"], 0) + 1
+        total_flops = sum(k["flops"] for k in kernels)
+        lines += [
+            f"Kernels: {len(kernels)} ("
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+            + f"), {total_flops / 1e6:.4g} MFLOP per run. 'default' means TVM's unscheduled "
+            "loops: one thread, no vectorization ('compress bench --profile' shows their cost).",
+            "",
+        ]
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     lines = [
         f"# edgepress build: {report['source']['path']} -> {report['target']['name']}",
@@ -77,27 +116,7 @@ def render_markdown(report: dict) -> str:
         "model.onnx (after passes) vs the source model, both in onnxruntime",
         report["verification"]["passes"],
     )
-    lines += ["## Tuning", ""]
-    tuning = report.get("tuning")
-    if not tuning:
-        lines += ["Untuned: no tuning database for this target (default TVM schedules).", ""]
-    else:
-        best = tuning["best_ms"]
-        lines += [
-            f"Database: `{tuning['database']}`; {tuning['trials_measured']} trial(s) measured "
-            f"in this build ({tuning['seconds']:.0f} s)"
-            + (f", best task latency {best:.3f} ms" if best is not None else "")
-            + ".",
-            "",
-            "| task | weight | tuned | record from an earlier build |",
-            "|---|---|---|---|",
-        ]
-        for t in tuning["tasks"]:
-            lines.append(
-                f"| {t['name']} | {t['weight']:g} | {'yes' if t['tuned'] else 'no'} | "
-                f"{'yes' if t['from_database'] else 'no'} |"
-            )
-        lines.append("")
+    lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])
     if "bench" in report:
         b = report["bench"]
         lines += [
@@ -114,6 +133,8 @@ def render_markdown(report: dict) -> str:
             f"Speedup (onnxruntime / artifact): **{b['speedup']:.3f}x**",
             "",
         ]
+    if "kernel_profile" in report:
+        lines += ["## Kernel profile", "", report["kernel_profile"]["markdown"]]
     lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]
     for key, value in report["target"].get("notes", {}).items():
         lines.append(f"- {key}: {value}")

@@ -1,0 +1,141 @@
+"""The Relax pipeline every build runs, in two halves around scheduling.
+
+`prepare` does what TVM's per-target pipelines do before scheduling (library dispatch,
+legalization, operator fusion) and marks weights as layout-free, so MetaSchedule may store them
+in whatever layout its schedule reads fastest (the weight-prepacking of TVM's
+static_shape_tuning_pipeline). Tasks are extracted from, tuned on, and looked up in this module,
+so their workload keys always agree.
+
+`finish` applies the tuning records, gives every function no record covers the target's default
+schedule (dlight rules on GPUs; plain loops on CPUs), folds the weight-layout transforms into the
+constants at compile time, and lowers to the VM. It also lists every kernel with its FLOPs and
+how it was scheduled, for the report and for `compress bench --profile`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Kernel:
+    """One TIR function of the built module."""
+
+    name: str
+    flops: float  # from the TIR loop nest (TVM's estimate_tir_flops): a MAC counts as 2
+    schedule: str  # "tuned", "dlight" or "default" (unscheduled loops)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def is_gpu(target) -> bool:
+    from tvm.relax.backend.utils import BackendDispatcher
+
+    return BackendDispatcher.is_gpu_target(target)
+
+
+def prepare(mod, target):
+    """Imported Relax module -> fused TIR functions with layout-free weights (not yet scheduled)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    passes = [
+        *dispatch,
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    if not is_gpu(target):
+        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _is_scheduled(func) -> bool:
+    return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
+
+
+def _gpu_fallback():
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(
+        dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        dl.gpu.Fallback(),
+    )
+
+
+def kernels_of(mod, tuned: set[str], fallback: str) -> list[Kernel]:
+    """Each PrimFunc with its FLOPs and how it was scheduled."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    kernels = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        try:
+            flops = float(estimate_tir_flops(tvm.IRModule({gv: func})))
+        except Exception:  # some functions (layout copies with symbolic extents) have no estimate
+            flops = 0.0
+        schedule = "tuned" if gv.name_hint in tuned else fallback
+        kernels.append(Kernel(gv.name_hint, flops, schedule))
+    return kernels
+
+
+def _lowering_passes(target) -> list:
+    """The target's dataflow-lowering and finalizing passes (the tail of its default pipeline).
+
+    TVM 0.27's dispatcher does not find them for CPU targets (cpu_generic does not export
+    them), so they come from the target's pipeline module itself.
+    """
+    from tvm.relax import pipeline
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+    try:
+        return pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
+    except (ValueError, AttributeError):
+        return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+
+
+def finish(prepared, target, database=None):
+    """Schedule (records, then the target's fallback), fold weight layouts, build for the VM.
+
+    Returns the executable and the kernel list.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.vm_build import build as relax_build
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = prepared
+        if database is not None:
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        tuned = {
+            gv.name_hint
+            for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and _is_scheduled(f)
+        }
+        fallback = "default"
+        if is_gpu(target):
+            mod = _gpu_fallback()(mod)
+            fallback = "dlight"
+        kernels = kernels_of(mod, tuned, fallback)
+        # The schedules' weight-layout rewrites become separate functions on constants, which
+        # FoldConstant evaluates now: the library holds the weights already in the tuned layout.
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
+        mod = relax.transform.DeadCodeElimination()(mod)
+        mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
+        executable = relax_build(mod, target=target, relax_pipeline=None)
+    return executable, kernels

@@ -1,0 +1,85 @@
+"""Tune the bundled models for this machine's CPU and ship the best records with edgepress.
+
+    .venv/bin/python benchmarks/tune_bundled.py [--minutes resnet18=45,mobilenetv2=35,digits=2]
+        [--work build/tune-bundled] [--no-ship]
+
+Each model is built for x86_64 with `--tune-minutes` into one work database (kept between runs,
+so a second run continues where the first stopped: tasks already tuned are not measured again;
+delete WORK to start over). The shipped records are ignored while tuning (--no-shipped-records),
+so the work database alone decides. Then the best record of every workload is copied into
+backends/tuned/<target>/, which every build for exactly that target (same CPU name, same core
+count) applies. Records for another machine are never applied: the folder's target.json must
+equal the build's target.
+
+Hours of tuning give better records than minutes: the budgets are per model, in minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MINUTES = "resnet18=45,mobilenetv2=35,digits=2"
+
+
+def _budgets(text: str) -> dict[str, float]:
+    budgets = {}
+    for item in text.split(","):
+        name, _, minutes = item.partition("=")
+        budgets[name.strip()] = float(minutes)
+    return budgets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", default=DEFAULT_MINUTES, help="MODEL=MINUTES,...")
+    parser.add_argument("--work", type=Path, default=Path("build/tune-bundled"))
+    parser.add_argument("--no-ship", action="store_true", help="tune only; do not export")
+    args = parser.parse_args()
+
+    from edgepress.backends.threads import size_pool_to_all_cores
+
+    size_pool_to_all_cores()
+    from edgepress.backends.target_base import TargetOptions
+    from edgepress.backends.tuning import SHIPPED_DIR, export_best_records, target_key
+    from edgepress.backends.x86_64 import tvm_target
+    from edgepress.compiler.cli import main as compress
+    from edgepress.models import EXAMPLES
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    database = args.work / "db"
+    for name, minutes in _budgets(args.minutes).items():
+        model = args.work / f"{name}.onnx"
+        if not model.exists():
+            EXAMPLES[name].write(args.work)
+        start = time.monotonic()
+        code = compress(
+            [
+                str(model), "--target", "x86_64", "-o", str(args.work / f"{name}-tuned"),
+                "--force", "-q", "--tune-minutes", str(minutes), "--tuning-db", str(database),
+                "--no-shipped-records",
+            ]
+        )
+        report = json.loads((args.work / f"{name}-tuned" / "report.json").read_text())
+        tuning = report["tuning"]
+        print(
+            f"{name}: exit {code}, {tuning['trials_measured']} trials in "
+            f"{time.monotonic() - start:.0f} s, tuned kernels about "
+            f"{tuning['estimated_total_ms']} ms, status {report['status']}"
+        )
+        if code != 0:
+            return code
+    if args.no_ship:
+        return 0
+    target = tvm_target(TargetOptions())
+    destination = SHIPPED_DIR / target_key(target)
+    count = export_best_records(database, destination, target)
+    print(f"shipped {count} records for {json.dumps(target)} in {destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
