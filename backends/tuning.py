@@ -33,6 +33,9 @@ TARGET_FILE = "target.json"
 TRIALS_PER_MINUTE = 20
 # Records shipped with edgepress (best record per workload, one folder per target).
 SHIPPED_DIR = Path(__file__).parent / "tuned"
+# Candidates measured per task per round. Every task has its first round before any result is
+# reported (MetaSchedule's scheduler), so smaller rounds reach the cost model sooner.
+PER_ROUND = 8
 
 
 @dataclass
@@ -117,31 +120,89 @@ def open_database(folder: Path):
     )
 
 
-def _in_process_builder():
-    from tvm.s_tir import meta_schedule as ms
+class TuningClock:
+    """Trials built and measured, each task's best latency, and the time budget.
+
+    MetaSchedule's task scheduler reports measurements (its callbacks) only after every task has
+    had its first round, which for a model with 20 tasks on 2 cores is tens of minutes: so the
+    builder checks the deadline itself (past it, candidates are refused unbuilt and tuning winds
+    down) and the runner shows progress as candidates are timed.
+    """
+
+    def __init__(
+        self, total_trials: int, minutes: float | None, weights: list[float],
+        summary: TuningSummary, start: float,
+    ) -> None:
+        self.start = start
+        self.deadline = self.start + 60 * minutes if minutes else None
+        self.total_trials = total_trials
+        self.weights = weights
+        self.summary = summary
+        self.built = 0
+        self.best: dict[int, float] = {}  # task index -> best measured ms
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def record(self, task_id: int, run_secs: list) -> None:
+        if run_secs:
+            ms_ = 1e3 * sum(float(s) for s in run_secs) / len(run_secs)
+            self.best[task_id] = min(self.best.get(task_id, ms_), ms_)
+            self.summary.estimated_total_ms = sum(
+                self.weights[i] * b for i, b in self.best.items()
+            )
+
+    def show(self) -> None:
+        elapsed = time.monotonic() - self.start
+        done = min(self.built, self.total_trials)
+        if self.deadline:
+            left = self.deadline - time.monotonic()
+        else:
+            left = elapsed / max(done, 1) * (self.total_trials - done)
+        width = 30
+        filled = (elapsed / (self.deadline - self.start)) if self.deadline else done / max(
+            self.total_trials, 1
+        )
+        bar = "#" * int(width * min(filled, 1.0))
+        total = self.summary.estimated_total_ms
+        shown = f"{total:.2f} ms" if total is not None else "- (after the first round)"
+        sys.stderr.write(
+            f"\rtuning [{bar:<{width}}] {self.built} built, {self.summary.trials_measured} "
+            f"timed, tuned kernels {shown} ({len(self.best)}/{len(self.weights)} tasks), "
+            f"about {max(left, 0):.0f} s left "
+        )
+        sys.stderr.flush()
+
+
+def _in_process_builder(clock: TuningClock):
+    from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
-    from tvm.ir.utils import derived_object
 
     @derived_object
     class InProcessBuilder(PyBuilder):
-        """Builds each candidate in this process: no worker pool to start per batch."""
+        """Builds each candidate in this process: no worker pool to start per batch. Past the
+        deadline, refuses candidates unbuilt."""
 
         def build(self, build_inputs):
             results = []
             for item in build_inputs:
+                if clock.expired():
+                    results.append(BuilderResult(None, "the tuning time budget is spent"))
+                    continue
                 try:
                     module = default_build(item.mod, item.target, None)
                     results.append(BuilderResult(default_export(module), None))
+                    clock.built += 1
                 except Exception as err:  # a candidate that fails to build is a result, not a crash
                     results.append(BuilderResult(None, f"{type(err).__name__}: {err}"))
+            clock.show()
             return results
 
-    del ms
     return InProcessBuilder()
 
 
-def _in_process_runner():
+def _in_process_runner(clock: TuningClock):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
     from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
@@ -173,52 +234,29 @@ def _in_process_runner():
                     futures.append(LocalRunnerFuture(res=costs))
                 except Exception as err:  # a candidate that fails to run is a result
                     futures.append(LocalRunnerFuture(error_message=f"{type(err).__name__}: {err}"))
+                clock.summary.trials_measured += 1
+            clock.show()
             return futures
 
     return InProcessRunner()
 
 
-def _progress_callback(
-    total_trials: int, deadline: float | None, summary: TuningSummary, weights: list[float]
-):
+def _progress_callback(clock: TuningClock):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-    start = time.monotonic()
-    best: dict[int, float] = {}  # task index -> best measured ms
-
     @derived_object
     class Progress(PyMeasureCallback):
-        """Prints trials done, the model's estimated kernel time so far (each task's best
-        latency times its weight) and time left; stops at the deadline."""
+        """Keeps each task's best latency; at the deadline, ends every task still running."""
 
         def apply(
             self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
         ):
             for result in runner_results:
-                summary.trials_measured += 1
-                if result.error_msg is None and result.run_secs:
-                    ms_ = 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
-                    best[task_id] = min(best.get(task_id, ms_), ms_)
-            if best:
-                summary.estimated_total_ms = sum(weights[i] * b for i, b in best.items())
-            elapsed = time.monotonic() - start
-            done = min(summary.trials_measured, total_trials)
-            left = (
-                (deadline - time.monotonic())
-                if deadline
-                else (elapsed / max(done, 1) * (total_trials - done))
-            )
-            width = 30
-            bar = "#" * int(width * done / max(total_trials, 1))
-            total = summary.estimated_total_ms
-            shown = f"{total:.2f} ms" if total is not None else "-"
-            sys.stderr.write(
-                f"\rtuning [{bar:<{width}}] {done}/{total_trials} trials, tuned kernels "
-                f"{shown} ({len(best)}/{len(weights)} tasks), about {max(left, 0):.0f} s left "
-            )
-            sys.stderr.flush()
-            if deadline and time.monotonic() > deadline:
+                if result.error_msg is None:
+                    clock.record(task_id, list(result.run_secs or []))
+            clock.show()
+            if clock.expired():
                 for i, task in enumerate(task_scheduler.tasks_):
                     if not task.is_terminated:
                         task_scheduler.terminate_task(i)
@@ -336,21 +374,21 @@ def tune_and_compile(
         # With only a time budget, size the search by the trials that time can measure.
         sizing = min(trials, int(minutes * TRIALS_PER_MINUTE)) if minutes else trials
         contexts, weights = _tune_contexts(pending, _search_strategy(sizing, len(pending)), seed)
-        deadline = start + 60 * minutes if minutes else None
-        per_iter = max(1, min(16, trials // max(len(contexts), 1)))
+        clock = TuningClock(trials, minutes, weights, summary, start)
+        per_iter = max(1, min(PER_ROUND, trials // max(len(contexts), 1)))
         ms.tune.tune_tasks(
             tasks=contexts,
             task_weights=weights,
             work_dir=str(folder / "logs"),
             max_trials_global=trials,
             num_trials_per_iter=per_iter,
-            builder=_in_process_builder(),
-            runner=_in_process_runner(),
+            builder=_in_process_builder(clock),
+            runner=_in_process_runner(clock),
             database=user_db,
             cost_model="xgb",
             measure_callbacks=[
                 *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(trials, deadline, summary, weights),
+                _progress_callback(clock),
             ],
         )
         sys.stderr.write("\n")

@@ -91,17 +91,16 @@ def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
 
 
 def test_time_budget_stops_tuning(tuned, cli):
-    """--tune-minutes alone: tuning stops at the deadline (here, after the first measurements),
-    far short of the trial cap a time budget runs under."""
-    from edgepress.backends.compile import TRIALS_FOR_A_TIME_BUDGET
-
+    """--tune-minutes alone: a budget spent before the first candidate is built measures
+    nothing (the builder refuses candidates past the deadline, even in the first round, which
+    MetaSchedule reports only once every task has had it); the build still succeeds, untuned."""
     folder, source, _ = tuned
     r = cli(source, "--target", "x86_64", "-o", folder / "timed", "--tuning-db",
-            folder / "timed-db", "--tune-minutes", "0.01", "-q")
+            folder / "timed-db", "--tune-minutes", "0.001", "-q")
     assert r.code == 0, r.err
     tuning = _tuning(folder / "timed")
-    assert 1 <= tuning["trials_measured"] < TRIALS_FOR_A_TIME_BUDGET
-    assert tuning["trials_measured"] <= 64  # one measurement round at most
+    assert tuning["trials_measured"] == 0
+    assert not any(t["tuned"] for t in tuning["tasks"])
     assert json.loads((folder / "timed" / "report.json").read_text())["status"] == "ok"
 
 
