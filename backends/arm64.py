@@ -18,11 +18,17 @@ from edgepress.compiler.errors import BackendError
 RUNTIME_DIR = "runtime"
 
 
+# Cores the schedules are parallelized for when --num-cores is not given: phones and boards
+# commonly have 4 big-enough cores (MetaSchedule needs the figure to size parallel loops).
+DEFAULT_CORES = 4
+
+
 def tvm_target(options: TargetOptions) -> dict:
     target = {
         "kind": "llvm",
         "mtriple": "aarch64-linux-gnu",
         "mattr": ["+neon", *[a for a in options.mattr if a != "+neon"]],
+        "num-cores": options.num_cores or DEFAULT_CORES,
     }
     if options.mcpu:
         target["mcpu"] = options.mcpu

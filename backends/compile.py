@@ -52,9 +52,11 @@ def compile_module(
     `cannot_measure` is why candidates cannot be timed on this machine (tuning is refused then;
     records from a database are still applied).
     """
+    from edgepress.backends import tensor_intrinsics
     from edgepress.backends.tuning import database_dir, tune_and_compile
 
     target = make_target(target_dict, host=host)
+    tensor_intrinsics.load(tensor_intrinsics.families_for(target_dict))
     if tuning.requested and cannot_measure:
         raise UsageError(
             f"--tune-trials/--tune-minutes: cannot tune for {target.kind.name} "

@@ -20,6 +20,7 @@ class TargetOptions:
     mcpu: str | None = None
     mattr: tuple[str, ...] = ()
     arch: str = "sm_80"
+    num_cores: int | None = None  # cores the code is parallelized for (CPU targets)
 
 
 class Runner(Protocol):

@@ -247,7 +247,7 @@ def _progress_callback(clock: TuningClock):
 
     @derived_object
     class Progress(PyMeasureCallback):
-        """Keeps each task's best latency; at the deadline, ends every task still running."""
+        """Keeps each task's best latency for the progress line and the report."""
 
         def apply(
             self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
@@ -256,12 +256,48 @@ def _progress_callback(clock: TuningClock):
                 if result.error_msg is None:
                     clock.record(task_id, list(result.run_secs or []))
             clock.show()
-            if clock.expired():
-                for i, task in enumerate(task_scheduler.tasks_):
-                    if not task.is_terminated:
-                        task_scheduler.terminate_task(i)
 
     return Progress()
+
+
+def _until_deadline(inner, clock: TuningClock):
+    """`inner` search strategy, ending its task once the budget is spent.
+
+    A strategy that returns no candidates is how MetaSchedule ends a task cleanly; ending tasks
+    from a measure callback instead trips its check that a task is ended only once.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class UntilDeadline(PySearchStrategy):
+        def __init__(self, strategy) -> None:
+            self.strategy = strategy
+
+        def _initialize_with_tune_context(self, context) -> None:
+            self.strategy._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
+                       cost_model=None) -> None:
+            self.strategy.pre_tuning(
+                max_trials, num_trials_per_iter, design_spaces, database, cost_model
+            )
+
+        def post_tuning(self) -> None:
+            self.strategy.post_tuning()
+
+        def generate_measure_candidates(self):
+            if clock.expired():
+                return None
+            return self.strategy.generate_measure_candidates()
+
+        def notify_runner_results(self, measure_candidates, results) -> None:
+            self.strategy.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return UntilDeadline(self.strategy.clone())
+
+    return UntilDeadline(inner)
 
 
 def _search_strategy(trials: int, tasks: int):
@@ -302,7 +338,7 @@ def _tune_contexts(tasks, strategy, seed: int):
                 num_threads=os.cpu_count() or 1,
             ).clone()
         )
-    return contexts, [float(t.weight) for t in tasks]
+    return contexts
 
 
 def _has_record(database, task, target) -> bool:
@@ -373,8 +409,10 @@ def tune_and_compile(
     if pending and trials > 0 and user_db is not None:
         # With only a time budget, size the search by the trials that time can measure.
         sizing = min(trials, int(minutes * TRIALS_PER_MINUTE)) if minutes else trials
-        contexts, weights = _tune_contexts(pending, _search_strategy(sizing, len(pending)), seed)
+        weights = [float(t.weight) for t in pending]
         clock = TuningClock(trials, minutes, weights, summary, start)
+        strategy = _until_deadline(_search_strategy(sizing, len(pending)), clock)
+        contexts = _tune_contexts(pending, strategy, seed)
         per_iter = max(1, min(PER_ROUND, trials // max(len(contexts), 1)))
         ms.tune.tune_tasks(
             tasks=contexts,

@@ -25,7 +25,7 @@ def tvm_target(options: TargetOptions) -> dict:
         "kind": "llvm",
         "mtriple": "x86_64-linux-gnu",
         "mcpu": options.mcpu or host_cpu_name(),
-        "num-cores": os.cpu_count() or 1,
+        "num-cores": options.num_cores or os.cpu_count() or 1,
     }
     if options.mattr:
         target["mattr"] = list(options.mattr)

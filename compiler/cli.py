@@ -63,6 +63,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mcpu", help="CPU to generate code for (x86_64: default this machine's)")
     p.add_argument("--mattr", default="", help="extra CPU features, e.g. +dotprod,+i8mm (arm64)")
     p.add_argument("--arch", default="sm_80", help="CUDA architecture (cuda target)")
+    p.add_argument(
+        "--num-cores",
+        type=int,
+        metavar="N",
+        help="cores the code is parallelized for (x86_64: default this machine's; arm64: 4)",
+    )
     p.add_argument("--passes", help="comma-separated pass list (see 'compress passes')")
     p.add_argument(
         "--verify-inputs",
@@ -116,6 +122,8 @@ def cmd_build(argv: list[str]) -> int:
             raise UsageError(f"--{flag} must not be negative")
     if not -1.0 <= args.min_cosine <= 1.0:
         raise UsageError("--min-cosine must lie in [-1, 1]")
+    if args.num_cores is not None and args.num_cores < 1:
+        raise UsageError("--num-cores must be at least 1")
     if args.tune_trials < 0 or (args.tune_minutes is not None and args.tune_minutes <= 0):
         raise UsageError("--tune-trials must not be negative and --tune-minutes must be positive")
     opts = BuildOptions(
@@ -124,7 +132,10 @@ def cmd_build(argv: list[str]) -> int:
         outdir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
         target_options=TargetOptions(
-            mcpu=args.mcpu, arch=args.arch, mattr=tuple(a for a in args.mattr.split(",") if a)
+            mcpu=args.mcpu,
+            arch=args.arch,
+            mattr=tuple(a for a in args.mattr.split(",") if a),
+            num_cores=args.num_cores,
         ),
         passes=parse_pass_list(args.passes) if args.passes is not None else list(DEFAULT_PIPELINE),
         verify_inputs=args.verify_inputs,

@@ -79,8 +79,10 @@ def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:
         lines += [
             f"Kernels: {len(kernels)} ("
             + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-            + f"), {total_flops / 1e6:.4g} MFLOP per run. 'default' means TVM's unscheduled "
-            "loops: one thread, no vectorization ('compress bench --profile' shows their cost).",
+            + f"), {total_flops / 1e6:.4g} MFLOP per run. 'tuned': a tuning record; 'sampled': "
+            "one untimed sample of MetaSchedule's default CPU schedules; 'dlight': dlight's GPU "
+            "rules; 'loops': none of these (TVM's plain loops, one thread). "
+            "'compress bench --profile' times each kernel.",
             "",
         ]
     return lines
