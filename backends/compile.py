@@ -23,6 +23,8 @@ class TuningOptions:
     minutes: float | None = None
     database: Path | None = None  # --tuning-db; else $EDGEPRESS_TUNING_DB, else the cache
     shipped: bool = True  # apply the records shipped with edgepress for this exact target
+    # CPU kernels without a record: "sampled" (one untimed MetaSchedule sample) or "loops"
+    untuned: str = "sampled"
 
     @property
     def requested(self) -> bool:
@@ -67,8 +69,14 @@ def compile_module(
     trials = tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0)
     try:
         executable, kernels, summary = tune_and_compile(
-            mod, target, target_dict, folder, trials=trials, minutes=tuning.minutes,
+            mod,
+            target,
+            target_dict,
+            folder,
+            trials=trials,
+            minutes=tuning.minutes,
             use_shipped=tuning.shipped,
+            untuned=tuning.untuned,
         )
     except (UsageError, BackendError):
         raise

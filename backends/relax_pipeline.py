@@ -10,10 +10,10 @@ so their workload keys always agree.
 fallback schedule, folds the weight-layout transforms into the constants at compile time, and
 lowers to the VM. The fallback on GPUs is dlight's rules. On CPUs it is one sample of
 MetaSchedule's own design space (its default CPU rules: multi-level tiling, parallel outer
-loops, vectorized inner loops, weight layout rewrite), taken without measuring anything: TVM's
-plain loops run on one thread without vectors, and were measured here 9x slower than such a
-sample on ResNet-18 (2.3 s against 0.26 s); dlight's CPU rules cover only GEMV and reductions. It also lists every kernel with its FLOPs and
-how it was scheduled, for the report and for `compress bench --profile`.
+loops, vectorized inner loops, weight layout rewrite), taken without measuring anything. TVM's
+plain loops run on one thread without vectors (benchmarks/speed.py --loops times both), and
+dlight's CPU rules cover only GEMV and reductions. `finish` also lists every kernel with its
+FLOPs and how it was scheduled, for the report and for `compress bench --profile`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def _gpu_fallback():
     from tvm.s_tir import dlight as dl
 
     return dl.ApplyDefaultSchedule(
-        dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        dl.gpu.Matmul(),
+        dl.gpu.GEMV(),
+        dl.gpu.Reduction(),
+        dl.gpu.GeneralReduction(),
         dl.gpu.Fallback(),
     )
 
@@ -83,6 +86,7 @@ def _gpu_fallback():
 # three: multi-level tiling with its own cache-write stage): on ResNet-18 one sample of it ran
 # in 0.26 s against 0.59 s and 0.73 s for the other two.
 FALLBACK_SPACE = -1
+PREPACKED = "_prepacked"
 FALLBACK_TRIES = 4  # seeds tried before a function is left as plain loops
 
 
@@ -128,7 +132,8 @@ def kernels_of(mod, tuned: set[str], sampled: set[str], fallback: str) -> list[K
             flops = float(estimate_tir_flops(tvm.IRModule({gv: func})))
         except Exception:  # some functions (layout copies with symbolic extents) have no estimate
             flops = 0.0
-        name = gv.name_hint
+        # SplitLayoutRewritePreproc renames a kernel whose weights it prepacked.
+        name = gv.name_hint.removesuffix(PREPACKED)
         schedule = "tuned" if name in tuned else "sampled" if name in sampled else fallback
         kernels.append(Kernel(gv.name_hint, flops, schedule))
     return kernels
@@ -149,10 +154,14 @@ def _lowering_passes(target) -> list:
         return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
 
 
-def finish(prepared, target, database=None):
+UNTUNED_CHOICES = ("sampled", "loops")
+
+
+def finish(prepared, target, database=None, *, untuned: str = "sampled"):
     """Schedule (records, then the target's fallback), fold weight layouts, build for the VM.
 
-    Returns the executable and the kernel list.
+    `untuned` picks the CPU fallback: "sampled" or "loops" (TVM's plain loops: faster builds,
+    far slower code). Returns the executable and the kernel list.
     """
     import tvm
     from tvm import relax
@@ -172,19 +181,21 @@ def finish(prepared, target, database=None):
             mod = _gpu_fallback()(mod)
             sampled, fallback = set(), "dlight"
         else:
-            untuned = {
-                gv.name_hint
-                for gv, f in mod.functions.items()
-                if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in tuned
-            }
-            mod, sampled = sample_schedules(mod, target, untuned)
             fallback = "loops"
-        kernels = kernels_of(mod, tuned, sampled, fallback)
+            sampled = set()
+            if untuned == "sampled":
+                names = {
+                    gv.name_hint
+                    for gv, f in mod.functions.items()
+                    if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in tuned
+                }
+                mod, sampled = sample_schedules(mod, target, names)
         # The schedules' weight-layout rewrites become separate functions on constants, which
         # FoldConstant evaluates now: the library holds the weights already in the tuned layout.
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
+        kernels = kernels_of(mod, tuned, sampled, fallback)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
     return executable, kernels

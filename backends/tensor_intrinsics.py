@@ -17,7 +17,6 @@ import sys
 PACKAGE = "tvm.s_tir.tensor_intrin"
 
 
-
 def families_for(target: dict) -> tuple[str, ...]:
     """The intrinsic families (module names inside the package) a target can use."""
     if target.get("kind") == "cuda":

@@ -130,8 +130,12 @@ class TuningClock:
     """
 
     def __init__(
-        self, total_trials: int, minutes: float | None, weights: list[float],
-        summary: TuningSummary, start: float,
+        self,
+        total_trials: int,
+        minutes: float | None,
+        weights: list[float],
+        summary: TuningSummary,
+        start: float,
     ) -> None:
         self.start = start
         self.deadline = self.start + 60 * minutes if minutes else None
@@ -148,9 +152,7 @@ class TuningClock:
         if run_secs:
             ms_ = 1e3 * sum(float(s) for s in run_secs) / len(run_secs)
             self.best[task_id] = min(self.best.get(task_id, ms_), ms_)
-            self.summary.estimated_total_ms = sum(
-                self.weights[i] * b for i, b in self.best.items()
-            )
+            self.summary.estimated_total_ms = sum(self.weights[i] * b for i, b in self.best.items())
 
     def show(self) -> None:
         elapsed = time.monotonic() - self.start
@@ -160,8 +162,10 @@ class TuningClock:
         else:
             left = elapsed / max(done, 1) * (self.total_trials - done)
         width = 30
-        filled = (elapsed / (self.deadline - self.start)) if self.deadline else done / max(
-            self.total_trials, 1
+        filled = (
+            (elapsed / (self.deadline - self.start))
+            if self.deadline
+            else done / max(self.total_trials, 1)
         )
         bar = "#" * int(width * min(filled, 1.0))
         total = self.summary.estimated_total_ms
@@ -277,8 +281,9 @@ def _until_deadline(inner, clock: TuningClock):
         def _initialize_with_tune_context(self, context) -> None:
             self.strategy._initialize_with_tune_context(context)
 
-        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
-                       cost_model=None) -> None:
+        def pre_tuning(
+            self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None
+        ) -> None:
             self.strategy.pre_tuning(
                 max_trials, num_trials_per_iter, design_spaces, database, cost_model
             )
@@ -369,8 +374,16 @@ def export_best_records(source: Path, destination: Path, target: dict) -> int:
 
 
 def tune_and_compile(
-    mod, target, target_dict: dict, folder: Path | None, *, trials: int,
-    minutes: float | None, use_shipped: bool = True, seed: int = 0,
+    mod,
+    target,
+    target_dict: dict,
+    folder: Path | None,
+    *,
+    trials: int,
+    minutes: float | None,
+    use_shipped: bool = True,
+    untuned: str = "sampled",
+    seed: int = 0,
 ):
     """Tune what the databases lack within the budget, then compile with all records applied.
 
@@ -387,7 +400,7 @@ def tune_and_compile(
     prepared = prepare(mod, target)
     shipped = shipped_database(target_dict) if use_shipped else None
     if folder is None and shipped is None:
-        executable, kernels = finish(prepared, target)
+        executable, kernels = finish(prepared, target, untuned=untuned)
         return executable, kernels, None
     databases = []
     summary = TuningSummary(database=str(folder) if folder else None)
@@ -436,9 +449,8 @@ def tune_and_compile(
     summary.seconds = time.monotonic() - start
     for t in tasks:
         summary.tasks.append(
-            TaskRecord(t.task_name, float(t.weight), t.task_name in source,
-                       source.get(t.task_name))
+            TaskRecord(t.task_name, float(t.weight), t.task_name in source, source.get(t.task_name))
         )
     database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
-    executable, kernels = finish(prepared, target, database)
+    executable, kernels = finish(prepared, target, database, untuned=untuned)
     return executable, kernels, summary

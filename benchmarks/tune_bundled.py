@@ -1,7 +1,7 @@
 """Tune the bundled models for this machine's CPU and ship the best records with edgepress.
 
     .venv/bin/python benchmarks/tune_bundled.py [--minutes resnet18=45,mobilenetv2=35,digits=2]
-        [--work build/tune-bundled] [--no-ship]
+        [--work build/tune-bundled] [--no-ship | --ship-only]
 
 Each model is built for x86_64 with `--tune-minutes` into one work database (kept between runs,
 so a second run continues where the first stopped: tasks already tuned are not measured again;
@@ -33,11 +33,21 @@ def _budgets(text: str) -> dict[str, float]:
     return budgets
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default=DEFAULT_MINUTES, help="MODEL=MINUTES,...")
     parser.add_argument("--work", type=Path, default=Path("build/tune-bundled"))
     parser.add_argument("--no-ship", action="store_true", help="tune only; do not export")
+    parser.add_argument(
+        "--ship-only", action="store_true", help="export what WORK holds; tune nothing"
+    )
     args = parser.parse_args()
 
     from edgepress.backends.threads import size_pool_to_all_cores
@@ -51,32 +61,52 @@ def main() -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     database = args.work / "db"
+    facts = {}
     for name, minutes in _budgets(args.minutes).items():
         model = args.work / f"{name}.onnx"
         if not model.exists():
             EXAMPLES[name].write(args.work)
+        if args.ship_only:
+            continue
         start = time.monotonic()
         code = compress(
             [
-                str(model), "--target", "x86_64", "-o", str(args.work / f"{name}-tuned"),
-                "--force", "-q", "--tune-minutes", str(minutes), "--tuning-db", str(database),
+                str(model),
+                "--target",
+                "x86_64",
+                "-o",
+                str(args.work / f"{name}-tuned"),
+                "--force",
+                "-q",
+                "--tune-minutes",
+                str(minutes),
+                "--tuning-db",
+                str(database),
                 "--no-shipped-records",
             ]
         )
-        report = json.loads((args.work / f"{name}-tuned" / "report.json").read_text())
-        tuning = report["tuning"]
-        print(
-            f"{name}: exit {code}, {tuning['trials_measured']} trials in "
-            f"{time.monotonic() - start:.0f} s, tuned kernels about "
-            f"{tuning['estimated_total_ms']} ms, status {report['status']}"
-        )
         if code != 0:
+            print(f"{name}: the tuning build failed with exit {code}", file=sys.stderr)
             return code
+        tuning = json.loads((args.work / f"{name}-tuned" / "report.json").read_text())["tuning"]
+        print(
+            f"{name}: {tuning['trials_measured']} trials in {time.monotonic() - start:.0f} s, "
+            f"tuned kernels about {tuning['estimated_total_ms']} ms"
+        )
+    for name in _budgets(args.minutes):
+        report = json.loads((args.work / f"{name}-tuned" / "report.json").read_text())
+        facts[name] = {
+            "trials": report["tuning"]["trials_measured"],
+            "minutes": report["tuning"]["seconds"] / 60,
+            "estimated_kernel_ms": report["tuning"]["estimated_total_ms"],
+            "cpu": _cpu_name(),
+        }
     if args.no_ship:
         return 0
     target = tvm_target(TargetOptions())
     destination = SHIPPED_DIR / target_key(target)
     count = export_best_records(database, destination, target)
+    (destination / "tuning.json").write_text(json.dumps(facts, indent=2) + "\n")
     print(f"shipped {count} records for {json.dumps(target)} in {destination}")
     return 0
 

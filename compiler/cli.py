@@ -96,6 +96,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "under $EDGEPRESS_TUNING_DB, else under the cache)",
     )
     p.add_argument(
+        "--untuned",
+        choices=("sampled", "loops"),
+        default="sampled",
+        help="CPU kernels no tuning record covers: one untimed sample of MetaSchedule's default "
+        "schedules (default), or TVM's plain loops (faster build, much slower code)",
+    )
+    p.add_argument(
         "--no-shipped-records",
         action="store_true",
         help="do not apply the tuning records shipped with edgepress for this target",
@@ -143,7 +150,11 @@ def cmd_build(argv: list[str]) -> int:
         tolerance=Tolerance(args.atol, args.rtol, args.min_cosine),
         force=args.force,
         tuning=TuningOptions(
-            args.tune_trials, args.tune_minutes, args.tuning_db, not args.no_shipped_records
+            args.tune_trials,
+            args.tune_minutes,
+            args.tuning_db,
+            shipped=not args.no_shipped_records,
+            untuned=args.untuned,
         ),
     )
     try:

@@ -64,8 +64,15 @@ def kernel_rows(
     if overhead_calls:
         rows.append(
             KernelRow(
-                VM_OVERHEAD, "-", overhead_calls, overhead_s * 1e3, overhead_s / total, 0.0,
-                None, None, None,
+                VM_OVERHEAD,
+                "-",
+                overhead_calls,
+                overhead_s * 1e3,
+                overhead_s / total,
+                0.0,
+                None,
+                None,
+                None,
             )
         )
     rows.sort(key=lambda r: r.ms, reverse=True)

@@ -55,3 +55,77 @@ def test_bench_bad_folder_and_options(cli, artifacts, tmp_path):
     assert r.code == 2 and "not an edgepress artifact folder" in r.err
     r = cli("bench", artifacts / "x86_64", "--threads", "0")
     assert r.code == 2 and "--threads" in r.err
+
+
+def test_profile_times_every_kernel_of_the_build(cli, artifacts):
+    folder = artifacts / "x86_64"
+    r = cli("bench", folder, "--repeat", "5", "--threads", "1", "--json", "--profile")
+    assert r.code == 0, r.err
+    profile = json.loads(r.out)["kernel_profile"]
+    kernels = json.loads((folder / "report.json").read_text())["kernels"]
+    rows = {row["name"]: row for row in profile["rows"]}
+    assert {k["name"] for k in kernels} <= set(rows)
+    assert all(rows[k["name"]]["calls"] >= 1 and rows[k["name"]]["ms"] > 0 for k in kernels)
+    assert sum(row["share"] for row in profile["rows"]) == pytest.approx(1.0)
+    assert "## Kernel profile" in (folder / "report.md").read_text()
+
+
+def test_kernel_rows_rates_and_roofline_from_flops_and_times():
+    from edgepress.compiler.kernel_profile import VM_OVERHEAD, kernel_rows
+
+    kernels = [
+        {"name": "conv", "flops": 4e9, "schedule": "tuned"},
+        {"name": "add", "flops": 1e6, "schedule": "sampled"},
+    ]
+    timings = {"conv": (2, 0.040), "add": (1, 0.001), "vm.builtin.alloc_storage": (3, 0.009)}
+    rows = {r.name: r for r in kernel_rows(timings, kernels, peak_gflops=200.0)}
+    conv = rows["conv"]
+    assert conv.calls == 2 and conv.ms == pytest.approx(40.0)
+    assert conv.gflops == pytest.approx(100.0) and conv.peak_fraction == pytest.approx(0.5)
+    assert conv.roofline_ms == pytest.approx(20.0) and conv.share == pytest.approx(0.8)
+    assert rows[VM_OVERHEAD].calls == 3 and rows[VM_OVERHEAD].ms == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize(
+    "flags, lanes",
+    [("fma avx2 avx512f", 16), ("sse4_2 fma avx2", 8), ("sse4_2 avx", 4)],
+)
+def test_cpu_peak_from_the_instruction_sets(monkeypatch, flags, lanes):
+    from edgepress.backends import cpu_peak as peak_module
+
+    monkeypatch.setattr(peak_module, "_cpuinfo", lambda: f"flags\t: {flags}\ncpu MHz : 2500.0\n")
+    monkeypatch.setattr(peak_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(peak_module.Path, "read_text", _no_cpufreq(peak_module.Path.read_text))
+    monkeypatch.setenv(peak_module.FMA_ENV, "2")
+    peak = peak_module.cpu_peak()
+    assert peak.lanes == lanes and peak.ghz == pytest.approx(2.5)
+    assert peak.gflops == pytest.approx(peak.cores * 2 * lanes * 2 * 2.5)
+
+
+def _no_cpufreq(read_text):
+    def read(self, *args, **kwargs):
+        if "cpufreq" in str(self):
+            raise OSError("no cpufreq here")
+        return read_text(self, *args, **kwargs)
+
+    return read
+
+
+def test_only_the_targets_tensor_intrinsics_are_imported():
+    """CUDA's intrinsics cost 18 s to import; an x86 build must not pay for them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgepress.backends import tensor_intrinsics as t\n"
+        "t.load(t.families_for({'kind': 'llvm', 'mtriple': 'x86_64-linux-gnu'}))\n"
+        "import tvm.s_tir.tensor_intrin\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "assert TensorIntrin.get('dot_16x4_avx512') is not None\n"
+        "assert 'tvm.s_tir.tensor_intrin.cuda' not in sys.modules\n"
+        "t.load(('cuda',))\n"
+        "assert 'tvm.s_tir.tensor_intrin.cuda' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -82,7 +82,9 @@ class HostRunner:
                 self._vm["main"](*args)
         finally:
             self._vm.set_instrument(None)
-        return {name: (calls // repeat, seconds / repeat) for name, (calls, seconds) in totals.items()}
+        return {
+            name: (calls // repeat, seconds / repeat) for name, (calls, seconds) in totals.items()
+        }
 
     def time(self, inputs: list[np.ndarray], repeat: int, number: int = 1) -> list[float]:
         """Seconds per run, `repeat` samples of `number` runs each (after one warm-up run)."""
