@@ -72,6 +72,29 @@ def _ort_session(model: Path, threads: int):
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The artifact's inputs, plus zeros for source inputs a pass removed as unused (they do
+    not change the outputs, but onnxruntime wants every input fed)."""
+    out = dict(feeds)
+    for i in session.get_inputs():
+        if i.name not in out:
+            shape = [d if isinstance(d, int) else 1 for d in i.shape]
+            out[i.name] = np.zeros(shape, dtype=_ORT_TYPES.get(i.type, np.float32))
+    return out
+
+
 def bench(
     artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: int = 0
 ) -> BenchResult:
@@ -92,6 +115,7 @@ def bench(
     ordered = [feeds[s.name] for s in specs]
     reference = _reference_model(artifact, manifest)
     session = _ort_session(reference, threads)
+    feeds = _complete_feeds(session, feeds)
     use_threads(threads)
 
     for _ in range(warmup):

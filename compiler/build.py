@@ -95,6 +95,8 @@ def build(opts: BuildOptions) -> BuildResult:
             f"ONNX checker: {str(err).splitlines()[0]}"
         ) from err
     output_specs = tensor_specs(list(model.graph.outputs))
+    # The artifact's inputs: a pass (remove_unused_inputs) may have dropped some of the source's.
+    artifact_specs = tensor_specs(model_inputs(model))
     timings["passes"] = time.perf_counter() - t
 
     inputs = (
@@ -129,7 +131,7 @@ def build(opts: BuildOptions) -> BuildResult:
         if isinstance(runner, str):
             artifact_check = not_verified(runner, "onnxruntime on the source model")
         else:
-            outputs = runner.run([inputs[s.name] for s in input_specs])
+            outputs = runner.run([inputs[s.name] for s in artifact_specs])
             got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
             artifact_check = compare(got, reference, tolerance, "onnxruntime on the source model")
             artifact_check.reference += f"; artifact run by {runner.description}"
@@ -142,7 +144,7 @@ def build(opts: BuildOptions) -> BuildResult:
             "status": status,
             "source": {"path": str(source), "sha256": source_sha},
             "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
-            "inputs": [s.to_json() for s in input_specs],
+            "inputs": [s.to_json() for s in artifact_specs],
             "outputs": [s.to_json() for s in output_specs],
             "verification_inputs": str(opts.verify_inputs)
             if opts.verify_inputs

@@ -145,7 +145,8 @@ def run_onnxruntime(
 ) -> dict[str, np.ndarray]:
     """Outputs of `model_path` in onnxruntime's CPU provider, by output name.
 
-    Graph optimizations are off by default so the reference is the model as written.
+    Graph optimizations are off by default so the reference is the model as written. Feeds the
+    model does not take are left out (a pass may have removed an unused input).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = (
@@ -158,4 +159,5 @@ def run_onnxruntime(
     source = model_path if isinstance(model_path, bytes) else str(model_path)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, {k: v for k, v in inputs.items() if k in wanted})))

@@ -25,8 +25,14 @@ def export_onnx(
     *,
     opset: int = 17,
     dynamic_batch: bool = False,
+    keep_batchnorm: bool = False,
 ) -> Path:
-    """TorchScript-based export (dynamo=False): one self-contained file at the given opset."""
+    """TorchScript-based export (dynamo=False): one self-contained file at the given opset.
+
+    torch folds BatchNorm into the Conv before it when exporting in eval mode; keep_batchnorm
+    leaves it as BatchNormalization nodes (TrainingMode.PRESERVE on an eval model), as other
+    exporters do, for the fusion passes' benchmarks.
+    """
     model.eval()
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with torch.no_grad():
@@ -39,5 +45,8 @@ def export_onnx(
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes=dynamic_axes,
+            training=(
+                torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
+            ),
         )
     return path

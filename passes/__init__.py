@@ -3,6 +3,20 @@
 from edgepress.passes.registry import PASSES, DEFAULT_PIPELINE, PassResult, get_pass, register_pass
 
 # Importing the pass modules registers them.
-from edgepress.passes.cleanup import fold_constants as _fold_constants  # noqa: F401
+from edgepress.passes.cleanup import (  # noqa: F401
+    deduplicate_initializers,
+    eliminate_dead_code,
+    fold_constants,
+    remove_no_ops,
+    remove_unused_inputs,
+)
+from edgepress.passes.fusion import (  # noqa: F401
+    fold_conv_affine,
+    fuse_conv_bn,
+    fuse_gelu,
+    fuse_hard_swish,
+    fuse_layer_norm,
+    fuse_matmul_add,
+)
 
 __all__ = ["PASSES", "DEFAULT_PIPELINE", "PassResult", "get_pass", "register_pass"]

@@ -20,8 +20,23 @@ class PassResult:
 PassFn = Callable[..., PassResult]
 PASSES: dict[str, PassFn] = {}
 
-# The order `compress` runs when --passes is not given.
-DEFAULT_PIPELINE: list[str] = ["fold_constants"]
+# The order `compress` runs when --passes is not given: fold shapes and constants first (the
+# fusions need static shapes and constant operands), drop what does nothing, then fuse (BN before
+# the per-channel affine fold, which would otherwise take BN's decomposed form), then clean up
+# what the fusions left.
+DEFAULT_PIPELINE: list[str] = [
+    "fold_constants",
+    "remove_no_ops",
+    "fuse_conv_bn",
+    "fold_conv_affine",
+    "fuse_matmul_add",
+    "fuse_layer_norm",
+    "fuse_gelu",
+    "fuse_hard_swish",
+    "eliminate_dead_code",
+    "deduplicate_initializers",
+    "remove_unused_inputs",
+]
 
 
 def register_pass(name: str) -> Callable[[PassFn], PassFn]:

@@ -59,9 +59,12 @@ def test_report_records_sizes_passes_verification_and_time(artifact):
     report = json.loads((out / "report.json").read_text())
     assert report["sizes"]["model.onnx"] == (out / "model.onnx").stat().st_size
     assert report["sizes"]["model.so"] == (out / "model.so").stat().st_size
-    (fold,) = report["passes"]
-    assert fold["name"] == "fold_constants"
+    from edgepress.passes import DEFAULT_PIPELINE
+
+    assert [p["name"] for p in report["passes"]] == DEFAULT_PIPELINE
+    fold = report["passes"][0]
     assert (fold["nodes_before"], fold["nodes_after"]) == (9, 3)
+    assert all(p["seconds"] >= 0 and p["param_bytes_after"] > 0 for p in report["passes"])
     check = report["verification"]["artifact"]
     assert check["status"] == "ok"
     (y,) = check["outputs"]

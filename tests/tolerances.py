@@ -4,3 +4,5 @@ FLOAT_REWRITE_RTOL = 1e-5  # a float graph rewrite (folding) against the origina
 FLOAT_REWRITE_ATOL = 1e-6
 ARTIFACT_RTOL = 1e-4  # a TVM artifact against onnxruntime (fp32, different summation order)
 ARTIFACT_ATOL = 1e-5
+FUSION_RTOL = 1e-4  # a fusion that folds arithmetic into weights (BN, affine) or fuses an op chain
+FUSION_ATOL = 1e-5

@@ -1,0 +1,118 @@
+"""remove_no_ops: operators that pass their input through, and pairs that cancel.
+
+Identity; Dropout at inference (training_mode absent or constant false, mask unused); Cast to
+the input's own type; Reshape and Expand to the input's own static shape; Transpose with the
+identity permutation. Pairs: Transpose -> Transpose (composed; dropped when the composition is
+the identity), Cast -> Cast (the first dropped when it cannot change values), Reshape -> Reshape
+(the first dropped). Each becomes an Identity, then onnx-ir's IdentityEliminationPass removes
+the Identities (keeping graph output names).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.rules.common import (
+    cast_cast_rule,
+    no_op_cast_rule,
+    no_op_expand_rule,
+    no_op_transpose_rule,
+    reshape_reshape_rule,
+    transpose_transpose_rule,
+)
+
+from edgepress.passes.graph_stats import count_nodes
+from edgepress.passes.registry import PassResult, register_pass
+from edgepress.passes.rewrite import apply_rules
+
+log = logging.getLogger(__name__)
+
+
+def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+def why_not_no_op_dropout(node: ir.Node) -> str | None:
+    """None when this Dropout passes its input through at inference, else why not."""
+    if len(node.outputs) > 1 and node.outputs[1].uses():
+        return "its mask output is used"
+    if len(node.outputs) > 1 and node.outputs[1].is_graph_output():
+        return "its mask output is a graph output"
+    if node.attributes.get_int("is_test", 1) == 0:  # opset < 7
+        return "is_test is 0 (training)"
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        mode = node.inputs[2].const_value
+        if mode is None:
+            return "training_mode is not a constant"
+        if bool(np.asarray(mode.numpy()).item()):
+            return "training_mode is true"
+    return None
+
+
+class NoOpReshape(pattern.RewriteRuleClassBase):
+    """Reshape(x, shape) whose output has x's own static shape => Identity(x)."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, shape, y, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        before, after = _static_shape(x), _static_shape(y)
+        if before is None or after is None:
+            return result.fail("input or output shape is not static")
+        if before != after:
+            return result.fail(f"reshapes {before} to {after}")
+        return result
+
+    def rewrite(self, op, x, **_):
+        return op.Identity(x)
+
+
+RULES = [
+    no_op_cast_rule,
+    no_op_expand_rule,
+    no_op_transpose_rule,
+    NoOpReshape.rule(),
+    transpose_transpose_rule,
+    cast_cast_rule,
+    reshape_reshape_rule,
+]
+
+
+def _dropouts_to_identity(graph: ir.Graph) -> None:
+    for node in list(graph):
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+            continue
+        if reason := why_not_no_op_dropout(node):
+            log.debug("keep Dropout %s: %s", node.name, reason)
+            continue
+        old = node.outputs[0]
+        identity = ir.node("Identity", [node.inputs[0]], name=node.name)
+        new = identity.outputs[0]
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        graph.insert_after(node, identity)
+        graph.remove(node, safe=True)
+        new.name, new.shape, new.type = old.name, old.shape, old.type
+
+
+@register_pass("remove_no_ops")
+def remove_no_ops(model: ir.Model) -> PassResult:
+    """Remove Identity, inference Dropout, no-op Cast/Reshape/Expand/Transpose, cancelling pairs.
+
+    Counts nodes removed.
+    """
+    before = count_nodes(model)
+    # The no-op checks compare types and static shapes, which exporters rarely annotate.
+    common_passes.ShapeInferencePass()(model)
+    _dropouts_to_identity(model.graph)
+    apply_rules(model, RULES)
+    common_passes.IdentityEliminationPass()(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return PassResult(model, before - count_nodes(model))

@@ -1,0 +1,1 @@
+"""Fusion passes: fewer, larger operators with the same outputs."""

@@ -1,0 +1,109 @@
+"""Cleanup passes on tiny graphs: what they remove (op counts), what they keep, the same numbers
+in onnxruntime, a valid model, nothing more to do on a second run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.pass_checks import check_pass, model, ops, rand
+from tests.tolerances import FLOAT_REWRITE_ATOL, FLOAT_REWRITE_RTOL
+
+EXACT = {"rtol": FLOAT_REWRITE_RTOL, "atol": FLOAT_REWRITE_ATOL}
+
+
+def test_remove_no_ops_drops_identity_dropout_and_no_op_casts_reshapes_transposes():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3,4] x) => (float[2,3,4] y) {
+          a = Identity (x)
+          b = Dropout (a, ratio)
+          c = Cast <to=1> (b)
+          d = Reshape (c, shape)
+          e = Transpose <perm=[0,1,2]> (d)
+          f = Transpose <perm=[1,0,2]> (e)
+          g = Transpose <perm=[1,0,2]> (f)
+          y = Relu (g)
+        }
+        """,
+        {"ratio": np.array(0.5, np.float32), "shape": np.array([2, 3, 4], np.int64)},
+    )
+    after = check_pass("remove_no_ops", proto, changes=7, **EXACT)
+    assert ops(after) == {"Relu": 1}
+
+
+def test_remove_no_ops_keeps_what_changes_values_and_graph_output_names():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3,4] x) => (int32[2,3,4] y, float[6,4] r, float[2,3,4] z, bool[2,3,4] mask) {
+          y = Cast <to=6> (x)
+          t = Transpose <perm=[1,0,2]> (x)
+          r = Reshape (t, shape)
+          z, mask = Dropout (x, ratio)
+        }
+        """,
+        {"ratio": np.array(0.5, np.float32), "shape": np.array([6, 4], np.int64)},
+    )
+    after = check_pass("remove_no_ops", proto, changes=0, **EXACT)
+    assert ops(after) == {"Cast": 1, "Transpose": 1, "Reshape": 1, "Dropout": 1}
+
+
+def test_remove_no_ops_keeps_a_graph_output_name_when_removing_its_producer():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3] x) => (float[2,3] y) {
+          r = Relu (x)
+          y = Identity (r)
+        }
+        """
+    )
+    after = check_pass("remove_no_ops", proto, changes=1, **EXACT)
+    assert ops(after) == {"Relu": 1} and after.graph.node[0].output[0] == "y"
+
+
+def test_eliminate_dead_code_removes_unread_nodes_and_initializers():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x) => (float[2,3] y) {
+          y = Relu (x)
+          dead = Add (x, w)
+        }
+        """,
+        {"w": rand(2, 3), "unused": rand(4)},
+    )
+    after = check_pass("eliminate_dead_code", proto, changes=3, **EXACT)
+    assert ops(after) == {"Relu": 1} and not after.graph.initializer
+
+
+def test_deduplicate_initializers_keeps_one_copy_of_equal_tensors():
+    w = rand(4, 3, 3, 3)
+    text = """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,8,8] x) => (float[1,4,6,6] y, float[1,4,6,6] z) {
+          y = Conv (x, w1)
+          z = Conv (x, w2)
+        }
+        """
+    after = check_pass(
+        "deduplicate_initializers", model(text, {"w1": w, "w2": w.copy()}), changes=1, **EXACT
+    )
+    assert len(after.graph.initializer) == 1
+    different = {"w1": w, "w2": w + 1}
+    check_pass("deduplicate_initializers", model(text, different), changes=0, **EXACT)
+
+
+def test_remove_unused_inputs_drops_inputs_nobody_reads():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x, float[5] unused, float[2,3] passthrough)
+            => (float[2,3] y, float[2,3] passthrough) {
+          y = Relu (x)
+        }
+        """
+    )
+    after = check_pass("remove_unused_inputs", proto, changes=1, **EXACT)
+    assert [i.name for i in after.graph.input] == ["x", "passthrough"]
