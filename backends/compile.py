@@ -25,6 +25,7 @@ class TuningOptions:
     shipped: bool = True  # apply the records shipped with edgepress for this exact target
     # CPU kernels without a record: "sampled" (one untimed MetaSchedule sample) or "loops"
     untuned: str = "sampled"
+    retune: bool = False  # tune tasks that already have records too
 
     @property
     def requested(self) -> bool:
@@ -77,6 +78,7 @@ def compile_module(
             minutes=tuning.minutes,
             use_shipped=tuning.shipped,
             untuned=tuning.untuned,
+            retune=tuning.retune,
         )
     except (UsageError, BackendError):
         raise

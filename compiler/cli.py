@@ -96,6 +96,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "under $EDGEPRESS_TUNING_DB, else under the cache)",
     )
     p.add_argument(
+        "--retune",
+        action="store_true",
+        help="with --tune-trials/--tune-minutes: tune tasks that already have records too "
+        "(the database keeps the best record of every run)",
+    )
+    p.add_argument(
         "--untuned",
         choices=("sampled", "loops"),
         default="sampled",
@@ -155,6 +161,7 @@ def cmd_build(argv: list[str]) -> int:
             args.tuning_db,
             shipped=not args.no_shipped_records,
             untuned=args.untuned,
+            retune=args.retune,
         ),
     )
     try:

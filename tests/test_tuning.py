@@ -174,3 +174,14 @@ def test_untuned_kernels_are_sampled_or_plain_loops(cli, tmp_path):
         assert r.code == 0, r.err  # the build verifies the artifact against onnxruntime
         kernels = json.loads((tmp_path / choice / "report.json").read_text())["kernels"]
         assert kernels and {k["schedule"] for k in kernels} == {choice}
+
+
+def test_retune_measures_tasks_that_already_have_records(tuned, cli):
+    folder, source, db = tuned
+    before = len((db / "database_tuning_record.json").read_text().splitlines())
+    r = cli(source, "--target", "x86_64", "-o", folder / "again", "--tuning-db", db,
+            "--tune-trials", "2", "--retune", "-q")
+    assert r.code == 0, r.err
+    tuning = _tuning(folder / "again")
+    assert tuning["trials_measured"] >= 1
+    assert len((db / "database_tuning_record.json").read_text().splitlines()) > before
