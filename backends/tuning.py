@@ -1,13 +1,17 @@
 """MetaSchedule tuning with a persistent database, one folder per target.
 
-Three things make tuning usable on a small machine (see the notes on TVM 0.27):
-- an in-process builder: MetaSchedule's LocalBuilder starts a worker pool per batch whose
-  workers each spend tens of seconds importing TVM on 2 cores, so candidates time out unbuilt;
+What makes tuning usable on a small machine (see the notes on TVM 0.27):
+- an in-process builder and runner: MetaSchedule's LocalBuilder starts a worker pool per batch
+  whose workers each spend tens of seconds importing TVM on 2 cores;
+- a search sized to what the machine measures (a small evolutionary population), and a time
+  budget the builder and the search strategy enforce themselves, since MetaSchedule reports
+  nothing until every task has had its first round;
 - a database that outlives the build (JSON files under the cache, or --tuning-db), whose
   records a later build applies without measuring anything, for this model or any other
   model that has the same workload (tasks are keyed by the TIR function's structure);
 - one database per target: the folder's target.json must equal the build's target, so records
-  timed on one CPU are never applied to another.
+  timed on one CPU are never applied to another; the same holds for the records shipped with
+  edgepress (backends/tuned/), applied beside the user's database, best record first.
 """
 
 from __future__ import annotations

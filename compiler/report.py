@@ -50,7 +50,7 @@ def verification_lines(title: str, v: dict) -> list[str]:
 def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:
     lines = ["## Tuning", ""]
     if not tuning:
-        lines += ["Untuned: no tuning database for this target (default TVM schedules).", ""]
+        lines += ["No tuning records for this target: every kernel has its fallback schedule.", ""]
     else:
         where = [f"database `{tuning['database']}`"] if tuning.get("database") else []
         if tuning.get("shipped"):

@@ -21,6 +21,15 @@ def _no_tuning_records_from_the_user(tmp_path_factory):
     os.environ["EDGEPRESS_TUNING_DB"] = str(tmp_path_factory.mktemp("tuning-root"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_shipped_records(tmp_path_factory):
+    """Builds in tests see no shipped records either (whether they apply depends on the CPU the
+    tests run on); the test of shipped records ships its own."""
+    from edgepress.backends import tuning
+
+    tuning.SHIPPED_DIR = tmp_path_factory.mktemp("no-shipped-records")
+
+
 @dataclass
 class CliResult:
     code: int

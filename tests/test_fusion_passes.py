@@ -312,3 +312,29 @@ def test_fuse_hard_swish_needs_opset_14_and_the_right_constants():
     assert "HardSwish" not in ops(check_pass("fuse_hard_swish", model(old, params), changes=0))
     relu5 = _scalars(three=3.0, zero=0.0, six=5.0)
     assert ops(check_pass("fuse_hard_swish", model(HARD_SIGMOID, relu5), changes=0))["Clip"] == 1
+
+
+def test_fuse_matmul_add_leaves_a_matmul_with_another_user():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4,8] x) => (float[4,5] y, float[4,5] m) {
+          m = MatMul (x, w)
+          y = Add (m, b)
+        }
+        """,
+        {"w": rand(8, 5), "b": rand(5, seed=1)},
+    )
+    assert ops(check_pass("fuse_matmul_add", proto, changes=0)) == {"MatMul": 1, "Add": 1}
+
+
+def test_fuse_hard_swish_leaves_a_clip_with_another_user():
+    params = _scalars(three=3.0, zero=0.0, six=6.0)
+    shared = HARD_SWISH.replace("=> (float[2,4,5] y)", "=> (float[2,4,5] y, float[2,4,5] c)")
+    after = check_pass("fuse_hard_swish", model(shared, params), changes=0)
+    assert "HardSwish" not in ops(after) and ops(after)["Clip"] == 1
+
+
+def test_fuse_gelu_leaves_a_chain_with_other_constants():
+    wrong = model(GELU_ERF, _scalars(sqrt2=1.5, one=1.0, half=0.5))
+    assert ops(check_pass("fuse_gelu", wrong, changes=0))["Erf"] == 1

@@ -135,7 +135,7 @@ def test_untuned_build_says_so(cli, tmp_path):
     source = save(builders.conv_relu(), tmp_path / "tiny.onnx")
     assert cli(source, "--target", "x86_64", "-o", tmp_path / "o", "-q").code == 0
     assert json.loads((tmp_path / "o" / "report.json").read_text())["tuning"] is None
-    assert "Untuned: no tuning database" in (tmp_path / "o" / "report.md").read_text()
+    assert "No tuning records for this target" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_shipped_records_apply_to_their_target_only(tuned, cli, tmp_path, monkeypatch):

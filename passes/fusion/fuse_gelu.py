@@ -3,7 +3,7 @@
 Exact:  0.5 * x * (1 + Erf(x / sqrt(2)))                   => Gelu(x)
 Tanh:   0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 x^3))) => Gelu(x, approximate="tanh")
 The factors come in any order exporters write them (Mul and Add commute; x / sqrt(2) may be
-x * (1/sqrt(2))). Constants are matched to about 1e-3 relative, as exporters print them.
+x * (1/sqrt(2))). Constants must match to 1e-5 relative (onnxscript's constant patterns).
 """
 
 from __future__ import annotations
