@@ -23,6 +23,7 @@ from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file
 from edgepress.compiler.pipeline import run_pipeline
+from edgepress.compiler.quantize_step import QuantizeOptions, fidelity, outputs_over, quantize
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
 from edgepress.compiler.verify import Tolerance, compare, not_verified, run_onnxruntime
 from edgepress.passes import DEFAULT_PIPELINE
@@ -43,6 +44,7 @@ class BuildOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     force: bool = False
     tuning: TuningOptions = field(default_factory=TuningOptions)
+    quantize: QuantizeOptions | None = None
 
 
 @dataclass
@@ -74,6 +76,8 @@ def build(opts: BuildOptions) -> BuildResult:
     tvm_target = backend.tvm_target(opts.target_options)
     source = Path(opts.model)
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
+    if opts.quantize:
+        given.append(Path(opts.quantize.calibration))
     outdirs.check_outdir(Path(opts.outdir), given, opts.force)
 
     t = time.perf_counter()
@@ -86,12 +90,17 @@ def build(opts: BuildOptions) -> BuildResult:
 
     t = time.perf_counter()
     model, pass_records = run_pipeline(model, opts.passes)
+    quantization = None
+    if opts.quantize:
+        model, records, quantization, held_out = quantize(model, opts.quantize, opts.passes)
+        pass_records += records
     compressed = ir.to_proto(model)
     try:
         onnx.checker.check_model(compressed)
     except onnx.checker.ValidationError as err:
         raise ModelError(
-            f"{source}: the model after passes [{', '.join(opts.passes)}] fails the "
+            f"{source}: the model after passes [{', '.join(r.name for r in pass_records)}] "
+            "fails the "
             f"ONNX checker: {str(err).splitlines()[0]}"
         ) from err
     output_specs = tensor_specs(list(model.graph.outputs))
@@ -121,19 +130,31 @@ def build(opts: BuildOptions) -> BuildResult:
         t = time.perf_counter()
         reference = run_onnxruntime(source, inputs)
         tolerance = opts.tolerance
-        after_passes = compare(
-            run_onnxruntime(model_path, inputs),
-            reference,
-            tolerance,
-            "onnxruntime on the source model",
-        )
+        compressed_outputs = run_onnxruntime(model_path, inputs)
+        if quantization is None:
+            after_passes = compare(
+                compressed_outputs, reference, tolerance, "onnxruntime on the source model"
+            )
+            artifact_reference, reference_name = reference, "onnxruntime on the source model"
+        else:
+            # int8 changes the numbers on purpose: how much is reported (fidelity), and the
+            # artifact must match the int8 model it was compiled from.
+            quantization["fidelity"] = fidelity(
+                outputs_over(model_path, held_out), outputs_over(source, held_out)
+            )
+            after_passes = not_verified(
+                "the int8 model differs from the float source by design; see Quantization",
+                "onnxruntime on the source model",
+            )
+            artifact_reference = compressed_outputs
+            reference_name = "onnxruntime on the int8 model.onnx"
         runner = backend.runner(staging)
         if isinstance(runner, str):
-            artifact_check = not_verified(runner, "onnxruntime on the source model")
+            artifact_check = not_verified(runner, reference_name)
         else:
             outputs = runner.run([inputs[s.name] for s in artifact_specs])
             got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
-            artifact_check = compare(got, reference, tolerance, "onnxruntime on the source model")
+            artifact_check = compare(got, artifact_reference, tolerance, reference_name)
             artifact_check.reference += f"; artifact run by {runner.description}"
         timings["verify"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
@@ -150,6 +171,7 @@ def build(opts: BuildOptions) -> BuildResult:
             if opts.verify_inputs
             else f"random, seed {opts.seed}",
             "passes": [r.to_json() for r in pass_records],
+            "quantization": quantization,
             "tuning": tuning,
             "kernels": kernels,
             "verification": {

@@ -113,9 +113,81 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply the tuning records shipped with edgepress for this target",
     )
+    q = p.add_argument_group("quantization")
+    q.add_argument("--quantize", choices=("int8",), help="post-training quantization")
+    q.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="PATH",
+        help="calibration data: a folder of images, an .npz (an array per input, leading "
+        "sample axis), or a folder of .npz/.npy samples",
+    )
+    q.add_argument(
+        "--calibration-method",
+        default="minmax",
+        help="minmax (default), percentile, entropy or mse",
+    )
+    q.add_argument("--percentile", type=float, default=99.999, help="for --calibration-method "
+                   "percentile (default 99.999)")
+    q.add_argument("--calibration-samples", type=int, metavar="N", help="use at most N samples")
+    q.add_argument(
+        "--activations",
+        choices=("uint8", "int8"),
+        default="uint8",
+        help="activation type (weights are always int8, symmetric, per channel)",
+    )
+    q.add_argument("--resize", type=int, metavar="PIXELS", help="images: shorter side before "
+                   "the center crop (default: the input's larger side)")
+    q.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean after scaling "
+                   "(default ImageNet's 0.485,0.456,0.406)")
+    q.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet's)")
+    q.add_argument("--scale", type=float, default=255.0, help="images: divide pixels by this "
+                   "first (default 255)")
+    q.add_argument("--layout", choices=("NCHW", "NHWC"), help="images: the input's layout "
+                   "(default: NCHW when dim 1 is 1 or 3)")
+    q.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
+
+
+def _floats(flag: str, text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    if text is None:
+        return default
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected numbers separated by commas") from None
+
+
+def _quantize_options(args: argparse.Namespace):
+    from edgepress.compiler.calibration_data import Preprocess
+    from edgepress.compiler.quantize_step import QuantizeOptions
+
+    if args.quantize is None:
+        if args.calibration is not None:
+            raise UsageError("--calibration is given without --quantize int8")
+        return None
+    if args.calibration is None:
+        raise UsageError("--quantize int8 needs --calibration PATH (images, .npz or .npy files)")
+    defaults = Preprocess()
+    options = QuantizeOptions(
+        calibration=args.calibration,
+        method=args.calibration_method,
+        activations=args.activations,
+        percentile=args.percentile,
+        samples=args.calibration_samples,
+        preprocess=Preprocess(
+            resize=args.resize,
+            mean=_floats("--mean", args.mean, defaults.mean),
+            std=_floats("--std", args.std, defaults.std),
+            scale=args.scale,
+            layout=args.layout,
+            channel_order=args.channel_order,
+        ),
+    )
+    options.check()
+    return options
 
 
 def cmd_build(argv: list[str]) -> int:
@@ -155,6 +227,7 @@ def cmd_build(argv: list[str]) -> int:
         seed=args.seed,
         tolerance=Tolerance(args.atol, args.rtol, args.min_cosine),
         force=args.force,
+        quantize=_quantize_options(args),
         tuning=TuningOptions(
             args.tune_trials,
             args.tune_minutes,

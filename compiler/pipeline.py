@@ -40,18 +40,28 @@ def parse_pass_list(text: str) -> list[str]:
     return names
 
 
-def run_pipeline(model: ir.Model, names: list[str]) -> tuple[ir.Model, list[PassRecord]]:
-    """Each pass gets the previous one's model; a crash names the pass and those before it."""
+def run_pipeline(
+    model: ir.Model,
+    names: list[str],
+    options: dict[str, dict] | None = None,
+    done: list[str] | None = None,
+) -> tuple[ir.Model, list[PassRecord]]:
+    """Each pass gets the previous one's model; a crash names the pass and those before it.
+
+    `options` holds keyword arguments per pass name (quantize_int8's calibration statistics);
+    `done` names passes already run on this model, for the error message.
+    """
     records: list[PassRecord] = []
+    options = options or {}
     for name in names:
         nodes, params = count_nodes(model), parameter_bytes(model)
         start = time.perf_counter()
         try:
-            result = get_pass(name)(model)
+            result = get_pass(name)(model, **options.get(name, {}))
         except Exception as err:
-            done = ", ".join(r.name for r in records) or "nothing"
+            before = ", ".join([*(done or []), *(r.name for r in records)]) or "nothing"
             raise PassError(
-                f"pass '{name}' failed after [{done}]: {type(err).__name__}: {err}"
+                f"pass '{name}' failed after [{before}]: {type(err).__name__}: {err}"
             ) from err
         model = result.model
         record = PassRecord(

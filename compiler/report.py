@@ -47,6 +47,32 @@ def verification_lines(title: str, v: dict) -> list[str]:
     return lines
 
 
+def quantization_lines(q: dict, sizes: dict) -> list[str]:
+    source, model = sizes.get("source model"), sizes.get("model.onnx")
+    ratio = f" ({model / source:.2f}x of the source file)" if source and model else ""
+    lines = [
+        "## Quantization",
+        "",
+        f"int8: weights {q['weights']}, activations {q['activations']}; calibrated by "
+        f"{q['method']} on {q['samples']} sample(s) of `{q['calibration']}` "
+        f"({q['calibrated_tensors']} tensors). model.onnx: {_size(model)}{ratio}.",
+        "",
+        f"Fidelity against the float source on {q['fidelity_samples']} sample(s), "
+        f"{q['fidelity_data']}:",
+        "",
+        "| output | cosine | max abs err | mean abs err | top-1 agreement |",
+        "|---|---|---|---|---|",
+    ]
+    for f in q.get("fidelity", []):
+        top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.4f}"
+        lines.append(
+            f"| {f['name']} | {f['cosine']:.6f} | {_num(f['max_abs_err'])} | "
+            f"{_num(f['mean_abs_err'])} | {top1} |"
+        )
+    lines.append("")
+    return lines
+
+
 def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:
     lines = ["## Tuning", ""]
     if not tuning:
@@ -118,6 +144,8 @@ def render_markdown(report: dict) -> str:
         "model.onnx (after passes) vs the source model, both in onnxruntime",
         report["verification"]["passes"],
     )
+    if report.get("quantization"):
+        lines += quantization_lines(report["quantization"], report["sizes"])
     lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])
     if "bench" in report:
         b = report["bench"]

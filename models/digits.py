@@ -6,6 +6,8 @@ calibration (20%) and eval (20%) parts; the model never sees the last two in tra
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from pathlib import Path
 
@@ -60,8 +62,12 @@ def digits_splits(seed: int = SEED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {name: (images[idx], labels[idx]) for name, idx in parts.items()}
 
 
+@functools.lru_cache(maxsize=2)
 def train_digits(seed: int = SEED) -> tuple[DigitsCNN, float]:
-    """Train on the train split; return the model and its top-1 accuracy on the eval split."""
+    """Train on the train split; return the model and its top-1 accuracy on the eval split.
+
+    Deterministic for a seed, so cached per process (tests and benchmarks write it often);
+    callers must not change the returned model."""
     torch.manual_seed(seed)
     splits = digits_splits(seed)
     x, y = map(torch.from_numpy, splits["train"])

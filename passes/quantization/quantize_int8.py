@@ -1,0 +1,104 @@
+"""quantize_int8: static int8 quantization in QDQ form, from calibration statistics.
+
+Weights: symmetric int8 per output channel (scale = max|w_c| / 127, zero point 0). Activations:
+uint8 (asymmetric, zero point from the range) or int8 (symmetric), their ranges taken from a
+`CalibrationStats` (calibration.py), never measured here. Biases: int32 with scale
+s_input * s_weight. The result is QuantizeLinear/DequantizeLinear pairs around Conv, Gemm,
+MatMul and the ops between them that can stay in 8 bits (Relu, Clip, MaxPool, Reshape,
+Add, ...): onnxruntime runs it, and its integer kernels take the Q -> op -> DQ patterns.
+The rewrite itself is onnxruntime's QDQQuantizer, given our ranges.
+
+Models under opset 13 are converted first: per-channel DequantizeLinear needs its `axis`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from edgepress.passes.quantization.calibration import CalibrationStats
+from edgepress.passes.registry import PassResult, register_pass
+
+log = logging.getLogger(__name__)
+
+FIRST_OPSET = 13
+ACTIVATION_TYPES = ("uint8", "int8")
+# What is quantized: the compute ops and what sits between them in 8-bit graphs.
+OP_TYPES = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "Add", "Mul", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
+    "Unsqueeze", "Resize", "Pad", "Split", "Slice",
+)
+
+
+def _tensors_range(stats: CalibrationStats):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    return TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            name: TensorData(lowest=np.float32(low), highest=np.float32(high))
+            for name, (low, high) in stats.ranges.items()
+        },
+    )
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+@register_pass("quantize_int8")
+def quantize_int8(
+    model: ir.Model,
+    *,
+    stats: CalibrationStats | None = None,
+    activations: str = "uint8",
+    exclude: Sequence[str] = (),
+) -> PassResult:
+    """Float model + calibration ranges => QDQ int8 model (per-channel int8 weights).
+
+    Needs calibration statistics (`compress ... --quantize int8 --calibration PATH`); nodes
+    named in `exclude` stay in float. Counts the nodes quantized.
+    """
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    if stats is None:
+        raise ValueError(
+            "quantize_int8 needs calibration statistics: build with --quantize int8 "
+            "--calibration PATH rather than naming the pass in --passes"
+        )
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations {activations!r}: expected one of {ACTIVATION_TYPES}")
+    proto = ir.to_proto(model)
+    if _opset(proto) < FIRST_OPSET:
+        proto = onnx.version_converter.convert_version(proto, FIRST_OPSET)
+    quantizer = QDQQuantizer(
+        proto,
+        True,  # per channel
+        False,  # reduce_range
+        QuantType.QInt8,
+        QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+        _tensors_range(stats),
+        [],
+        list(exclude),
+        list(OP_TYPES),
+        {
+            "ActivationSymmetric": activations == "int8",
+            "WeightSymmetric": True,
+            # The ONNX DequantizeLinear-on-weights form (int8 initializers), so the file is small.
+            "QuantizeBias": True,
+        },
+    )
+    quantizer.quantize_model()
+    quantized = quantizer.model.model
+    result = ir.from_proto(quantized)
+    # The quantizer appends its Q/DQ nodes at the end of the node list.
+    common_passes.TopologicalSortPass()(result)
+    changes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+    return PassResult(result, changes)

@@ -1,0 +1,161 @@
+"""int8 quantization: each calibrator against numpy on a known distribution, the QDQ model
+against the float one in onnxruntime, a whole int8 build of the digits CNN (held-out fidelity,
+size, the artifact against onnxruntime on the int8 model) and the messages for bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from edgepress.passes.quantization.calibration import LEVELS, calibrate
+from tests.pass_checks import model, rand
+
+RELU = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,1000] x) => (float[1,1000] y) {
+  y = Relu (x)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def gaussian_with_outliers():
+    x = np.random.default_rng(0).standard_normal((64, 1, 1000)).astype(np.float32)
+    x[3, 0, 5], x[7, 0, 9] = 12.0, -11.0
+    return x
+
+
+def _calibrated(x, method, **kw):
+    return calibrate(model(RELU), {"x": x}, method=method, **kw)
+
+
+def _fake_quant_mse(x: np.ndarray, threshold: float) -> float:
+    step = 2 * threshold / LEVELS
+    q = np.clip(np.round(x / step), -LEVELS // 2, LEVELS // 2) * step
+    return float(np.mean((q - x) ** 2))
+
+
+def test_minmax_is_numpys_min_and_max(gaussian_with_outliers):
+    x = gaussian_with_outliers
+    stats = _calibrated(x, "minmax")
+    assert stats.ranges["x"] == (float(x.min()), float(x.max()))
+    assert stats.ranges["y"] == (0.0, float(x.max()))  # a ReLU output starts at 0
+    assert stats.samples == 64
+
+
+def test_percentile_is_numpys_percentile_of_abs(gaussian_with_outliers):
+    x = gaussian_with_outliers
+    low, high = _calibrated(x, "percentile", percentile=99.9).ranges["x"]
+    bin_width = float(np.abs(x).max()) / 2048
+    assert low == -high
+    assert abs(high - np.percentile(np.abs(x), 99.9)) <= 2 * bin_width
+
+
+def test_entropy_clips_outliers_but_keeps_the_bulk(gaussian_with_outliers):
+    x = gaussian_with_outliers
+    low, high = _calibrated(x, "entropy").ranges["x"]
+    assert np.percentile(np.abs(x), 99.9) < high < 0.5 * np.abs(x).max()
+    assert low == pytest.approx(-high, rel=0.01)
+
+
+def test_mse_threshold_is_as_good_as_a_brute_force_search(gaussian_with_outliers):
+    x = gaussian_with_outliers
+    low, high = _calibrated(x, "mse").ranges["x"]
+    assert low == -high
+    grid = np.linspace(1.0, float(np.abs(x).max()), 400)
+    best = min(_fake_quant_mse(x, t) for t in grid)
+    assert _fake_quant_mse(x, high) <= 1.02 * best
+    assert _fake_quant_mse(x, high) < _fake_quant_mse(x, float(np.abs(x).max()))
+
+
+def test_quantized_conv_matches_float_within_quantization_error():
+    import onnxruntime as ort
+
+    from edgepress.passes.quantization.quantize_int8 import quantize_int8
+
+    float_model = model(
+        """
+        <ir_version: 8, opset_import: ["" : 11]>
+        g (float[1,3,8,8] x) => (float[1,8,8,8] y) {
+          c = Conv <pads=[1,1,1,1]> (x, w, b)
+          y = Relu (c)
+        }
+        """,
+        {"w": rand(8, 3, 3, 3), "b": rand(8, seed=1)},
+    )
+    data = {"x": np.random.default_rng(2).uniform(-1, 1, (32, 1, 3, 8, 8)).astype(np.float32)}
+    stats = calibrate(float_model, data)
+    result = quantize_int8(ir.from_proto(float_model), stats=stats)
+    quantized = ir.to_proto(result.model)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert quantized.opset_import[0].version >= 13  # opset 11 converted for per-channel axes
+    ops = Counter(n.op_type for n in quantized.graph.node)
+    assert ops["QuantizeLinear"] >= 1 and ops["DequantizeLinear"] >= 2 and result.changes >= 1
+    weights = [i for i in quantized.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert any(list(w.dims) == [8, 3, 3, 3] for w in weights)
+
+    def run(m, x):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(m.SerializeToString(), options).run(None, {"x": x})[0]
+
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    want, got = run(float_model, x), run(quantized, x)
+    # Output step of the uint8 grid over [0, max]; input and weight rounding add a few steps.
+    step = stats.ranges["y"][1] / 255
+    assert np.abs(got - want).max() <= 4 * step
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from edgepress.models import EXAMPLES
+
+    folder = tmp_path_factory.mktemp("digits")
+    EXAMPLES["digits"].write(folder)
+    return folder
+
+
+def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
+    r = cli(digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "q", "-q",
+            "--quantize", "int8", "--calibration", digits / "calibration.npz",
+            "--calibration-method", "percentile")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["status"] == "ok"
+    assert report["verification"]["artifact"]["reference"].startswith(
+        "onnxruntime on the int8 model.onnx"
+    )
+    q = report["quantization"]
+    assert q["method"] == "percentile" and q["fidelity_data"] == "held out of calibration"
+    (logits,) = q["fidelity"]
+    assert logits["cosine"] > 0.999 and logits["top1_agreement"] >= 0.98
+    assert report["sizes"]["model.onnx"] < 0.5 * report["sizes"]["source model"]
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "q" / "model.onnx").graph.node)
+    assert ops["QuantizeLinear"] >= 3 and "## Quantization" in (tmp_path / "q" / "report.md").read_text()
+    assert report["passes"][-1]["name"] == "quantize_int8"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quantize", "int8"], "--quantize int8 needs --calibration PATH"),
+        (["--calibration", "x.npz"], "--calibration is given without --quantize int8"),
+        (["--quantize", "int8", "--calibration", "{cal}", "--calibration-method", "kl"],
+         "--calibration-method 'kl': expected one of minmax, percentile, entropy, mse"),
+        (["--quantize", "int8", "--calibration", "{bad}"], "not a readable .npz file"),
+        (["--quantize", "int8", "--calibration", "{cal}", "--mean", "0.5,x"],
+         "--mean '0.5,x': expected numbers"),
+    ],
+)
+def test_bad_quantization_options_are_named(cli, digits, tmp_path, args, message):
+    (tmp_path / "bad.npz").write_bytes(b"PK not really")
+    args = [a.format(cal=digits / "calibration.npz", bad=tmp_path / "bad.npz") for a in args]
+    r = cli(digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "out", *args)
+    assert r.code == 2 and message in r.err
+    assert not (tmp_path / "out").exists()
