@@ -24,6 +24,7 @@ from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file
 from edgepress.compiler.pipeline import run_pipeline
 from edgepress.compiler.quantize_step import QuantizeOptions, fidelity, outputs_over, quantize
+from edgepress.compiler.sqnr_plot import write_sqnr_plot
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
 from edgepress.compiler.verify import Tolerance, compare, not_verified, run_onnxruntime
 from edgepress.passes import DEFAULT_PIPELINE
@@ -78,6 +79,8 @@ def build(opts: BuildOptions) -> BuildResult:
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
     if opts.quantize:
         given.append(Path(opts.quantize.calibration))
+        if opts.quantize.eval_data:
+            given.append(Path(opts.quantize.eval_data))
     outdirs.check_outdir(Path(opts.outdir), given, opts.force)
 
     t = time.perf_counter()
@@ -117,6 +120,12 @@ def build(opts: BuildOptions) -> BuildResult:
     try:
         model_path = staging / "model.onnx"
         onnx.save(compressed, model_path)
+        if quantization is not None:
+            write_sqnr_plot(
+                quantization["layer_sqnr_db"],
+                staging / "sqnr.png",
+                f"int8 SQNR per layer against float ({quantization['fidelity_samples']} samples)",
+            )
 
         t = time.perf_counter()
         mod = import_onnx(compressed, str(source))

@@ -48,7 +48,8 @@ class Preprocess:
             raise UsageError("--scale and every --std value must be positive")
         if len(self.mean) != len(self.std):
             raise UsageError(
-                f"--mean has {len(self.mean)} values and --std {len(self.std)}; give one per channel"
+                f"--mean has {len(self.mean)} values and --std {len(self.std)}; "
+                "give one per channel"
             )
         if self.resize is not None and self.resize < 1:
             raise UsageError("--resize must be a positive number of pixels")
@@ -104,41 +105,51 @@ def _checked(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     return array
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, flag: str = "--calibration") -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise UsageError(f"--calibration {path}: not a readable .npz file ({err})") from err
+        raise UsageError(f"{flag} {path}: not a readable .npz file ({err})") from err
+
+
+def read_npz(path: Path, flag: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz, or a message naming `flag` and the file."""
+    if not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    return _read_npz(Path(path), flag)
 
 
 def _from_npz(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    data = _read_npz(path)
+    return stacked_samples(_read_npz(path), specs, f"--calibration {path}")
+
+
+def stacked_samples(
+    data: dict[str, np.ndarray], specs: list[TensorSpec], where: str
+) -> dict[str, np.ndarray]:
+    """Arrays with a leading sample axis, one per input name, checked and shaped (N, *shape);
+    `where` starts every message (the flag and the file)."""
     out = {}
     for spec in specs:
         if spec.name not in data:
             raise UsageError(
-                f"--calibration {path}: no array for input '{spec.name}' (it holds "
+                f"{where}: no array for input '{spec.name}' (it holds "
                 f"{', '.join(sorted(data)) or 'nothing'})"
             )
         stacked = _sample_shape_ok(data[spec.name], spec)
         if stacked is None:
             raise UsageError(
-                f"--calibration {path}: input '{spec.name}' has shape {list(data[spec.name].shape)}"
+                f"{where}: input '{spec.name}' has shape {list(data[spec.name].shape)}"
                 f"; expected samples of shape {list(spec.shape)} with a leading sample axis, "
                 f"i.e. [N, {', '.join(map(str, spec.shape))}]"
             )
-        out[spec.name] = _checked(stacked, spec, f"--calibration {path}")
-    _same_count(out, path)
-    return out
-
-
-def _same_count(arrays: dict[str, np.ndarray], where: Path) -> None:
-    counts = {name: a.shape[0] for name, a in arrays.items()}
+        out[spec.name] = _checked(stacked, spec, where)
+    counts = {name: a.shape[0] for name, a in out.items()}
     if len(set(counts.values())) > 1:
-        raise UsageError(f"--calibration {where}: inputs have different sample counts {counts}")
+        raise UsageError(f"{where}: inputs have different sample counts {counts}")
     if any(n == 0 for n in counts.values()):
-        raise UsageError(f"--calibration {where}: no samples")
+        raise UsageError(f"{where}: no samples")
+    return out
 
 
 def _from_array_files(files: list[Path], specs: list[TensorSpec]) -> dict[str, np.ndarray]:

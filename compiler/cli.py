@@ -127,8 +127,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default="minmax",
         help="minmax (default), percentile, entropy or mse",
     )
-    q.add_argument("--percentile", type=float, default=99.999, help="for --calibration-method "
-                   "percentile (default 99.999)")
+    q.add_argument(
+        "--percentile",
+        type=float,
+        default=99.999,
+        help="for --calibration-method percentile (default 99.999)",
+    )
     q.add_argument("--calibration-samples", type=int, metavar="N", help="use at most N samples")
     q.add_argument(
         "--activations",
@@ -136,16 +140,51 @@ def _build_parser() -> argparse.ArgumentParser:
         default="uint8",
         help="activation type (weights are always int8, symmetric, per channel)",
     )
-    q.add_argument("--resize", type=int, metavar="PIXELS", help="images: shorter side before "
-                   "the center crop (default: the input's larger side)")
-    q.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean after scaling "
-                   "(default ImageNet's 0.485,0.456,0.406)")
+    q.add_argument(
+        "--resize",
+        type=int,
+        metavar="PIXELS",
+        help="images: shorter side before the center crop (default: the input's larger side)",
+    )
+    q.add_argument(
+        "--mean",
+        metavar="R,G,B",
+        help="images: per-channel mean after scaling (default ImageNet's 0.485,0.456,0.406)",
+    )
     q.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet's)")
-    q.add_argument("--scale", type=float, default=255.0, help="images: divide pixels by this "
-                   "first (default 255)")
-    q.add_argument("--layout", choices=("NCHW", "NHWC"), help="images: the input's layout "
-                   "(default: NCHW when dim 1 is 1 or 3)")
+    q.add_argument(
+        "--scale",
+        type=float,
+        default=255.0,
+        help="images: divide pixels by this first (default 255)",
+    )
+    q.add_argument(
+        "--layout",
+        choices=("NCHW", "NHWC"),
+        help="images: the input's layout (default: NCHW when dim 1 is 1 or 3)",
+    )
     q.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
+    q.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="X",
+        help="keep the most sensitive layers in float until the drop is at most X: top-1 "
+        "points with --eval, else --fidelity-metric on held-out calibration samples; exit 7 "
+        "when it cannot be met",
+    )
+    q.add_argument(
+        "--eval",
+        type=Path,
+        metavar="DATA.npz",
+        help="labelled evaluation data: an array per input (leading sample axis) and 'label'",
+    )
+    q.add_argument(
+        "--fidelity-metric",
+        choices=("cosine", "top1", "max-error"),
+        default="cosine",
+        help="without --eval, what --max-accuracy-drop measures: 1 - cosine (default), top-1 "
+        "disagreement in points, or max abs error, against the float model",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
@@ -165,8 +204,10 @@ def _quantize_options(args: argparse.Namespace):
     from edgepress.compiler.quantize_step import QuantizeOptions
 
     if args.quantize is None:
-        if args.calibration is not None:
-            raise UsageError("--calibration is given without --quantize int8")
+        for flag in ("calibration", "eval", "max_accuracy_drop"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} is given without --quantize int8")
         return None
     if args.calibration is None:
         raise UsageError("--quantize int8 needs --calibration PATH (images, .npz or .npy files)")
@@ -185,6 +226,9 @@ def _quantize_options(args: argparse.Namespace):
             layout=args.layout,
             channel_order=args.channel_order,
         ),
+        max_drop=args.max_accuracy_drop,
+        eval_data=args.eval,
+        fidelity_metric=args.fidelity_metric,
     )
     options.check()
     return options

@@ -44,6 +44,12 @@ class VerificationError(EdgepressError):
     exit_code = 6
 
 
+class BudgetError(EdgepressError):
+    """A budget the user set (accuracy drop) cannot be met."""
+
+    exit_code = 7
+
+
 def node_label(node, index: int | None = None) -> str:
     """'conv_12' (Conv, #37): node names are optional in ONNX, so fall back to the index."""
     op = f"{node.domain + '::' if getattr(node, 'domain', '') else ''}{node.op_type}"

@@ -1,7 +1,9 @@
-"""The build's quantization step: calibration data -> statistics -> quantize_int8.
+"""The build's quantization step: calibration data -> statistics -> quantize_int8, with the
+accuracy budget enforced and the per-layer picture measured.
 
 It runs after the float passes (BN folded, shapes fixed), on the model they leave, so the
-calibrated tensors are the ones the quantizer sees.
+calibrated tensors are the ones the quantizer sees. A fifth of the calibration samples is held
+out of calibration: fidelity (and, without --eval, the budget) is measured on it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
-from edgepress.compiler.calibration_data import Preprocess, load_calibration
-from edgepress.compiler.errors import UsageError
+from edgepress.compiler.calibration_data import (
+    Preprocess,
+    load_calibration,
+    read_npz,
+    stacked_samples,
+)
+from edgepress.compiler.errors import BudgetError, UsageError
 from edgepress.compiler.pipeline import PassRecord, run_pipeline
-from edgepress.compiler.shapes import model_inputs, tensor_specs
-from edgepress.passes.quantization.calibration import METHODS, calibrate
+from edgepress.compiler.shapes import TensorSpec, model_inputs, tensor_specs
+from edgepress.passes.quantization.calibration import METHODS, CalibrationStats, calibrate
+from edgepress.passes.quantization.mixed_precision import keep_sensitive_layers_float
+from edgepress.passes.quantization.quantize_int8 import quantize_int8
+from edgepress.passes.quantization.sensitivity import compute_layers, layer_sqnr, run_samples
+
+FIDELITY_METRICS = ("cosine", "top1", "max-error")
+HELD_OUT_FRACTION = 5  # 1 in 5 samples (when there are 5 or more) is held out of calibration
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,9 @@ class QuantizeOptions:
     percentile: float = 99.999
     samples: int | None = None  # use at most this many calibration samples
     preprocess: Preprocess = field(default_factory=Preprocess)
+    max_drop: float | None = None  # --max-accuracy-drop
+    eval_data: Path | None = None  # --eval: inputs and labels; the budget is in top-1 points
+    fidelity_metric: str = "cosine"  # without --eval: what the budget measures
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -38,12 +55,14 @@ class QuantizeOptions:
             raise UsageError("--percentile must lie in (50, 100]")
         if self.samples is not None and self.samples < 1:
             raise UsageError("--calibration-samples must be at least 1")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise UsageError("--max-accuracy-drop must not be negative")
+        if self.fidelity_metric not in FIDELITY_METRICS:
+            raise UsageError(
+                f"--fidelity-metric {self.fidelity_metric!r}: expected one of "
+                f"{', '.join(FIDELITY_METRICS)}"
+            )
         self.preprocess.check()
-
-
-# A fifth of the samples (at least one, when there are 5 or more) is held out of calibration to
-# measure the int8 model against the float one on data it was not calibrated on.
-HELD_OUT_FRACTION = 5
 
 
 def split_held_out(
@@ -61,11 +80,62 @@ def split_held_out(
     )
 
 
+def load_eval(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """An --eval .npz: an array per input name (leading sample axis) and `label` (or `labels`)."""
+    arrays = read_npz(path, "--eval")
+    label_key = next((k for k in ("label", "labels") if k in arrays), None)
+    if label_key is None:
+        raise UsageError(f"--eval {path}: no 'label' array (it holds {', '.join(sorted(arrays))})")
+    labels = arrays.pop(label_key)
+    inputs = stacked_samples(arrays, specs, f"--eval {path}")
+    count = min(a.shape[0] for a in inputs.values())
+    if labels.shape[0] != count:
+        raise UsageError(f"--eval {path}: {labels.shape[0]} labels for {count} samples")
+    return inputs, labels
+
+
+def _top1(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    first = next(iter(outputs.values()))
+    return first.reshape(first.shape[0], -1).argmax(-1)
+
+
+def _drop_function(opts: QuantizeOptions, float_model, held_out, specs):
+    """(drop(model) in the budget's units, a description of the units and data)."""
+    if opts.eval_data is not None:
+        inputs, labels = load_eval(opts.eval_data, specs)
+        float_acc = float(np.mean(_top1(run_samples(float_model, inputs)) == labels))
+
+        def drop(model) -> float:
+            return 100.0 * (float_acc - float(np.mean(_top1(run_samples(model, inputs)) == labels)))
+
+        return drop, f"top-1 points on {labels.shape[0]} labelled --eval samples"
+    reference = run_samples(float_model, held_out)
+
+    def drop(model) -> float:
+        rows = fidelity(run_samples(model, held_out), reference)
+        if opts.fidelity_metric == "cosine":
+            return max(1.0 - r["cosine"] for r in rows)
+        if opts.fidelity_metric == "top1":
+            return max(100.0 * (1.0 - (r["top1_agreement"] or 0.0)) for r in rows)
+        return max(r["max_abs_err"] for r in rows)
+
+    units = {
+        "cosine": "1 - cosine",
+        "top1": "top-1 disagreement in points",
+        "max-error": "max abs error",
+    }[opts.fidelity_metric]
+    return drop, f"{units} on held-out calibration samples"
+
+
 def quantize(
     model: ir.Model, opts: QuantizeOptions, done: list[str]
 ) -> tuple[ir.Model, list[PassRecord], dict, dict[str, np.ndarray]]:
-    """Calibrate on `opts.calibration` and quantize; returns the model, the pass record, facts
-    for the report and the held-out samples to measure fidelity on."""
+    """Calibrate on `opts.calibration` and quantize (keeping layers in float when a budget asks
+    for it); returns the model, the pass record, facts for the report and the held-out samples.
+
+    Raises BudgetError, with the per-layer table, when even an all-float fallback misses the
+    budget.
+    """
     opts.check()
     start = time.perf_counter()
     specs = tensor_specs(model_inputs(model))
@@ -73,14 +143,8 @@ def quantize(
     if opts.samples is not None:
         data = {name: array[: opts.samples] for name, array in data.items()}
     data, held_out, disjoint = split_held_out(data)
-    stats = calibrate(ir.to_proto(model), data, method=opts.method, percentile=opts.percentile)
-    seconds = time.perf_counter() - start
-    model, records = run_pipeline(
-        model,
-        ["quantize_int8"],
-        {"quantize_int8": {"stats": stats, "activations": opts.activations}},
-        done=done,
-    )
+    float_model = ir.to_proto(model)
+    stats = calibrate(float_model, data, method=opts.method, percentile=opts.percentile)
     facts = {
         "calibration": str(opts.calibration),
         "method": opts.method,
@@ -88,21 +152,75 @@ def quantize(
         "activations": opts.activations,
         "weights": "int8, symmetric, per channel",
         "calibrated_tensors": len(stats.ranges),
-        "calibration_seconds": seconds,
         "fidelity_samples": min(a.shape[0] for a in held_out.values()),
-        "fidelity_data": "held out of calibration" if disjoint
+        "fidelity_data": "held out of calibration"
+        if disjoint
         else "the calibration samples themselves (fewer than 5 given)",
+        "float_layers": [],
     }
+    exclude: list[str] = []
+    if opts.max_drop is not None:
+        exclude = _enforce_budget(float_model, stats, opts, held_out, specs, facts)
+    model, records = run_pipeline(
+        model,
+        ["quantize_int8"],
+        {"quantize_int8": {"stats": stats, "activations": opts.activations, "exclude": exclude}},
+        done=done,
+    )
+    quantized = ir.to_proto(model)
+    facts["layer_sqnr_db"] = layer_sqnr(float_model, quantized, held_out)
+    facts["seconds"] = time.perf_counter() - start
     return model, records, facts, held_out
+
+
+def _enforce_budget(float_model, stats: CalibrationStats, opts, held_out, specs, facts) -> list:
+    drop, units = _drop_function(opts, float_model, held_out, specs)
+    names = {name: name for name, _ in compute_layers(float_model)}
+
+    def quantize_excluding(excluded: list[str]) -> onnx.ModelProto:
+        result = quantize_int8(
+            ir.from_proto(float_model),
+            stats=stats,
+            activations=opts.activations,
+            exclude=excluded,
+        )
+        return ir.to_proto(result.model)
+
+    result = keep_sensitive_layers_float(list(names), quantize_excluding, drop, opts.max_drop)
+    facts["budget"] = {
+        "max_drop": opts.max_drop,
+        "units": units,
+        "all_int8_drop": result.all_int8_drop,
+        "final_drop": result.final_drop,
+        "met": result.met,
+        "sensitivity": result.sensitivity,
+        "steps": result.steps,
+    }
+    facts["float_layers"] = [
+        {
+            "layer": layer,
+            "why": f"int8 here costs most: {drop_alone:.4g} with only it in float "
+            f"(all int8: {result.all_int8_drop:.4g}; budget {opts.max_drop:g}, {units})",
+        }
+        for layer, drop_alone in result.sensitivity
+        if layer in result.float_layers
+    ]
+    if not result.met:
+        table = "\n".join(
+            f"  {layer:<40} drop with it in float: {d:.4g}" for layer, d in result.sensitivity
+        )
+        raise BudgetError(
+            f"--max-accuracy-drop {opts.max_drop:g} ({units}) cannot be met: all int8 drops "
+            f"{result.all_int8_drop:.4g}, and with every compute layer in float "
+            f"{result.final_drop:.4g}. Per layer:\n{table}\nRaise the budget, calibrate on "
+            "more representative data, or try another --calibration-method."
+        )
+    return result.float_layers
 
 
 def outputs_over(model_path, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """onnxruntime's outputs for each sample, stacked on a leading axis."""
-    from edgepress.compiler.verify import run_onnxruntime
-
-    count = min(a.shape[0] for a in samples.values())
-    runs = [run_onnxruntime(model_path, {k: v[i] for k, v in samples.items()}) for i in range(count)]
-    return {name: np.stack([r[name] for r in runs]) for name in runs[0]}
+    return run_samples(onnx.load(str(model_path)), samples)
 
 
 def fidelity(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[dict]:

@@ -70,6 +70,28 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
             f"{_num(f['mean_abs_err'])} | {top1} |"
         )
     lines.append("")
+    budget = q.get("budget")
+    if budget:
+        lines += [
+            f"Budget: accuracy drop at most {budget['max_drop']:g} ({budget['units']}): all "
+            f"int8 {budget['all_int8_drop']:.4g}, final {budget['final_drop']:.4g} "
+            f"({'met' if budget['met'] else 'NOT met'}).",
+            "",
+        ]
+    if q.get("float_layers"):
+        lines += ["Layers kept in float:", ""]
+        lines += [f"- `{f['layer']}`: {f['why']}" for f in q["float_layers"]]
+        lines.append("")
+    if q.get("layer_sqnr_db"):
+        lines += [
+            "Per-layer SQNR (int8 against float, error accumulated up to the layer; plot: "
+            "sqnr.png):",
+            "",
+            "| layer | SQNR dB |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {db:.1f} |" for name, db in q["layer_sqnr_db"]]
+        lines.append("")
     return lines
 
 

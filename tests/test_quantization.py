@@ -122,9 +122,20 @@ def digits(tmp_path_factory):
 
 
 def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
-    r = cli(digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "q", "-q",
-            "--quantize", "int8", "--calibration", digits / "calibration.npz",
-            "--calibration-method", "percentile")
+    r = cli(
+        digits / "digits.onnx",
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "q",
+        "-q",
+        "--quantize",
+        "int8",
+        "--calibration",
+        digits / "calibration.npz",
+        "--calibration-method",
+        "percentile",
+    )
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["status"] == "ok"
@@ -137,7 +148,10 @@ def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
     assert logits["cosine"] > 0.999 and logits["top1_agreement"] >= 0.98
     assert report["sizes"]["model.onnx"] < 0.5 * report["sizes"]["source model"]
     ops = Counter(n.op_type for n in onnx.load(tmp_path / "q" / "model.onnx").graph.node)
-    assert ops["QuantizeLinear"] >= 3 and "## Quantization" in (tmp_path / "q" / "report.md").read_text()
+    assert (
+        ops["QuantizeLinear"] >= 3
+        and "## Quantization" in (tmp_path / "q" / "report.md").read_text()
+    )
     assert report["passes"][-1]["name"] == "quantize_int8"
 
 
@@ -146,11 +160,15 @@ def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
     [
         (["--quantize", "int8"], "--quantize int8 needs --calibration PATH"),
         (["--calibration", "x.npz"], "--calibration is given without --quantize int8"),
-        (["--quantize", "int8", "--calibration", "{cal}", "--calibration-method", "kl"],
-         "--calibration-method 'kl': expected one of minmax, percentile, entropy, mse"),
+        (
+            ["--quantize", "int8", "--calibration", "{cal}", "--calibration-method", "kl"],
+            "--calibration-method 'kl': expected one of minmax, percentile, entropy, mse",
+        ),
         (["--quantize", "int8", "--calibration", "{bad}"], "not a readable .npz file"),
-        (["--quantize", "int8", "--calibration", "{cal}", "--mean", "0.5,x"],
-         "--mean '0.5,x': expected numbers"),
+        (
+            ["--quantize", "int8", "--calibration", "{cal}", "--mean", "0.5,x"],
+            "--mean '0.5,x': expected numbers",
+        ),
     ],
 )
 def test_bad_quantization_options_are_named(cli, digits, tmp_path, args, message):
@@ -159,3 +177,110 @@ def test_bad_quantization_options_are_named(cli, digits, tmp_path, args, message
     r = cli(digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "out", *args)
     assert r.code == 2 and message in r.err
     assert not (tmp_path / "out").exists()
+
+
+SENSITIVE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,8,8,8] y) {
+  a = Conv <pads=[1,1,1,1]> (x, wa, ba)
+  r = Relu (a)
+  y = Conv <pads=[1,1,1,1]> (r, wb, bb)
+}
+"""
+
+
+def _sensitive_model(tmp_path, then_add: bool = False):
+    """Layer `b` writes the output with one huge channel (bias 400) beside channels of about 1:
+    its per-tensor uint8 output step of about 1.6 swamps them (max error about 0.8). Keeping
+    `b` in float leaves only its input's small error; keeping `a` in float does not help.
+    With `then_add`, an Add after `b` stays int8 whatever the fallback does."""
+    text = SENSITIVE
+    if then_add:
+        text = text.replace("y = Conv", "c = Conv").replace(
+            "(r, wb, bb)\n", "(r, wb, bb)\n  y = Add (c, c)\n"
+        )
+    bias_b = rand(8, seed=3)
+    bias_b[0] = 400.0
+    proto = model(
+        text,
+        {
+            "wa": rand(8, 3, 3, 3),
+            "ba": rand(8, seed=1),
+            "wb": rand(8, 8, 3, 3, seed=2),
+            "bb": bias_b,
+        },
+    )
+    proto.graph.node[0].name, proto.graph.node[2].name = "a", "b"
+    path = tmp_path / "sensitive.onnx"
+    onnx.save(proto, path)
+    data = np.random.default_rng(4).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=data)
+    return path, tmp_path / "cal.npz"
+
+
+def test_fallback_keeps_exactly_the_planted_sensitive_layer_in_float(cli, tmp_path):
+    source, cal = _sensitive_model(tmp_path)
+    plain = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "plain",
+        "-q",
+        "--quantize",
+        "int8",
+        "--calibration",
+        cal,
+    )
+    assert plain.code == 0, plain.err
+    all_int8 = json.loads((tmp_path / "plain" / "report.json").read_text())["quantization"]
+    assert all_int8["fidelity"][0]["max_abs_err"] > 0.5  # the planted damage is real
+
+    r = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "mixed",
+        "-q",
+        "--quantize",
+        "int8",
+        "--calibration",
+        cal,
+        "--max-accuracy-drop",
+        "0.2",
+        "--fidelity-metric",
+        "max-error",
+    )
+    assert r.code == 0, r.err
+    q = json.loads((tmp_path / "mixed" / "report.json").read_text())["quantization"]
+    assert [f["layer"] for f in q["float_layers"]] == ["b"]
+    assert q["budget"]["met"] and q["budget"]["final_drop"] <= 0.2
+    assert q["fidelity"][0]["max_abs_err"] <= 0.2
+    assert (tmp_path / "mixed" / "sqnr.png").stat().st_size > 0
+    report_md = (tmp_path / "mixed" / "report.md").read_text()
+    assert "Layers kept in float:" in report_md and "`b`" in report_md
+
+
+def test_a_budget_that_cannot_be_met_exits_with_the_table(cli, tmp_path):
+    source, cal = _sensitive_model(tmp_path, then_add=True)
+    r = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "out",
+        "--quantize",
+        "int8",
+        "--calibration",
+        cal,
+        "--max-accuracy-drop",
+        "0",
+        "--fidelity-metric",
+        "max-error",
+        "--activations",
+        "int8",
+    )
+    assert r.code == 7, r.err
+    assert "--max-accuracy-drop 0 (max abs error" in r.err and "cannot be met" in r.err
+    assert "drop with it in float" in r.err and not (tmp_path / "out").exists()

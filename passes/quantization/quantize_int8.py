@@ -30,9 +30,27 @@ FIRST_OPSET = 13
 ACTIVATION_TYPES = ("uint8", "int8")
 # What is quantized: the compute ops and what sits between them in 8-bit graphs.
 OP_TYPES = (
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "Add", "Mul", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
-    "Unsqueeze", "Resize", "Pad", "Split", "Slice",
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Add",
+    "Mul",
+    "Concat",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Pad",
+    "Split",
+    "Slice",
 )
 
 
