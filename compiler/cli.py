@@ -165,6 +165,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
     q.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="empirical bias correction: each layer's mean int8 output shift, measured on the "
+        "calibration data, removed from its bias (helps where clipping skews outputs)",
+    )
+    q.add_argument(
         "--max-accuracy-drop",
         type=float,
         metavar="X",
@@ -229,6 +235,7 @@ def _quantize_options(args: argparse.Namespace):
         max_drop=args.max_accuracy_drop,
         eval_data=args.eval,
         fidelity_metric=args.fidelity_metric,
+        bias_correction=args.bias_correction,
     )
     options.check()
     return options

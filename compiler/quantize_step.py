@@ -25,6 +25,7 @@ from edgepress.compiler.calibration_data import (
 from edgepress.compiler.errors import BudgetError, UsageError
 from edgepress.compiler.pipeline import PassRecord, run_pipeline
 from edgepress.compiler.shapes import TensorSpec, model_inputs, tensor_specs
+from edgepress.passes.quantization.bias_correction import correct_biases
 from edgepress.passes.quantization.calibration import METHODS, CalibrationStats, calibrate
 from edgepress.passes.quantization.mixed_precision import keep_sensitive_layers_float
 from edgepress.passes.quantization.quantize_int8 import quantize_int8
@@ -45,6 +46,7 @@ class QuantizeOptions:
     max_drop: float | None = None  # --max-accuracy-drop
     eval_data: Path | None = None  # --eval: inputs and labels; the budget is in top-1 points
     fidelity_metric: str = "cosine"  # without --eval: what the budget measures
+    bias_correction: bool = False  # --bias-correction
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -161,6 +163,21 @@ def quantize(
     exclude: list[str] = []
     if opts.max_drop is not None:
         exclude = _enforce_budget(float_model, stats, opts, held_out, specs, facts)
+    if opts.bias_correction:
+        corrected, shifts = correct_biases(
+            float_model,
+            lambda m: ir.to_proto(
+                quantize_int8(
+                    ir.from_proto(m), stats=stats, activations=opts.activations, exclude=exclude
+                ).model
+            ),
+            data,
+        )
+        model = ir.from_proto(corrected)
+        facts["bias_correction"] = {
+            "layers": len(shifts),
+            "largest_shift": max(shifts.values(), default=0.0),
+        }
     model, records = run_pipeline(
         model,
         ["quantize_int8"],

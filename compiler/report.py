@@ -70,6 +70,13 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
             f"{_num(f['mean_abs_err'])} | {top1} |"
         )
     lines.append("")
+    if q.get("bias_correction"):
+        bc = q["bias_correction"]
+        lines += [
+            f"Bias correction: {bc['layers']} layer(s); largest mean shift removed "
+            f"{bc['largest_shift']:.4g}.",
+            "",
+        ]
     budget = q.get("budget")
     if budget:
         lines += [
