@@ -165,6 +165,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
     q.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization before calibration (Conv -> Relu -> Conv channel "
+        "rescaling, float outputs unchanged; for depthwise-separable nets)",
+    )
+    q.add_argument(
         "--bias-correction",
         action="store_true",
         help="empirical bias correction: each layer's mean int8 output shift, measured on the "
@@ -236,6 +242,7 @@ def _quantize_options(args: argparse.Namespace):
         eval_data=args.eval,
         fidelity_metric=args.fidelity_metric,
         bias_correction=args.bias_correction,
+        equalize=args.equalize,
     )
     options.check()
     return options

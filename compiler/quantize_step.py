@@ -47,6 +47,7 @@ class QuantizeOptions:
     eval_data: Path | None = None  # --eval: inputs and labels; the budget is in top-1 points
     fidelity_metric: str = "cosine"  # without --eval: what the budget measures
     bias_correction: bool = False  # --bias-correction
+    equalize: bool = False  # --equalize: cross-layer equalization before calibration
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -145,6 +146,10 @@ def quantize(
     if opts.samples is not None:
         data = {name: array[: opts.samples] for name, array in data.items()}
     data, held_out, disjoint = split_held_out(data)
+    equalized = 0
+    if opts.equalize:
+        model, eq_records = run_pipeline(model, ["equalize_cross_layer"], done=done)
+        equalized = eq_records[0].changes
     float_model = ir.to_proto(model)
     stats = calibrate(float_model, data, method=opts.method, percentile=opts.percentile)
     facts = {
@@ -159,6 +164,7 @@ def quantize(
         if disjoint
         else "the calibration samples themselves (fewer than 5 given)",
         "float_layers": [],
+        "equalized_pairs": equalized if opts.equalize else None,
     }
     exclude: list[str] = []
     if opts.max_drop is not None:
@@ -187,6 +193,8 @@ def quantize(
     quantized = ir.to_proto(model)
     facts["layer_sqnr_db"] = layer_sqnr(float_model, quantized, held_out)
     facts["seconds"] = time.perf_counter() - start
+    if opts.equalize:
+        records = eq_records + records
     return model, records, facts, held_out
 
 

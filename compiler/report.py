@@ -70,6 +70,8 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
             f"{_num(f['mean_abs_err'])} | {top1} |"
         )
     lines.append("")
+    if q.get("equalized_pairs") is not None:
+        lines += [f"Cross-layer equalization: {q['equalized_pairs']} conv pair(s).", ""]
     if q.get("bias_correction"):
         bc = q["bias_correction"]
         lines += [

@@ -320,3 +320,79 @@ def test_bias_correction_lowers_the_mean_output_error(tmp_path):
     assert set(shifts) == {"conv"} and shifts["conv"] > 0
     before, after = mean_error(quantize(float_model)), mean_error(quantize(corrected))
     assert after < 0.5 * before
+
+
+DEPTHWISE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  a = Conv <pads=[1,1,1,1]> (x, w1, b1)
+  r = Relu (a)
+  d = Conv <group=8, pads=[1,1,1,1]> (r, w2, b2)
+  s = Relu (d)
+  y = Conv (s, w3, b3)
+}
+"""
+
+
+def _badly_scaled_depthwise() -> onnx.ModelProto:
+    """Conv -> Relu -> depthwise -> Relu -> 1x1, with channel ranges spread over 1000x: a
+    per-tensor int8 grid on the activations loses the small channels."""
+    scales = np.logspace(-1.5, 1.5, 8).astype(np.float32)
+    w1 = rand(8, 3, 3, 3) * scales[:, None, None, None]
+    w2 = rand(8, 1, 3, 3, seed=1) / scales[:, None, None, None]
+    return model(
+        DEPTHWISE,
+        {
+            "w1": w1,
+            "b1": rand(8, seed=2) * scales,
+            "w2": w2,
+            "b2": rand(8, seed=3),
+            "w3": rand(4, 8, 1, 1, seed=4),
+            "b3": rand(4, seed=5),
+        },
+    )
+
+
+def test_equalization_leaves_float_outputs_unchanged_and_evens_the_ranges():
+    from tests.pass_checks import check_pass
+
+    after = check_pass(
+        "equalize_cross_layer", _badly_scaled_depthwise(), changes=2, rtol=1e-5, atol=1e-5
+    )
+    w = {i.name: onnx.numpy_helper.to_array(i) for i in after.graph.initializer}
+    conv1, dw = (n for n in after.graph.node if n.op_type == "Conv" and n.output[0] in "ad")
+    r1 = np.abs(w[conv1.input[1]]).reshape(8, -1).max(1)
+    r2 = np.abs(w[dw.input[1]]).reshape(8, -1).max(1)
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
+
+
+def test_equalization_stops_at_relu6():
+    from tests.pass_checks import check_pass
+
+    clipped = _badly_scaled_depthwise()
+    text = DEPTHWISE.replace("r = Relu (a)", "r = Clip (a, zero, six)")
+    params = {i.name: onnx.numpy_helper.to_array(i) for i in clipped.graph.initializer}
+    params.update(zero=np.array(0, np.float32), six=np.array(6, np.float32))
+    check_pass("equalize_cross_layer", model(text, params), changes=1, rtol=1e-5, atol=1e-5)
+
+
+def test_equalization_rescues_int8_of_a_badly_scaled_depthwise_net():
+    from edgepress.passes import get_pass
+    from edgepress.passes.quantization.quantize_int8 import quantize_int8
+    from edgepress.passes.quantization.sensitivity import run_samples
+    from edgepress.compiler.verify import cosine_similarity
+
+    rng = np.random.default_rng(6)
+    cal = {"x": rng.uniform(-1, 1, (32, 1, 3, 8, 8)).astype(np.float32)}
+    fresh = {"x": rng.uniform(-1, 1, (16, 1, 3, 8, 8)).astype(np.float32)}
+    original = _badly_scaled_depthwise()
+    want = run_samples(original, fresh)["y"]
+
+    def int8_cosine(float_model):
+        stats = calibrate(float_model, cal)
+        q = ir.to_proto(quantize_int8(ir.from_proto(float_model), stats=stats).model)
+        return cosine_similarity(run_samples(q, fresh)["y"], want)
+
+    equalized = ir.to_proto(get_pass("equalize_cross_layer")(ir.from_proto(original)).model)
+    plain, better = int8_cosine(original), int8_cosine(equalized)
+    assert better > plain and better >= 0.999
