@@ -10,6 +10,9 @@ latency fp32 against int8, per calibration method, in one run.
   photographs that scikit-image ships (the first 12 of its sample images, as PNG files: the
   image-folder path of --calibration), scored on the other ones, which calibration never saw:
   cosine of the logits against the float model, top-1 agreement.
+- dwsep (models/depthwise.py, 64x64): a depthwise-separable net with channel ranges planted
+  10^4 apart, the case plain MinMax breaks; rows for MinMax alone, with --equalize, with
+  --bias-correction, and with a --max-accuracy-drop 0.001 (1 - cosine) fallback.
 Size: model.onnx (int8 weights) over the exported float file. Latency: onnxruntime, graph
 optimizations on, the float source against the int8 model.onnx, same inputs and threads,
 alternating (its integer kernels run the QDQ patterns). Writes OUT/quantization.md.
@@ -96,7 +99,7 @@ def _outputs(path: Path, inputs: np.ndarray, name: str) -> np.ndarray:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,resnet18,mobilenetv2")
+    parser.add_argument("--models", default="digits,resnet18,mobilenetv2,dwsep")
     parser.add_argument("--methods", default="minmax,percentile,entropy,mse")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
@@ -117,7 +120,11 @@ def main() -> int:
     rows = []
     for name in args.models.split(","):
         source = args.out / f"{name}.onnx"
-        if not source.exists():
+        if name == "dwsep":
+            from edgepress.models.depthwise import write_depthwise
+
+            write_depthwise(args.out)
+        elif not source.exists():
             EXAMPLES[name].write(args.out)
         if name == "digits":
             calibration = args.out / "calibration.npz"
@@ -125,13 +132,25 @@ def main() -> int:
             eval_inputs, labels = evaluation["input"][:, None], evaluation["label"]
         else:
             calibration = photos_cal
-            spec = TensorSpec("input", (1, 3, 224, 224), "float32")
-            eval_inputs = load_calibration(photos_eval, [spec], Preprocess(resize=256))["input"]
+            size = 64 if name == "dwsep" else 224
+            spec = TensorSpec("input", (1, 3, size, size), "float32")
+            resize = size if name == "dwsep" else 256
+            eval_inputs = load_calibration(photos_eval, [spec], Preprocess(resize=resize))["input"]
             labels = None
         float_out = _outputs(source, eval_inputs, "input")
-        for method in args.methods.split(","):
-            folder = args.out / f"{name}-int8-{method}"
-            extra = ["--resize", "256"] if name != "digits" else []
+        if name == "dwsep":
+            configs = {
+                "minmax": [],
+                "minmax + equalize": ["--equalize"],
+                "minmax + equalize + bias correction": ["--equalize", "--bias-correction"],
+                "minmax + fallback (1 - cosine <= 0.001)": ["--max-accuracy-drop", "0.001"],
+                "all three": ["--equalize", "--bias-correction", "--max-accuracy-drop", "0.001"],
+            }
+        else:
+            configs = {m: ["--calibration-method", m] for m in args.methods.split(",")}
+        for method, flags in configs.items():
+            folder = args.out / f"{name}-int8-{len(rows)}"
+            extra = [] if name == "digits" else ["--resize", str(resize)]
             code = compress(
                 [
                     str(source),
@@ -145,8 +164,7 @@ def main() -> int:
                     "int8",
                     "--calibration",
                     str(calibration),
-                    "--calibration-method",
-                    method,
+                    *flags,
                     *extra,
                 ]
             )
@@ -168,6 +186,9 @@ def main() -> int:
                 "method": method,
                 "size_ratio": report["sizes"]["model.onnx"] / report["sizes"]["source model"],
                 "cosine_min": min(cosine_similarity(a, b) for a, b in zip(flat_q, flat_f)),
+                "cosine_mean": float(
+                    np.mean([cosine_similarity(a, b) for a, b in zip(flat_q, flat_f)])
+                ),
                 "top1_agreement": float(np.mean(flat_q.argmax(1) == flat_f.argmax(1))),
                 "eval_samples": len(eval_inputs),
                 "ort_fp32_ms": fp32_ms,
@@ -190,7 +211,7 @@ def main() -> int:
         "samples of the int8 logits against the float ones. ORT speedup: float source ms / "
         "int8 model.onnx ms, same run.",
         "",
-        "| model | method | eval samples | top-1 fp32 / int8 (drop, points) | min cosine | "
+        "| model | method | eval samples | top-1 fp32 / int8 (drop, points) | cosine min / mean | "
         "top-1 agreement | min layer SQNR dB | size (x float) | ORT fp32 / int8 ms | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -202,7 +223,7 @@ def main() -> int:
         )
         lines.append(
             f"| {r['model']} | {r['method']} | {r['eval_samples']} | {top1} | "
-            f"{r['cosine_min']:.4f} | {r['top1_agreement']:.3f} | {r['min_layer_sqnr_db']:.1f} | "
+            f"{r['cosine_min']:.4f} / {r['cosine_mean']:.4f} | {r['top1_agreement']:.3f} | {r['min_layer_sqnr_db']:.1f} | "
             f"{r['size_ratio']:.3f} | {r['ort_fp32_ms']:.2f} / {r['ort_int8_ms']:.2f} | "
             f"{r['ort_speedup']:.2f} |"
         )
