@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from edgepress.compiler.calibration_data import (
     Preprocess,
@@ -146,6 +147,8 @@ def quantize(
     if opts.samples is not None:
         data = {name: array[: opts.samples] for name, array in data.items()}
     data, held_out, disjoint = split_held_out(data)
+    # Layers are named in reports, budgets and bias correction: give unnamed nodes names.
+    common_passes.NameFixPass()(model)
     equalized = 0
     if opts.equalize:
         model, eq_records = run_pipeline(model, ["equalize_cross_layer"], done=done)

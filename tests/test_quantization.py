@@ -396,3 +396,18 @@ def test_equalization_rescues_int8_of_a_badly_scaled_depthwise_net():
     equalized = ir.to_proto(get_pass("equalize_cross_layer")(ir.from_proto(original)).model)
     plain, better = int8_cosine(original), int8_cosine(equalized)
     assert better > plain and better >= 0.999
+
+
+def test_build_with_equalization_and_bias_correction_reports_both(cli, tmp_path):
+    source = tmp_path / "dw.onnx"
+    onnx.save(_badly_scaled_depthwise(), source)
+    data = np.random.default_rng(7).uniform(-1, 1, (30, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=data)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "-q", "--quantize", "int8",
+            "--calibration", tmp_path / "cal.npz", "--equalize", "--bias-correction")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    q = report["quantization"]
+    assert q["equalized_pairs"] == 2 and q["bias_correction"]["layers"] == 3
+    assert q["fidelity"][0]["cosine"] >= 0.999
+    assert [p["name"] for p in report["passes"]][-2:] == ["equalize_cross_layer", "quantize_int8"]
