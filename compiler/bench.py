@@ -42,6 +42,10 @@ class BenchResult:
     warmup: int
     runner: str
     onnxruntime_model: str
+    # int8 artifacts: onnxruntime on the int8 model.onnx too (its own integer kernels), timed in
+    # the same rounds; speedup_vs_onnxruntime_int8 = onnxruntime_int8_ms / artifact_ms.
+    onnxruntime_int8_ms: float | None = None
+    speedup_vs_onnxruntime_int8: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -116,22 +120,32 @@ def bench(
     reference = _reference_model(artifact, manifest)
     session = _ort_session(reference, threads)
     feeds = _complete_feeds(session, feeds)
+    int8 = _ort_session(artifact / "model.onnx", threads) if _is_int8(artifact) else None
     use_threads(threads)
 
+    def time_ort(s, samples: list[float], n: int) -> None:
+        for _ in range(n):
+            start = time.perf_counter()
+            s.run(None, feeds if s is session else {k: feeds[k] for k in _names(s)})
+            samples.append((time.perf_counter() - start) * 1e3)
+
     for _ in range(warmup):
-        session.run(None, feeds)
+        time_ort(session, [], 1)
+        if int8 is not None:
+            time_ort(int8, [], 1)
         runner.run(ordered)
     ort_samples: list[float] = []
+    int8_samples: list[float] = []
     art_samples: list[float] = []
     per_round = max(1, -(-repeat // ROUNDS))
     while len(art_samples) < repeat:
         n = min(per_round, repeat - len(art_samples))
-        for _ in range(n):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            ort_samples.append((time.perf_counter() - start) * 1e3)
+        time_ort(session, ort_samples, n)
+        if int8 is not None:
+            time_ort(int8, int8_samples, n)
         art_samples += [s * 1e3 for s in runner.time(ordered, n)]
     art_ms, ort_ms = statistics.median(art_samples), statistics.median(ort_samples)
+    int8_ms = statistics.median(int8_samples) if int8_samples else None
     return BenchResult(
         art_ms,
         _p90(art_samples),
@@ -143,7 +157,20 @@ def bench(
         warmup,
         runner.description,
         str(reference),
+        int8_ms,
+        int8_ms / art_ms if int8_ms else None,
     )
+
+
+def _is_int8(artifact: Path) -> bool:
+    import json
+
+    report = json.loads((artifact / "report.json").read_text())
+    return bool(report.get("quantization"))
+
+
+def _names(session) -> list[str]:
+    return [i.name for i in session.get_inputs()]
 
 
 def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0) -> dict:

@@ -384,6 +384,11 @@ def cmd_bench(argv: list[str]) -> int:
             f"speedup      {result.speedup:10.3f}x (onnxruntime / artifact; {result.threads} "
             f"thread(s), median of {result.repeat})"
         )
+        if result.onnxruntime_int8_ms is not None:
+            print(
+                f"onnxruntime on the int8 model.onnx {result.onnxruntime_int8_ms:.3f} ms: "
+                f"artifact speedup against it {result.speedup_vs_onnxruntime_int8:.3f}x"
+            )
         if profile is not None:
             print("\n" + profile["markdown"])
     return 0

@@ -194,6 +194,14 @@ def render_markdown(report: dict) -> str:
             f"Speedup (onnxruntime / artifact): **{b['speedup']:.3f}x**",
             "",
         ]
+        if b.get("onnxruntime_int8_ms"):
+            lines += [
+                f"onnxruntime on the int8 model.onnx: {b['onnxruntime_int8_ms']:.3f} ms; "
+                f"speedup against it: **{b['speedup_vs_onnxruntime_int8']:.3f}x**; "
+                f"onnxruntime int8 against its fp32: "
+                f"{b['onnxruntime_ms'] / b['onnxruntime_int8_ms']:.3f}x.",
+                "",
+            ]
     if "kernel_profile" in report:
         lines += ["## Kernel profile", "", report["kernel_profile"]["markdown"]]
     lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]

@@ -153,6 +153,13 @@ def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
         and "## Quantization" in (tmp_path / "q" / "report.md").read_text()
     )
     assert report["passes"][-1]["name"] == "quantize_int8"
+    assert (tmp_path / "q" / "sqnr.png").stat().st_size > 0
+    r = cli("bench", tmp_path / "q", "--repeat", "3", "--json")
+    assert r.code == 0, r.err
+    timing = json.loads(r.out)
+    assert timing["onnxruntime_int8_ms"] > 0 and timing["speedup_vs_onnxruntime_int8"] == (
+        pytest.approx(timing["onnxruntime_int8_ms"] / timing["artifact_ms"])
+    )
 
 
 @pytest.mark.parametrize(
