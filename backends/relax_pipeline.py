@@ -18,7 +18,10 @@ FLOPs and how it was scheduled, for the report and for `compress bench --profile
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,18 +104,23 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
         if gv.name_hint not in names:
             continue
         for attempt in range(FALLBACK_TRIES):
-            context = ms.TuneContext(
-                mod=tvm.IRModule({"main": func}),
-                target=target,
-                space_generator="post-order-apply",
-                rand_state=seed + attempt,
-                num_threads=1,
-            )
-            spaces = context.generate_design_space()
-            if not spaces:
+            try:
+                context = ms.TuneContext(
+                    mod=tvm.IRModule({"main": func}),
+                    target=target,
+                    space_generator="post-order-apply",
+                    rand_state=seed + attempt,
+                    num_threads=1,
+                )
+                spaces = context.generate_design_space()
+                if not spaces:
+                    break
+                sch = spaces[FALLBACK_SPACE]
+                valid = all(p.apply(sch) for p in context.space_generator.postprocs)
+            except Exception as err:  # a function MetaSchedule's rules cannot take: plain loops
+                log.debug("no sampled schedule for %s: %s", gv.name_hint, err)
                 break
-            sch = spaces[FALLBACK_SPACE]
-            if all(p.apply(sch) for p in context.space_generator.postprocs):
+            if valid:
                 mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                 done.add(gv.name_hint)
                 break
