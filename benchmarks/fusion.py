@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -45,27 +43,6 @@ def _export(name: str, folder: Path) -> Path:
     return export_onnx(net, torch.zeros(shape), folder / f"{name}_bn.onnx", keep_batchnorm=True)
 
 
-def _ort_ms(path: Path, feeds: dict, threads: int, repeat: int, optimize: bool) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in wanted}
-    for _ in range(3):
-        session.run(None, feeds)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,mobilenetv2,digits")
@@ -82,6 +59,7 @@ def main() -> int:
 
     from edgepress.compiler.bench import bench
     from edgepress.compiler.cli import main as compress
+    from ort_timing import medians_ms
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -127,8 +105,7 @@ def main() -> int:
         }
         for optimize in (True, False):
             key = "ort_opt" if optimize else "ort_noopt"
-            before = _ort_ms(source, feeds, args.threads, args.repeat, optimize)
-            after = _ort_ms(fused, feeds, args.threads, args.repeat, optimize)
+            before, after = medians_ms([source, fused], feeds, args.threads, args.repeat, optimize)
             row[key] = {"before_ms": before, "after_ms": after, "ratio": before / after}
         tvm = {k: bench(f, threads=args.threads, repeat=args.repeat) for k, f in builds.items()}
         row["tvm_untuned"] = {

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,32 +67,11 @@ def _write_photos(folder: Path) -> tuple[Path, Path]:
     return calibration, evaluation
 
 
-def _ort(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _latencies(paths: list[Path], feed: dict, threads: int, repeat: int) -> list[float]:
-    sessions = [_ort(p, threads) for p in paths]
-    samples: list[list[float]] = [[] for _ in paths]
-    for s in sessions:
-        for _ in range(3):
-            s.run(None, feed)
-    for _ in range(repeat):
-        for i, s in enumerate(sessions):
-            start = time.perf_counter()
-            s.run(None, feed)
-            samples[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(x) for x in samples]
-
-
 def _outputs(path: Path, inputs: np.ndarray, name: str) -> np.ndarray:
-    session = _ort(path, 2)
-    return np.stack([session.run(None, {name: x})[0] for x in inputs])
+    from ort_timing import session
+
+    run = session(path, 2)
+    return np.stack([run.run(None, {name: x})[0] for x in inputs])
 
 
 def main() -> int:
@@ -114,6 +91,7 @@ def main() -> int:
     from edgepress.compiler.shapes import TensorSpec
     from edgepress.compiler.verify import cosine_similarity
     from edgepress.models import EXAMPLES
+    from ort_timing import medians_ms
 
     args.out.mkdir(parents=True, exist_ok=True)
     photos_cal, photos_eval = _write_photos(args.out)
@@ -174,7 +152,7 @@ def main() -> int:
             int8 = folder / "model.onnx"
             int8_out = _outputs(int8, eval_inputs, "input")
             report = json.loads((folder / "report.json").read_text())
-            fp32_ms, int8_ms = _latencies(
+            fp32_ms, int8_ms = medians_ms(
                 [source, int8], {"input": eval_inputs[0]}, args.threads, args.repeat
             )
             flat_f, flat_q = (
@@ -223,7 +201,8 @@ def main() -> int:
         )
         lines.append(
             f"| {r['model']} | {r['method']} | {r['eval_samples']} | {top1} | "
-            f"{r['cosine_min']:.4f} / {r['cosine_mean']:.4f} | {r['top1_agreement']:.3f} | {r['min_layer_sqnr_db']:.1f} | "
+            f"{r['cosine_min']:.4f} / {r['cosine_mean']:.4f} | {r['top1_agreement']:.3f} | "
+            f"{r['min_layer_sqnr_db']:.1f} | "
             f"{r['size_ratio']:.3f} | {r['ort_fp32_ms']:.2f} / {r['ort_int8_ms']:.2f} | "
             f"{r['ort_speedup']:.2f} |"
         )

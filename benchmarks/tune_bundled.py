@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/tune_bundled.py [--minutes resnet18=45,mobilenetv2=35,digits=2]
         [--work build/tune-bundled] [--no-ship | --ship-only]
 
-Each model is built for x86_64 with `--tune-minutes` and `--retune` into one work database (kept
-between runs, so a second run goes on improving the records of the first: the database keeps
-the best record of every workload; delete WORK to start over). The shipped records are ignored while tuning (--no-shipped-records),
-so the work database alone decides. Then the best record of every workload is copied into
+Each model is built for x86_64 with `--tune-minutes` and `--retune` into one work database
+(kept between runs, so a second run goes on improving the records of the first: the database
+keeps the best record of every workload; delete WORK to start over). The shipped records are
+ignored while tuning (--no-shipped-records), so the work database alone decides. Then the best record of every workload is copied into
 backends/tuned/<target>/, which every build for exactly that target (same CPU name, same core
 count) applies. Records for another machine are never applied: the folder's target.json must
 equal the build's target.
