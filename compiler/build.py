@@ -23,7 +23,13 @@ from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file
 from edgepress.compiler.pipeline import run_pipeline
-from edgepress.compiler.quantize_step import QuantizeOptions, fidelity, outputs_over, quantize
+from edgepress.compiler.quantize_step import (
+    QuantizeOptions,
+    fidelity,
+    output_steps,
+    outputs_over,
+    quantize,
+)
 from edgepress.compiler.sqnr_plot import write_sqnr_plot
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
 from edgepress.compiler.verify import Tolerance, compare, not_verified, run_onnxruntime
@@ -140,6 +146,7 @@ def build(opts: BuildOptions) -> BuildResult:
         reference = run_onnxruntime(source, inputs)
         tolerance = opts.tolerance
         compressed_outputs = run_onnxruntime(model_path, inputs)
+        steps = None
         if quantization is None:
             after_passes = compare(
                 compressed_outputs, reference, tolerance, "onnxruntime on the source model"
@@ -157,13 +164,14 @@ def build(opts: BuildOptions) -> BuildResult:
             )
             artifact_reference = compressed_outputs
             reference_name = "onnxruntime on the int8 model.onnx"
+            steps = output_steps(compressed)
         runner = backend.runner(staging)
         if isinstance(runner, str):
             artifact_check = not_verified(runner, reference_name)
         else:
             outputs = runner.run([inputs[s.name] for s in artifact_specs])
             got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
-            artifact_check = compare(got, artifact_reference, tolerance, reference_name)
+            artifact_check = compare(got, artifact_reference, tolerance, reference_name, steps)
             artifact_check.reference += f"; artifact run by {runner.description}"
         timings["verify"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started

@@ -246,6 +246,22 @@ def _enforce_budget(float_model, stats: CalibrationStats, opts, held_out, specs,
     return result.float_layers
 
 
+def output_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """Graph outputs produced by a DequantizeLinear with one constant scale: their grid step."""
+    from onnx import numpy_helper
+
+    constants = {i.name: i for i in model.graph.initializer}
+    steps = {}
+    for output in model.graph.output:
+        producer = next((n for n in model.graph.node if output.name in n.output), None)
+        if producer is None or producer.op_type != "DequantizeLinear":
+            continue
+        scale = constants.get(producer.input[1])
+        if scale is not None and numpy_helper.to_array(scale).size == 1:
+            steps[output.name] = float(numpy_helper.to_array(scale).reshape(-1)[0])
+    return steps
+
+
 def outputs_over(model_path, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """onnxruntime's outputs for each sample, stacked on a leading axis."""
     return run_samples(onnx.load(str(model_path)), samples)

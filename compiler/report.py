@@ -43,6 +43,14 @@ def verification_lines(title: str, v: dict) -> list[str]:
                 f"{_num(o['max_rel_err'])} | {_num(o['cosine'], '.7f')} | "
                 f"{o['mismatched'] if o['mismatched'] is not None else '-'} | {o['problem'] or ''} |"
             )
+    steps = [o for o in v.get("outputs") or [] if o.get("step")]
+    if steps:
+        lines.append("")
+        lines += [
+            f"int8 output `{o['name']}`: grid step {o['step']:g}; {o['off_by_one_step']} of "
+            f"{o['elements']} elements one step off, {o['mismatched']} more than one."
+            for o in steps
+        ]
     lines.append("")
     return lines
 

@@ -38,6 +38,10 @@ class OutputCheck:
     mismatched: int | None = None
     elements: int | None = None
     problem: str | None = None
+    # int8 outputs (from a DequantizeLinear): the grid step, and how many elements sit one step
+    # from the reference (a rounding boundary crossed in a different summation order)
+    step: float | None = None
+    off_by_one_step: int | None = None
 
 
 @dataclass
@@ -123,13 +127,55 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
     )
 
 
+def check_quantized_output(
+    name: str, got: np.ndarray, ref: np.ndarray, step: float, tol: Tolerance
+) -> OutputCheck:
+    """An output on an int8 grid of `step`: every element within one step of the reference
+    (two implementations may round one intermediate value to neighbouring levels), and the
+    cosine at least tol.min_cosine. Counts the elements one step off."""
+    if got.shape != ref.shape:
+        return OutputCheck(name, False, problem=f"shape {got.shape}, expected {ref.shape}")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    steps = np.rint(diff / step)
+    off_by_one = int(np.count_nonzero(steps == 1))
+    beyond = int(np.count_nonzero(diff > step * (1 + 1e-3) + tol.atol))
+    cosine = cosine_similarity(got, ref)
+    ok = beyond == 0 and cosine >= tol.min_cosine
+    problem = None
+    if not ok:
+        problem = (
+            f"{beyond} of {ref.size} elements more than one int8 step ({step:g}) off"
+            if beyond
+            else f"cosine {cosine:.6f} < {tol.min_cosine}"
+        )
+    scale = float(np.abs(ref).max(initial=0.0))
+    rel = diff / np.maximum(np.abs(ref), max(1e-3 * scale, np.finfo(np.float64).tiny))
+    return OutputCheck(
+        name, ok, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), cosine, beyond,
+        int(ref.size), problem, step, off_by_one,
+    )
+
+
 def compare(
-    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Tolerance, reference: str
+    got: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    tol: Tolerance,
+    reference: str,
+    steps: dict[str, float] | None = None,
 ) -> Verification:
+    """Output by output; an output named in `steps` (an int8 grid step) is checked to within
+    one step (check_quantized_output), the others with the float tolerance."""
     checks = []
     for name, ref_array in ref.items():
         if name not in got:
             checks.append(OutputCheck(name, False, problem="output missing from the artifact"))
+            continue
+        if steps and name in steps:
+            checks.append(
+                check_quantized_output(
+                    name, np.asarray(got[name]), np.asarray(ref_array), steps[name], tol
+                )
+            )
             continue
         checks.append(check_output(name, np.asarray(got[name]), np.asarray(ref_array), tol))
     status = "ok" if all(c.ok for c in checks) else "failed"

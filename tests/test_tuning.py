@@ -185,3 +185,22 @@ def test_retune_measures_tasks_that_already_have_records(tuned, cli):
     tuning = _tuning(folder / "again")
     assert tuning["trials_measured"] >= 1
     assert len((db / "database_tuning_record.json").read_text().splitlines()) > before
+
+
+def test_shipped_record_folders_are_well_formed():
+    """Every folder under backends/tuned/ is named after its target and holds a database that
+    opens: a broken or misnamed folder would silently never apply."""
+    from pathlib import Path
+
+    import edgepress.backends as backends_package
+    from edgepress.backends.tuning import TARGET_FILE, open_database, target_key
+
+    shipped = Path(backends_package.__file__).parent / "tuned"
+    for folder in sorted(p for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []:
+        target = json.loads((folder / TARGET_FILE).read_text())
+        assert folder.name == target_key(target)
+        database = open_database(folder)
+        records = database.get_all_tuning_records()
+        assert len(records) >= 1
+        facts = json.loads((folder / "tuning.json").read_text())
+        assert all(f["trials"] > 0 for f in facts.values())

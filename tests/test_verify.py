@@ -42,3 +42,20 @@ def test_integer_outputs_must_match_exactly():
     ref = np.arange(5)
     v = compare({"i": ref + np.array([0, 0, 1, 0, 0])}, {"i": ref}, Tolerance(), "test")
     assert v.failed and v.outputs[0].mismatched == 1
+
+
+def test_int8_outputs_pass_within_one_grid_step_and_count_the_off_by_one():
+    from edgepress.compiler.verify import Tolerance, compare
+
+    step = 0.05
+    ref = np.arange(-20, 20, dtype=np.float32) * step
+    got = ref.copy()
+    got[[3, 7]] += step  # a rounding boundary crossed: one level up
+    got[11] -= step
+    check = compare({"y": got}, {"y": ref}, Tolerance(min_cosine=0.99), "r", {"y": step})
+    (y,) = check.outputs
+    assert check.ok and y.off_by_one_step == 3 and y.mismatched == 0 and y.step == step
+    got[5] += 2 * step
+    check = compare({"y": got}, {"y": ref}, Tolerance(min_cosine=0.99), "r", {"y": step})
+    assert check.failed and check.outputs[0].mismatched == 1
+    assert "more than one int8 step" in check.outputs[0].problem
