@@ -185,8 +185,8 @@ def main() -> int:
         f"# int8 quantization of the bundled models ({args.threads} thread(s), median of "
         f"{args.repeat})",
         "",
-        "Evaluation data was never used for calibration. Cosine: worst and mean over the evaluation "
-        "samples of the int8 logits against the float ones. ORT speedup: float source ms / "
+        "Evaluation data was never used for calibration. Cosine: worst and mean over the "
+        "evaluation samples of the int8 logits against the float ones. ORT speedup: float source ms / "
         "int8 model.onnx ms, same run.",
         "",
         "| model | method | eval samples | top-1 fp32 / int8 (drop, points) | cosine min / mean | "
