@@ -186,8 +186,8 @@ def main() -> int:
         f"{args.repeat})",
         "",
         "Evaluation data was never used for calibration. Cosine: worst and mean over the "
-        "evaluation samples of the int8 logits against the float ones. ORT speedup: float source ms / "
-        "int8 model.onnx ms, same run.",
+        "evaluation samples of the int8 logits against the float ones. ORT speedup: float "
+        "source ms / int8 model.onnx ms, same run.",
         "",
         "| model | method | eval samples | top-1 fp32 / int8 (drop, points) | cosine min / mean | "
         "top-1 agreement | min layer SQNR dB | size (x float) | ORT fp32 / int8 ms | speedup |",
