@@ -16,6 +16,7 @@ What makes tuning usable on a small machine (see the notes on TVM 0.27):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -360,27 +361,49 @@ def _has_record(database, task, target) -> bool:
     return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
 
 
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
 def shipped_database(target: dict):
     """The records shipped with edgepress for exactly this target (benchmarks/tune_bundled.py
-    makes them) as (folder, database), or None. Read only: tuning never writes there."""
+    makes them) as (folder, database), or None. Read only: tuning never writes there.
+
+    They are shipped gzipped (a workload is a serialized TIR function: 5 MB of JSON for the
+    bundled models, 0.4 MB gzipped) and unpacked once into the cache, keyed by their hash.
+    """
     folder = SHIPPED_DIR / target_key(target)
     marker = folder / TARGET_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == target:
-        return folder, open_database(folder)
-    return None
+    if not marker.is_file() or json.loads(marker.read_text()) != target:
+        return None
+    packed = [folder / f"{name}.gz" for name in DATABASE_FILES]
+    if not all(p.is_file() for p in packed):
+        return None
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in packed)).hexdigest()[:16]
+    unpacked = cache_dir("shipped-tuning", f"{folder.name}-{digest}")
+    for name, source in zip(DATABASE_FILES, packed):
+        if not (unpacked / name).is_file():
+            partial = unpacked / f"{name}.partial"
+            partial.write_bytes(gzip.decompress(source.read_bytes()))
+            partial.replace(unpacked / name)
+    return folder, open_database(unpacked)
 
 
 def export_best_records(source: Path, destination: Path, target: dict) -> int:
-    """Copy the best record of each workload in the database `source` into a fresh database
-    folder `destination` (what edgepress ships); returns the number of records."""
+    """Copy the best record of each workload in the database `source` into a fresh folder
+    `destination`, gzipped, as edgepress ships them; returns the number of records."""
     import shutil
+    import tempfile
 
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     (destination / TARGET_FILE).write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
-    open_database(source).dump_pruned(open_database(destination))
-    return len((destination / "database_tuning_record.json").read_text().splitlines())
+    with tempfile.TemporaryDirectory() as tmp:
+        open_database(source).dump_pruned(open_database(Path(tmp)))
+        for name in DATABASE_FILES:
+            data = (Path(tmp) / name).read_bytes()
+            (destination / f"{name}.gz").write_bytes(gzip.compress(data, 9, mtime=0))
+        return len((Path(tmp) / DATABASE_FILES[1]).read_text().splitlines())
 
 
 def tune_and_compile(

@@ -193,14 +193,19 @@ def test_shipped_record_folders_are_well_formed():
     from pathlib import Path
 
     import edgepress.backends as backends_package
-    from edgepress.backends.tuning import TARGET_FILE, open_database, target_key
+    from edgepress.backends import tuning
 
     shipped = Path(backends_package.__file__).parent / "tuned"
-    for folder in sorted(p for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []:
-        target = json.loads((folder / TARGET_FILE).read_text())
-        assert folder.name == target_key(target)
-        database = open_database(folder)
-        records = database.get_all_tuning_records()
-        assert len(records) >= 1
+    folders = sorted(p for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []
+    for folder in folders:
+        target = json.loads((folder / tuning.TARGET_FILE).read_text())
+        assert folder.name == tuning.target_key(target)
+        saved, tuning.SHIPPED_DIR = tuning.SHIPPED_DIR, shipped
+        try:
+            found = tuning.shipped_database(target)
+        finally:
+            tuning.SHIPPED_DIR = saved
+        assert found is not None and found[0] == folder
+        assert len(found[1].get_all_tuning_records()) >= 1
         facts = json.loads((folder / "tuning.json").read_text())
         assert all(f["trials"] > 0 for f in facts.values())
