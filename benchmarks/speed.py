@@ -31,11 +31,17 @@ from pathlib import Path
 
 
 def _model_flops(path: Path) -> float:
+    """2 x the MACs of Conv/Gemm/MatMul, from the graph with its shapes inferred."""
+    import onnx
     import onnx_ir as ir
 
     from edgepress.passes.analysis.macs import count_macs
 
-    return 2.0 * (count_macs(ir.load(str(path))) or 0)
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    macs = count_macs(ir.from_proto(inferred))
+    if macs is None:
+        raise RuntimeError(f"{path}: shapes unknown after inference; cannot count MACs")
+    return 2.0 * macs
 
 
 def _tuning_facts(target: dict) -> dict:
