@@ -29,7 +29,7 @@ class Kernel:
     """One TIR function of the built module."""
 
     name: str
-    flops: float  # from the TIR loop nest (TVM's estimate_tir_flops): a MAC counts as 2
+    flops: float  # TVM's estimate_tir_flops over the scheduled loop nest (not the graph's MACs x 2)
     # "tuned" (a record), "sampled" (CPU fallback), "dlight" (GPU fallback), "loops" (none)
     schedule: str
 
