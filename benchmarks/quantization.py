@@ -2,7 +2,7 @@
 latency fp32 against int8, per calibration method, in one run.
 
     .venv/bin/python benchmarks/quantization.py [--models digits,resnet18,mobilenetv2]
-        [--methods minmax,percentile,entropy,mse] [--threads 2] [--repeat 20] [--out build/quant]
+        [--methods minmax,percentile,entropy,mse] [--threads 1] [--repeat 20] [--out build/quant]
 
 - digits: calibrated on its calibration split, scored on its labelled eval split (top-1 of the
   float and the int8 model; the drop in points).
@@ -78,7 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,resnet18,mobilenetv2,dwsep")
     parser.add_argument("--methods", default="minmax,percentile,entropy,mse")
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread by default: two-thread timings on these 2-vCPU VMs varied 2x between runs.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/quant"))
     args = parser.parse_args()

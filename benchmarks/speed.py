@@ -1,7 +1,7 @@
 """Speed of the bundled models on this CPU: onnxruntime fp32 against edgepress's x86_64
 artifacts (untuned and tuned), timed in one run with the same inputs and thread count.
 
-    .venv/bin/python benchmarks/speed.py [--models resnet18,mobilenetv2,digits] [--threads 2]
+    .venv/bin/python benchmarks/speed.py [--models resnet18,mobilenetv2,digits] [--threads 1]
         [--repeat 20] [--out build/speed] [--tuning-db PATH] [--loops] [--profile]
 
 Artifacts per model:
@@ -54,7 +54,8 @@ def _tuning_facts(target: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,mobilenetv2,digits")
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread by default: two-thread timings on these 2-vCPU VMs varied 2x between runs.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/speed"))
     parser.add_argument("--tuning-db", type=Path, help="a tuning database to apply as well")
