@@ -195,6 +195,13 @@ def quantize(
     )
     quantized = ir.to_proto(model)
     facts["layer_sqnr_db"] = layer_sqnr(float_model, quantized, held_out)
+    if opts.eval_data is not None:
+        inputs, labels = load_eval(opts.eval_data, specs)
+        facts["eval_top1"] = {
+            "samples": int(labels.shape[0]),
+            "float": float(np.mean(_top1(run_samples(float_model, inputs)) == labels)),
+            "int8": float(np.mean(_top1(run_samples(quantized, inputs)) == labels)),
+        }
     facts["seconds"] = time.perf_counter() - start
     if opts.equalize:
         records = eq_records + records

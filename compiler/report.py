@@ -78,6 +78,13 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
             f"{_num(f['mean_abs_err'])} | {top1} |"
         )
     lines.append("")
+    if q.get("eval_top1"):
+        e = q["eval_top1"]
+        lines += [
+            f"Top-1 on {e['samples']} labelled --eval samples: float {e['float']:.4f}, int8 "
+            f"{e['int8']:.4f} (drop {100 * (e['float'] - e['int8']):.2f} points).",
+            "",
+        ]
     if q.get("equalized_pairs") is not None:
         lines += [f"Cross-layer equalization: {q['equalized_pairs']} conv pair(s).", ""]
     if q.get("bias_correction"):

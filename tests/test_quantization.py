@@ -135,6 +135,8 @@ def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
         digits / "calibration.npz",
         "--calibration-method",
         "percentile",
+        "--eval",
+        digits / "eval.npz",
     )
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "q" / "report.json").read_text())
@@ -146,6 +148,9 @@ def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
     assert q["method"] == "percentile" and q["fidelity_data"] == "held out of calibration"
     (logits,) = q["fidelity"]
     assert logits["cosine"] > 0.999 and logits["top1_agreement"] >= 0.98
+    top1 = q["eval_top1"]
+    assert top1["samples"] == 360 and top1["float"] > 0.95
+    assert top1["float"] - top1["int8"] <= 0.005  # the digits budget: half a point
     assert report["sizes"]["model.onnx"] < 0.5 * report["sizes"]["source model"]
     ops = Counter(n.op_type for n in onnx.load(tmp_path / "q" / "model.onnx").graph.node)
     assert (
