@@ -20,7 +20,7 @@ from edgepress.backends.targets import get_backend
 from edgepress.backends.threads import use_threads
 from edgepress.compiler import report as reports
 from edgepress.compiler.errors import UsageError
-from edgepress.compiler.inputs import random_inputs
+from edgepress.compiler.inputs import complete_feeds, random_inputs
 from edgepress.compiler.manifest import read_manifest, write_manifest
 from edgepress.compiler.model_io import sha256_file
 from edgepress.compiler.shapes import TensorSpec
@@ -76,29 +76,6 @@ def _ort_session(model: Path, threads: int):
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
-def _complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The artifact's inputs, plus zeros for source inputs a pass removed as unused (they do
-    not change the outputs, but onnxruntime wants every input fed)."""
-    out = dict(feeds)
-    for i in session.get_inputs():
-        if i.name not in out:
-            shape = [d if isinstance(d, int) else 1 for d in i.shape]
-            out[i.name] = np.zeros(shape, dtype=_ORT_TYPES.get(i.type, np.float32))
-    return out
-
-
 def bench(
     artifact: Path, *, threads: int, repeat: int, warmup: int = 3, seed: int = 0
 ) -> BenchResult:
@@ -119,7 +96,7 @@ def bench(
     ordered = [feeds[s.name] for s in specs]
     reference = _reference_model(artifact, manifest)
     session = _ort_session(reference, threads)
-    feeds = _complete_feeds(session, feeds)
+    feeds = complete_feeds(session, feeds)
     int8 = _ort_session(artifact / "model.onnx", threads) if _is_int8(artifact) else None
     use_threads(threads)
 

@@ -62,3 +62,26 @@ def load_npz(path: Path, specs: list[TensorSpec], option: str) -> dict[str, np.n
             )
         out[spec.name] = np.ascontiguousarray(array)
     return out
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The artifact's inputs, plus zeros for source inputs a pass removed as unused (they do
+    not change the outputs, but onnxruntime wants every input fed)."""
+    out = dict(feeds)
+    for i in session.get_inputs():
+        if i.name not in out:
+            shape = [d if isinstance(d, int) else 1 for d in i.shape]
+            out[i.name] = np.zeros(shape, dtype=_ORT_TYPES.get(i.type, np.float32))
+    return out

@@ -83,6 +83,14 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+def _max_rel_err(diff: np.ndarray, ref: np.ndarray) -> float:
+    """Largest |got - ref| / max(|ref|, 1e-3 * max|ref|): near-zero elements are measured
+    against the output's scale instead of blowing up."""
+    scale = float(np.abs(ref).max(initial=0.0))
+    rel = diff / np.maximum(np.abs(ref), max(1e-3 * scale, np.finfo(np.float64).tiny))
+    return float(rel.max(initial=0.0))
+
+
 def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> OutputCheck:
     if got.shape != ref.shape:
         return OutputCheck(name, False, problem=f"shape {got.shape}, expected {ref.shape}")
@@ -103,8 +111,6 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
         return OutputCheck(name, False, problem="non-finite values differ (NaN or Inf)")
     finite = np.isfinite(ref64)
     diff = np.abs(got64[finite] - ref64[finite])
-    scale = float(np.abs(ref64[finite]).max(initial=0.0))
-    rel = diff / np.maximum(np.abs(ref64[finite]), max(1e-3 * scale, np.finfo(np.float64).tiny))
     mismatched = int(np.count_nonzero(diff > tol.atol + tol.rtol * np.abs(ref64[finite])))
     cosine = cosine_similarity(got64[finite], ref64[finite])
     ok = mismatched == 0 and cosine >= tol.min_cosine
@@ -119,7 +125,7 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
         name,
         ok,
         float(diff.max(initial=0.0)),
-        float(rel.max(initial=0.0)),
+        _max_rel_err(diff, ref64[finite]),
         cosine,
         mismatched,
         int(ref.size),
@@ -148,10 +154,8 @@ def check_quantized_output(
             if beyond
             else f"cosine {cosine:.6f} < {tol.min_cosine}"
         )
-    scale = float(np.abs(ref).max(initial=0.0))
-    rel = diff / np.maximum(np.abs(ref), max(1e-3 * scale, np.finfo(np.float64).tiny))
     return OutputCheck(
-        name, ok, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), cosine, beyond,
+        name, ok, float(diff.max(initial=0.0)), _max_rel_err(diff, ref), cosine, beyond,
         int(ref.size), problem, step, off_by_one,
     )
 

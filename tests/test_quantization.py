@@ -423,3 +423,21 @@ def test_build_with_equalization_and_bias_correction_reports_both(cli, tmp_path)
     assert q["equalized_pairs"] == 2 and q["bias_correction"]["layers"] == 3
     assert q["fidelity"][0]["cosine"] >= 0.999
     assert [p["name"] for p in report["passes"]][-2:] == ["equalize_cross_layer", "quantize_int8"]
+
+
+def test_int8_build_of_a_model_with_an_input_removed_as_unused(cli, tmp_path):
+    """Calibration data need only the inputs left after the passes, and the fidelity run on
+    the float source still works without the removed one."""
+    proto = model(
+        SENSITIVE.replace("(float[1,3,8,8] x)", "(float[1,3,8,8] x, float[4] unused)"),
+        {"wa": rand(8, 3, 3, 3), "ba": rand(8, seed=1), "wb": rand(8, 8, 3, 3, seed=2),
+         "bb": rand(8, seed=3)},
+    )
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", x=rand(20, 3, 8, 8, seed=4))
+    r = cli(tmp_path / "m.onnx", "--target", "x86_64", "-o", tmp_path / "out", "-q",
+            "--quantize", "int8", "--calibration", tmp_path / "cal.npz")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [i["name"] for i in report["inputs"]] == ["x"]
+    assert report["quantization"]["fidelity"][0]["cosine"] > 0.99
