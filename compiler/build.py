@@ -23,6 +23,7 @@ from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file
 from edgepress.compiler.pipeline import run_pipeline
+from edgepress.compiler.prune_step import PruneOptions, prune
 from edgepress.compiler.quantize_step import (
     QuantizeOptions,
     fidelity,
@@ -52,6 +53,7 @@ class BuildOptions:
     force: bool = False
     tuning: TuningOptions = field(default_factory=TuningOptions)
     quantize: QuantizeOptions | None = None
+    prune: PruneOptions | None = None
 
 
 @dataclass
@@ -83,10 +85,12 @@ def build(opts: BuildOptions) -> BuildResult:
     tvm_target = backend.tvm_target(opts.target_options)
     source = Path(opts.model)
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
-    if opts.quantize:
-        given.append(Path(opts.quantize.calibration))
-        if opts.quantize.eval_data:
-            given.append(Path(opts.quantize.eval_data))
+    for step in (opts.quantize, opts.prune):
+        for path in (step.calibration, step.eval_data) if step else ():
+            if path is not None:
+                given.append(Path(path))
+    if opts.prune:
+        given += [Path(p) for p in (opts.prune.config, opts.prune.finetune) if p is not None]
     outdirs.check_outdir(Path(opts.outdir), given, opts.force)
 
     t = time.perf_counter()
@@ -99,9 +103,14 @@ def build(opts: BuildOptions) -> BuildResult:
 
     t = time.perf_counter()
     model, pass_records = run_pipeline(model, opts.passes)
+    pruning = None
+    if opts.prune:
+        model, records, pruning = prune(model, opts.prune, opts.passes)
+        pass_records += records
     quantization = None
     if opts.quantize:
-        model, records, quantization, held_out = quantize(model, opts.quantize, opts.passes)
+        done = [r.name for r in pass_records]
+        model, records, quantization, held_out = quantize(model, opts.quantize, done)
         pass_records += records
     compressed = ir.to_proto(model)
     try:
@@ -147,7 +156,16 @@ def build(opts: BuildOptions) -> BuildResult:
         tolerance = opts.tolerance
         compressed_outputs = run_onnxruntime(model_path, inputs)
         steps = None
-        if quantization is None:
+        if quantization is None and pruning is not None:
+            # Pruning changes the numbers on purpose (its fidelity is in the report); the
+            # artifact must match the pruned model it was compiled from.
+            after_passes = not_verified(
+                "the pruned model differs from the float source by design; see Pruning",
+                "onnxruntime on the source model",
+            )
+            artifact_reference = compressed_outputs
+            reference_name = "onnxruntime on the pruned model.onnx"
+        elif quantization is None:
             after_passes = compare(
                 compressed_outputs, reference, tolerance, "onnxruntime on the source model"
             )
@@ -188,6 +206,7 @@ def build(opts: BuildOptions) -> BuildResult:
             if opts.verify_inputs
             else f"random, seed {opts.seed}",
             "passes": [r.to_json() for r in pass_records],
+            "pruning": pruning,
             "quantization": quantization,
             "tuning": tuning,
             "kernels": kernels,

@@ -119,8 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--calibration",
         type=Path,
         metavar="PATH",
-        help="calibration data: a folder of images, an .npz (an array per input, leading "
-        "sample axis), or a folder of .npz/.npy samples",
+        help="calibration data for --quantize and --prune: a folder of images, an .npz (an array "
+        "per input, leading sample axis), or a folder of .npz/.npy samples",
     )
     q.add_argument(
         "--calibration-method",
@@ -197,6 +197,63 @@ def _build_parser() -> argparse.ArgumentParser:
         help="without --eval, what --max-accuracy-drop measures: 1 - cosine (default), top-1 "
         "disagreement in points, or max abs error, against the float model",
     )
+    r = p.add_argument_group("pruning (structured: whole channels; before --quantize)")
+    r.add_argument(
+        "--prune",
+        type=float,
+        metavar="RATIO",
+        help="remove this fraction of the prunable channels",
+    )
+    r.add_argument(
+        "--prune-flops",
+        type=float,
+        metavar="F",
+        help="instead of --prune: remove channels until at most this fraction of the MACs is left",
+    )
+    r.add_argument(
+        "--prune-importance",
+        help="how channels are ranked: l1, l2 (filter norms), bn (BatchNorm scale, needs BN "
+        "left unfolded) or activation (contribution on --calibration data; the default with it)",
+    )
+    r.add_argument(
+        "--prune-recovery",
+        help="none, bias (compensate the mean of removed channels) or lstsq (least-squares "
+        "reconstruction of each layer from --calibration data; the default with it)",
+    )
+    r.add_argument(
+        "--prune-uniform",
+        action="store_true",
+        help="the same ratio in every channel group (default with --calibration: ratios chosen "
+        "from each group's measured sensitivity)",
+    )
+    r.add_argument(
+        "--prune-min-keep",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="every channel group keeps at least this fraction (default 0.1)",
+    )
+    r.add_argument(
+        "--prune-multiple",
+        type=int,
+        default=8,
+        metavar="N",
+        help="round kept channel counts up to a multiple of N in groups of 8N or more (default 8)",
+    )
+    r.add_argument(
+        "--prune-config",
+        type=Path,
+        metavar="FILE",
+        help="JSON or TOML: 'exclude' (layer names never pruned) and 'layers' (name -> ratio)",
+    )
+    r.add_argument(
+        "--finetune",
+        type=Path,
+        metavar="DATA.npz",
+        help="fine-tune the pruned model in PyTorch on labelled data (an array per input and "
+        "'label'); needs torch",
+    )
+    r.add_argument("--finetune-epochs", type=int, default=10, metavar="N")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     _common(p)
     return p
@@ -211,33 +268,70 @@ def _floats(flag: str, text: str | None, default: tuple[float, ...]) -> tuple[fl
         raise UsageError(f"{flag} {text!r}: expected numbers separated by commas") from None
 
 
-def _quantize_options(args: argparse.Namespace):
+def _preprocess(args: argparse.Namespace):
     from edgepress.compiler.calibration_data import Preprocess
+
+    defaults = Preprocess()
+    return Preprocess(
+        resize=args.resize,
+        mean=_floats("--mean", args.mean, defaults.mean),
+        std=_floats("--std", args.std, defaults.std),
+        scale=args.scale,
+        layout=args.layout,
+        channel_order=args.channel_order,
+    )
+
+
+def _prune_options(args: argparse.Namespace):
+    from edgepress.compiler.prune_step import PruneOptions
+
+    if args.prune is None and args.prune_flops is None:
+        for flag in ("prune_importance", "prune_recovery", "prune_config", "finetune"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} is given without --prune or --prune-flops")
+        return None
+    options = PruneOptions(
+        ratio=args.prune,
+        flops=args.prune_flops,
+        importance=args.prune_importance,
+        recovery=args.prune_recovery,
+        uniform=args.prune_uniform,
+        min_keep=args.prune_min_keep,
+        multiple=args.prune_multiple,
+        config=args.prune_config,
+        calibration=args.calibration,
+        preprocess=_preprocess(args),
+        samples=args.calibration_samples,
+        eval_data=args.eval,
+        finetune=args.finetune,
+        finetune_epochs=args.finetune_epochs,
+    )
+    options.check()
+    return options
+
+
+def _quantize_options(args: argparse.Namespace):
     from edgepress.compiler.quantize_step import QuantizeOptions
 
+    pruning = args.prune is not None or args.prune_flops is not None
     if args.quantize is None:
         for flag in ("calibration", "eval", "max_accuracy_drop"):
+            if flag in ("calibration", "eval") and pruning:
+                continue  # pruning reads them too
             if getattr(args, flag) is not None:
                 name = "--" + flag.replace("_", "-")
                 raise UsageError(f"{name} is given without --quantize int8")
         return None
     if args.calibration is None:
         raise UsageError("--quantize int8 needs --calibration PATH (images, .npz or .npy files)")
-    defaults = Preprocess()
     options = QuantizeOptions(
         calibration=args.calibration,
         method=args.calibration_method,
         activations=args.activations,
         percentile=args.percentile,
         samples=args.calibration_samples,
-        preprocess=Preprocess(
-            resize=args.resize,
-            mean=_floats("--mean", args.mean, defaults.mean),
-            std=_floats("--std", args.std, defaults.std),
-            scale=args.scale,
-            layout=args.layout,
-            channel_order=args.channel_order,
-        ),
+        preprocess=_preprocess(args),
         max_drop=args.max_accuracy_drop,
         eval_data=args.eval,
         fidelity_metric=args.fidelity_metric,
@@ -286,6 +380,7 @@ def cmd_build(argv: list[str]) -> int:
         tolerance=Tolerance(args.atol, args.rtol, args.min_cosine),
         force=args.force,
         quantize=_quantize_options(args),
+        prune=_prune_options(args),
         tuning=TuningOptions(
             args.tune_trials,
             args.tune_minutes,

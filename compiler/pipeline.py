@@ -24,9 +24,13 @@ class PassRecord:
     param_bytes_before: int
     param_bytes_after: int
     seconds: float
+    details: dict | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if record["details"] is None:
+            del record["details"]
+        return record
 
 
 def parse_pass_list(text: str) -> list[str]:
@@ -72,6 +76,7 @@ def run_pipeline(
             params,
             parameter_bytes(model),
             time.perf_counter() - start,
+            result.details,
         )
         log.debug(
             "pass %s: %d changes, nodes %d -> %d, %.2f s",

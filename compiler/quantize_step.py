@@ -84,21 +84,24 @@ def split_held_out(
     )
 
 
-def load_eval(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """An --eval .npz: an array per input name (leading sample axis) and `label` (or `labels`)."""
-    arrays = read_npz(path, "--eval")
+def load_eval(
+    path: Path, specs: list[TensorSpec], flag: str = "--eval"
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A labelled .npz (--eval, --finetune): an array per input name (leading sample axis) and
+    `label` (or `labels`)."""
+    arrays = read_npz(path, flag)
     label_key = next((k for k in ("label", "labels") if k in arrays), None)
     if label_key is None:
-        raise UsageError(f"--eval {path}: no 'label' array (it holds {', '.join(sorted(arrays))})")
+        raise UsageError(f"{flag} {path}: no 'label' array (it holds {', '.join(sorted(arrays))})")
     labels = arrays.pop(label_key)
-    inputs = stacked_samples(arrays, specs, f"--eval {path}")
+    inputs = stacked_samples(arrays, specs, f"{flag} {path}")
     count = min(a.shape[0] for a in inputs.values())
     if labels.shape[0] != count:
-        raise UsageError(f"--eval {path}: {labels.shape[0]} labels for {count} samples")
+        raise UsageError(f"{flag} {path}: {labels.shape[0]} labels for {count} samples")
     return inputs, labels
 
 
-def _top1(outputs: dict[str, np.ndarray]) -> np.ndarray:
+def top1(outputs: dict[str, np.ndarray]) -> np.ndarray:
     first = next(iter(outputs.values()))
     return first.reshape(first.shape[0], -1).argmax(-1)
 
@@ -107,10 +110,10 @@ def _drop_function(opts: QuantizeOptions, float_model, held_out, specs):
     """(drop(model) in the budget's units, a description of the units and data)."""
     if opts.eval_data is not None:
         inputs, labels = load_eval(opts.eval_data, specs)
-        float_acc = float(np.mean(_top1(run_samples(float_model, inputs)) == labels))
+        float_acc = float(np.mean(top1(run_samples(float_model, inputs)) == labels))
 
         def drop(model) -> float:
-            return 100.0 * (float_acc - float(np.mean(_top1(run_samples(model, inputs)) == labels)))
+            return 100.0 * (float_acc - float(np.mean(top1(run_samples(model, inputs)) == labels)))
 
         return drop, f"top-1 points on {labels.shape[0]} labelled --eval samples"
     reference = run_samples(float_model, held_out)
@@ -199,8 +202,8 @@ def quantize(
         inputs, labels = load_eval(opts.eval_data, specs)
         facts["eval_top1"] = {
             "samples": int(labels.shape[0]),
-            "float": float(np.mean(_top1(run_samples(float_model, inputs)) == labels)),
-            "int8": float(np.mean(_top1(run_samples(quantized, inputs)) == labels)),
+            "float": float(np.mean(top1(run_samples(float_model, inputs)) == labels)),
+            "int8": float(np.mean(top1(run_samples(quantized, inputs)) == labels)),
         }
     facts["seconds"] = time.perf_counter() - start
     if opts.equalize:

@@ -55,6 +55,83 @@ def verification_lines(title: str, v: dict) -> list[str]:
     return lines
 
 
+def fidelity_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| output | cosine | max abs err | mean abs err | top-1 agreement |",
+        "|---|---|---|---|---|",
+    ]
+    for f in rows:
+        top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.4f}"
+        lines.append(
+            f"| {f['name']} | {f['cosine']:.6f} | {_num(f['max_abs_err'])} | "
+            f"{_num(f['mean_abs_err'])} | {top1} |"
+        )
+    return [*lines, ""]
+
+
+def pruning_lines(p: dict) -> list[str]:
+    target = (
+        f"remove {p['ratio']:.0%} of the prunable channels"
+        if p["ratio"] is not None
+        else f"keep at most {p['flops']:.0%} of the MACs"
+    )
+    data = f" on `{p['calibration']}`" if p.get("calibration") else " (no calibration data)"
+    lines = [
+        "## Pruning",
+        "",
+        f"Target: {target}. Removed {p['removed_channels']} of {p['prunable_channels']} "
+        f"prunable channels; importance {p['importance']}, group ratios from "
+        f"{p['ratios_from']}, recovery {p['recovery']}{data}.",
+        "",
+        f"MACs {p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M "
+        f"({p['macs_after'] / max(p['macs_before'], 1):.3f}x); parameters "
+        f"{_size(p['param_bytes_before'])} -> {_size(p['param_bytes_after'])} "
+        f"({p['param_bytes_after'] / max(p['param_bytes_before'], 1):.3f}x).",
+        "",
+        "Channel groups (layers whose widths are tied: residual streams, depthwise pairs):",
+        "",
+        "| group | layers | channels | kept | ratio | output error at 25/50/75% alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in p["groups"]:
+        sens = g.get("sensitivity")
+        curve = " / ".join(f"{e:.3g}" for e in sens.values()) if sens else "-"
+        lines.append(
+            f"| {g['name']} | {len(g['layers'])} | {g['channels']} | {g['kept']} | "
+            f"{g['ratio']:.2f} | {curve} |"
+        )
+    lines += ["", "| layer | output channels | kept |", "|---|---|---|"]
+    lines += [f"| {lay['name']} | {lay['channels']} | {lay['kept']} |" for lay in p["layers"]]
+    lines.append("")
+    fits = [f for f in p.get("reconstruction", []) if f["error_before"] == f["error_before"]]
+    if fits:
+        lines += [
+            f"Least-squares reconstruction of {len(fits)} layer(s): relative output error on "
+            "calibration samples, mean over layers "
+            f"{sum(f['error_before'] for f in fits) / len(fits):.4g} -> "
+            f"{sum(f['error_after'] for f in fits) / len(fits):.4g}.",
+            "",
+        ]
+    if p.get("finetune"):
+        ft = p["finetune"]
+        lines += [
+            f"Fine-tuned {ft['epochs']} epoch(s) on {ft['samples']} samples of `{ft['data']}`: "
+            f"loss {ft['loss_first_epoch']:.4f} -> {ft['loss_last_epoch']:.4f}.",
+            "",
+        ]
+    if p.get("fidelity"):
+        lines += ["Fidelity against the float model on held-out calibration samples:", ""]
+        lines += fidelity_table(p["fidelity"])
+    if p.get("eval_top1"):
+        e = p["eval_top1"]
+        lines += [
+            f"Top-1 on {e['samples']} labelled --eval samples: float {e['float']:.4f}, pruned "
+            f"{e['pruned']:.4f} (drop {100 * (e['float'] - e['pruned']):.2f} points).",
+            "",
+        ]
+    return lines
+
+
 def quantization_lines(q: dict, sizes: dict) -> list[str]:
     source, model = sizes.get("source model"), sizes.get("model.onnx")
     ratio = f" ({model / source:.2f}x of the source file)" if source and model else ""
@@ -68,16 +145,8 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
         f"Fidelity against the float source on {q['fidelity_samples']} sample(s), "
         f"{q['fidelity_data']}:",
         "",
-        "| output | cosine | max abs err | mean abs err | top-1 agreement |",
-        "|---|---|---|---|---|",
+        *fidelity_table(q.get("fidelity", [])),
     ]
-    for f in q.get("fidelity", []):
-        top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.4f}"
-        lines.append(
-            f"| {f['name']} | {f['cosine']:.6f} | {_num(f['max_abs_err'])} | "
-            f"{_num(f['mean_abs_err'])} | {top1} |"
-        )
-    lines.append("")
     if q.get("eval_top1"):
         e = q["eval_top1"]
         lines += [
@@ -190,6 +259,8 @@ def render_markdown(report: dict) -> str:
         "model.onnx (after passes) vs the source model, both in onnxruntime",
         report["verification"]["passes"],
     )
+    if report.get("pruning"):
+        lines += pruning_lines(report["pruning"])
     if report.get("quantization"):
         lines += quantization_lines(report["quantization"], report["sizes"])
     lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])

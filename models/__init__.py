@@ -49,7 +49,8 @@ EXAMPLES: dict[str, Example] = {
         ),
         Example(
             "digits",
-            "small CNN trained on scikit-learn's 8x8 digits, with calibration.npz and eval.npz",
+            "small CNN trained on scikit-learn's 8x8 digits, with calibration.npz, eval.npz "
+            "and train.npz",
             _digits,
         ),
     )

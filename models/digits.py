@@ -96,4 +96,6 @@ def write_digits(folder: Path) -> list[Path]:
     np.savez(calibration, input=splits["calibration"][0])
     evaluation = folder / "eval.npz"
     np.savez(evaluation, input=splits["eval"][0], label=splits["eval"][1])
-    return [path, calibration, evaluation]
+    train = folder / "train.npz"  # for --finetune after pruning
+    np.savez(train, input=splits["train"][0], label=splits["train"][1])
+    return [path, calibration, evaluation, train]

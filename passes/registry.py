@@ -15,6 +15,7 @@ class PassResult:
 
     model: ir.Model
     changes: int
+    details: dict | None = None  # what the report shows beyond the count (pruning's plan)
 
 
 PassFn = Callable[..., PassResult]

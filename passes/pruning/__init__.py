@@ -1,0 +1,1 @@
+"""Structured channel pruning: analysis, scores, policy, mechanics and recovery, one module each."""
