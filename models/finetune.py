@@ -137,7 +137,7 @@ def finetune(
     labels: np.ndarray,
     *,
     epochs: int = 10,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     batch: int = 64,
     seed: int = 0,
 ) -> tuple[onnx.ModelProto, dict]:
@@ -190,7 +190,7 @@ def finetune(
             loss = torch.nn.functional.cross_entropy(forward(x[index]), y[index])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
         losses.append(total / len(y))
     tuned = onnx.ModelProto()
     tuned.CopyFrom(model)

@@ -47,6 +47,16 @@ def cli(capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The digits CNN and its calibration, eval and train splits, written once per session."""
+    from edgepress.models import EXAMPLES
+
+    folder = tmp_path_factory.mktemp("digits")
+    EXAMPLES["digits"].write(folder)
+    return folder
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, path)
     return path

@@ -112,15 +112,6 @@ def test_quantized_conv_matches_float_within_quantization_error():
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from edgepress.models import EXAMPLES
-
-    folder = tmp_path_factory.mktemp("digits")
-    EXAMPLES["digits"].write(folder)
-    return folder
-
-
 def test_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
     r = cli(
         digits / "digits.onnx",
@@ -415,8 +406,20 @@ def test_build_with_equalization_and_bias_correction_reports_both(cli, tmp_path)
     onnx.save(_badly_scaled_depthwise(), source)
     data = np.random.default_rng(7).uniform(-1, 1, (30, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "cal.npz", x=data)
-    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "-q", "--quantize", "int8",
-            "--calibration", tmp_path / "cal.npz", "--equalize", "--bias-correction")
+    r = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--quantize",
+        "int8",
+        "--calibration",
+        tmp_path / "cal.npz",
+        "--equalize",
+        "--bias-correction",
+    )
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     q = report["quantization"]
@@ -430,13 +433,27 @@ def test_int8_build_of_a_model_with_an_input_removed_as_unused(cli, tmp_path):
     the float source still works without the removed one."""
     proto = model(
         SENSITIVE.replace("(float[1,3,8,8] x)", "(float[1,3,8,8] x, float[4] unused)"),
-        {"wa": rand(8, 3, 3, 3), "ba": rand(8, seed=1), "wb": rand(8, 8, 3, 3, seed=2),
-         "bb": rand(8, seed=3)},
+        {
+            "wa": rand(8, 3, 3, 3),
+            "ba": rand(8, seed=1),
+            "wb": rand(8, 8, 3, 3, seed=2),
+            "bb": rand(8, seed=3),
+        },
     )
     onnx.save(proto, tmp_path / "m.onnx")
     np.savez(tmp_path / "cal.npz", x=rand(20, 3, 8, 8, seed=4))
-    r = cli(tmp_path / "m.onnx", "--target", "x86_64", "-o", tmp_path / "out", "-q",
-            "--quantize", "int8", "--calibration", tmp_path / "cal.npz")
+    r = cli(
+        tmp_path / "m.onnx",
+        "--target",
+        "x86_64",
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--quantize",
+        "int8",
+        "--calibration",
+        tmp_path / "cal.npz",
+    )
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [i["name"] for i in report["inputs"]] == ["x"]

@@ -180,6 +180,7 @@ def prune_channels(
     if needs_data and data is None:
         raise ValueError("activation importance, sensitivity and recovery need calibration data")
     common_passes.NameFixPass()(model)
+    common_passes.ShapeInferencePass()(model)  # channel counts come from value shapes
     original = ir.to_proto(model)
     cg = analyze(model.graph)
     groups = build_groups(cg)
