@@ -100,8 +100,16 @@ def pruning_lines(p: dict) -> list[str]:
             f"| {g['name']} | {len(g['layers'])} | {g['channels']} | {g['kept']} | "
             f"{g['ratio']:.2f} | {curve} |"
         )
-    lines += ["", "| layer | output channels | kept |", "|---|---|---|"]
-    lines += [f"| {lay['name']} | {lay['channels']} | {lay['kept']} |" for lay in p["layers"]]
+    lines += [
+        "",
+        "| layer | output channels | kept | MACs before | after | parameters before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {lay['name']} | {lay['channels']} | {lay['kept']} | {lay['macs']:,} | "
+        f"{lay['macs_after']:,} | {lay['params']:,} | {lay['params_after']:,} |"
+        for lay in p["layers"]
+    ]
     lines.append("")
     fits = [f for f in p.get("reconstruction", []) if f["error_before"] == f["error_before"]]
     if fits:

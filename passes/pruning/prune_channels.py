@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from edgepress.passes.analysis.macs import node_macs
 from edgepress.passes.graph_stats import parameter_bytes
 from edgepress.passes.pruning import importance as scores
 from edgepress.passes.pruning.channel_groups import ChannelGraph, analyze, consumers
@@ -116,6 +117,13 @@ def _meets(ratio, flops, graph, cg, groups, importance, min_keep, multiple):
         return removed_fraction(groups, removed) >= ratio - 1e-9
 
     return meets
+
+
+def _weight_count(node: ir.Node) -> int:
+    """Elements of the layer's constant weight and bias."""
+    return sum(
+        v.const_value.size for v in node.inputs[1:] if v is not None and v.const_value is not None
+    )
 
 
 def _dirty_layers(graph: ir.Graph, cg: ChannelGraph, keep: dict) -> list[ir.Node]:
@@ -227,7 +235,10 @@ def prune_channels(
     removed = choose_removed(groups, ranks, ratios, min_keep, multiple)
     keep = cg.keep(removed)
 
-    layers_before = {n.name: cg.spaces[n.outputs[0]].size for n in cg.sources}
+    layers_before = {
+        n.name: (cg.spaces[n.outputs[0]].size, node_macs(n) or 0, _weight_count(n))
+        for n in cg.sources
+    }
     params_before = parameter_bytes(model)
     bias_inputs = _bias_inputs(cg, keep, means) if recover == "bias" else None
     for group, group_ratio, curve in zip(groups, ratios, curves):
@@ -251,11 +262,20 @@ def prune_channels(
         fits = compensate_biases(model, *bias_inputs)
     common_passes.RemoveUnusedNodesPass()(model)
     after_cg = analyze(model.graph)
+    after_sources = {n.name: n for n in after_cg.sources}
     details.update(
         layers=[
-            {"name": name, "channels": before, "kept": after_cg.spaces[n.outputs[0]].size}
-            for name, before in layers_before.items()
-            for n in [next(n for n in after_cg.sources if n.name == name)]
+            {
+                "name": name,
+                "channels": channels,
+                "kept": after_cg.spaces[n.outputs[0]].size,
+                "macs": macs,
+                "macs_after": node_macs(n) or 0,
+                "params": params,
+                "params_after": _weight_count(n),
+            }
+            for name, (channels, macs, params) in layers_before.items()
+            for n in [after_sources[name]]
         ],
         macs_before=macs_before,
         macs_after=macs_kept(model.graph, after_cg, set())[1],

@@ -1,0 +1,239 @@
+"""Channel pruning of the bundled models: MACs, parameters, speed and accuracy, in one run.
+
+- ResNet-18 and MobileNetV2 at `--prune 0.3` (activation importance, sensitivity-chosen group
+  ratios, least-squares reconstruction) calibrated on crops of scikit-image's sample photos and
+  scored on crops of other photos: MACs and parameters against the unpruned model, onnxruntime
+  latency of the pruned model.onnx against the unpruned source, and the compiled artifacts'
+  latency (both built with the untuned default schedules: the shipped tuning records cover the
+  unpruned shapes only, so using them would compare tuned against untuned), all in one run.
+- digits CNN at 25% and 50%: top-1 on its eval split for plain magnitude pruning (L1, uniform,
+  no recovery), with least-squares reconstruction, with sensitivity-chosen ratios too, and with
+  fine-tuning on its train split.
+- pruning plus int8: model.onnx size against the fp32 source file.
+
+Usage: .venv/bin/python benchmarks/pruning.py [--models resnet18,mobilenetv2,digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "retina", "camera", "moon", "coins", "brick", "grass",
+)  # fmt: skip
+EVAL_PHOTOS = ("gravel", "colorwheel", "page", "text", "cat", "horse", "logo")
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def photo_crops(names: tuple[str, ...], per_photo: int, seed: int) -> np.ndarray:
+    """Random square crops (half to all of the shorter side) resized to 224, ImageNet-normalized,
+    as [samples, 1, 3, 224, 224]."""
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for name in names:
+        array = np.asarray(getattr(skimage.data, name)())
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        image = Image.fromarray(array).convert("RGB")
+        width, height = image.size
+        for _ in range(per_photo):
+            side = int(min(width, height) * rng.uniform(0.5, 1.0))
+            x, y = rng.integers(0, width - side + 1), rng.integers(0, height - side + 1)
+            crop = image.crop((x, y, x + side, y + side)).resize((224, 224), Image.BILINEAR)
+            pixels = (np.asarray(crop, np.float32) / 255.0 - MEAN) / STD
+            crops.append(pixels.transpose(2, 0, 1)[None].astype(np.float32))
+    return np.stack(crops)
+
+
+def compress(*args: str | Path) -> str:
+    """The CLI in-process; its stdout, or exit with its code."""
+    from edgepress.compiler.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in args])
+    if code:
+        print(f"compress {' '.join(map(str, args))}: exit {code}", file=sys.stderr)
+        sys.exit(code)
+    return out.getvalue()
+
+
+def bench_ms(folder: Path, threads: int, repeat: int) -> dict:
+    text = compress("bench", folder, "--threads", threads, "--repeat", repeat, "--json")
+    return json.loads(text)
+
+
+def image_model_row(name: str, out: Path, ratio: float, threads: int, repeat: int) -> dict:
+    from edgepress.compiler.verify import cosine_similarity
+    from edgepress.models import EXAMPLES
+    from ort_timing import medians_ms, session
+
+    source = out / f"{name}.onnx"
+    if not source.exists():
+        EXAMPLES[name].write(out)
+    calibration = out / "crops-calibration.npz"
+    if not calibration.exists():
+        np.savez(calibration, input=photo_crops(CALIBRATION_PHOTOS, 4, 0))
+    eval_inputs = photo_crops(EVAL_PHOTOS, 2, 1)
+    base, pruned, pruned_int8 = (out / f"{name}-{kind}" for kind in ("fp32", "pruned", "int8"))
+    common = ["--target", "x86_64", "--force", "-q", "--no-shipped-records"]
+    compress(source, "-o", base, *common)
+    compress(source, "-o", pruned, *common, "--prune", ratio, "--calibration", calibration)
+    compress(source, "-o", pruned_int8, *common, "--prune", ratio, "--calibration", calibration,
+             "--quantize", "int8")  # fmt: skip
+    report = json.loads((pruned / "report.json").read_text())
+    p = report["pruning"]
+    ort_base, ort_pruned = medians_ms(
+        [source, pruned / "model.onnx"], {"input": eval_inputs[0]}, threads, repeat
+    )
+    art_base = bench_ms(base, threads, repeat)["artifact_ms"]
+    art_pruned = bench_ms(pruned, threads, repeat)["artifact_ms"]
+    want = [session(source, 1).run(None, {"input": x})[0].ravel() for x in eval_inputs]
+    got = [
+        session(pruned / "model.onnx", 1).run(None, {"input": x})[0].ravel() for x in eval_inputs
+    ]
+    cosines = [cosine_similarity(a, b) for a, b in zip(got, want)]
+    int8_report = json.loads((pruned_int8 / "report.json").read_text())
+    return {
+        "model": name,
+        "ratio": ratio,
+        "channels_removed": f"{p['removed_channels']}/{p['prunable_channels']}",
+        "macs_ratio": p["macs_after"] / p["macs_before"],
+        "params_ratio": p["param_bytes_after"] / p["param_bytes_before"],
+        "ort_ms": (ort_base, ort_pruned),
+        "ort_speedup": ort_base / ort_pruned,
+        "artifact_ms": (art_base, art_pruned),
+        "artifact_speedup": art_base / art_pruned,
+        "eval_cosine_min_mean": (min(cosines), float(np.mean(cosines))),
+        "top1_agreement": float(np.mean([a.argmax() == b.argmax() for a, b in zip(got, want)])),
+        "int8_size_ratio": int8_report["sizes"]["model.onnx"]
+        / int8_report["sizes"]["source model"],
+        "prune_seconds": p["seconds"],
+    }
+
+
+DIGITS_CONFIGS = {
+    "magnitude (L1, uniform, no recovery)": ["--prune-importance", "l1", "--prune-uniform",
+                                             "--prune-recovery", "none"],
+    "L1 + reconstruction": ["--prune-importance", "l1", "--prune-uniform"],
+    "activation + sensitivity + reconstruction": [],
+    "magnitude + fine-tuning (10 epochs)": ["--prune-importance", "l1", "--prune-uniform",
+                                            "--prune-recovery", "none", "--finetune", "{train}"],
+    "reconstruction + fine-tuning (10 epochs)": ["--prune-importance", "l1", "--prune-uniform",
+                                                 "--finetune", "{train}"],
+}  # fmt: skip
+
+
+def digits_rows(out: Path) -> list[dict]:
+    from edgepress.models import EXAMPLES
+
+    EXAMPLES["digits"].write(out)
+    rows = []
+    for ratio in ("0.25", "0.5"):
+        for label, flags in DIGITS_CONFIGS.items():
+            folder = out / f"digits-{ratio}-{len(rows)}"
+            flags = [f.format(train=out / "train.npz") for f in flags]
+            compress(out / "digits.onnx", "--target", "x86_64", "-o", folder, "--force", "-q",
+                     "--prune", ratio, "--calibration", out / "calibration.npz",
+                     "--eval", out / "eval.npz", "--prune-multiple",
+                     "1", *flags)  # fmt: skip
+            p = json.loads((folder / "report.json").read_text())["pruning"]
+            rows.append({
+                "ratio": ratio, "config": label, "top1_float": p["eval_top1"]["float"],
+                "top1_pruned": p["eval_top1"]["pruned"],
+                "macs_ratio": p["macs_after"] / p["macs_before"],
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    folder = out / "digits-int8"
+    compress(out / "digits.onnx", "--target", "x86_64", "-o", folder, "--force", "-q",
+             "--prune", "0.5", "--calibration", out / "calibration.npz", "--eval",
+             out / "eval.npz", "--quantize", "int8")  # fmt: skip
+    report = json.loads((folder / "report.json").read_text())
+    rows.append({
+        "ratio": "0.5 + int8", "config": "activation + sensitivity + reconstruction, int8",
+        "top1_float": report["pruning"]["eval_top1"]["float"],
+        "top1_pruned": report["quantization"]["eval_top1"]["int8"],
+        "macs_ratio": report["pruning"]["macs_after"] / report["pruning"]["macs_before"],
+        "size_ratio": report["sizes"]["model.onnx"] / report["sizes"]["source model"],
+    })  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,mobilenetv2,digits")
+    parser.add_argument("--ratio", type=float, default=0.3)
+    # One thread by default: two-thread timings on these 2-vCPU VMs varied 2x between runs.
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("build/pruning"))
+    args = parser.parse_args()
+
+    from edgepress.backends.threads import size_pool_to_all_cores
+
+    size_pool_to_all_cores()
+    args.out.mkdir(parents=True, exist_ok=True)
+    image_rows, digit_rows = [], []
+    for name in args.models.split(","):
+        if name == "digits":
+            digit_rows = digits_rows(args.out)
+            continue
+        image_rows.append(image_model_row(name, args.out, args.ratio, args.threads, args.repeat))
+        print(json.dumps(image_rows[-1]), flush=True)
+
+    lines = [
+        f"# Channel pruning ({args.threads} thread(s), median of {args.repeat})",
+        "",
+        "Speedups are unpruned ms / pruned ms from the same run. Artifacts: both with the "
+        "untuned default schedules. Cosine and top-1 agreement: pruned fp32 logits against "
+        "the unpruned ones on crops of photos calibration never saw (the weights are random, "
+        "so these are fidelity, not accuracy).",
+        "",
+        "| model | --prune | channels removed | MACs (x) | params (x) | ORT ms unpruned / pruned "
+        "(speedup) | artifact ms unpruned / pruned (speedup) | cosine min / mean | top-1 "
+        "agreement | pruned + int8 size (x fp32 file) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in image_rows:
+        lines.append(
+            f"| {r['model']} | {r['ratio']} | {r['channels_removed']} | {r['macs_ratio']:.3f} | "
+            f"{r['params_ratio']:.3f} | {r['ort_ms'][0]:.2f} / {r['ort_ms'][1]:.2f} "
+            f"({r['ort_speedup']:.2f}) | {r['artifact_ms'][0]:.2f} / {r['artifact_ms'][1]:.2f} "
+            f"({r['artifact_speedup']:.2f}) | {r['eval_cosine_min_mean'][0]:.4f} / "
+            f"{r['eval_cosine_min_mean'][1]:.4f} | {r['top1_agreement']:.2f} | "
+            f"{r['int8_size_ratio']:.3f} |"
+        )
+    if digit_rows:
+        lines += [
+            "",
+            "digits CNN, top-1 on the 360-sample eval split (calibration and fine-tuning data "
+            "are disjoint from it):",
+            "",
+            "| pruned | method | top-1 float | top-1 pruned | MACs (x) | size (x fp32 file) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in digit_rows:
+            size = f"{r['size_ratio']:.3f}" if "size_ratio" in r else "-"
+            lines.append(
+                f"| {r['ratio']} | {r['config']} | {r['top1_float']:.4f} | "
+                f"{r['top1_pruned']:.4f} | {r['macs_ratio']:.3f} | {size} |"
+            )
+    text = "\n".join(lines) + "\n"
+    (args.out / "pruning.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
