@@ -1,8 +1,8 @@
 """Channel pruning of the bundled models: MACs, parameters, speed and accuracy, in one run.
 
-- ResNet-18 and MobileNetV2 at `--prune 0.3` (activation importance, sensitivity-chosen group
-  ratios, least-squares reconstruction) calibrated on crops of scikit-image's sample photos and
-  scored on crops of other photos: MACs and parameters against the unpruned model, onnxruntime
+- ResNet-18 and MobileNetV2 at `--prune 0.3` (activation importance, least-squares
+  reconstruction; group ratios from sensitivity, and uniform) calibrated on crops of
+  scikit-image's sample photos and scored on crops of other photos: MACs and parameters against the unpruned model, onnxruntime
   latency of the pruned model.onnx against the unpruned source, and the compiled artifacts'
   latency (both built with the untuned default schedules: the shipped tuning records cover the
   unpruned shapes only, so using them would compare tuned against untuned), all in one run.
@@ -74,7 +74,10 @@ def bench_ms(folder: Path, threads: int, repeat: int) -> dict:
     return json.loads(text)
 
 
-def image_model_row(name: str, out: Path, ratio: float, threads: int, repeat: int) -> dict:
+IMAGE_CONFIGS = {"sensitivity": [], "uniform": ["--prune-uniform"]}
+
+
+def image_model_rows(name: str, out: Path, ratio: float, threads: int, repeat: int) -> list[dict]:
     from edgepress.compiler.verify import cosine_similarity
     from edgepress.models import EXAMPLES
     from ort_timing import medians_ms, session
@@ -86,41 +89,40 @@ def image_model_row(name: str, out: Path, ratio: float, threads: int, repeat: in
     if not calibration.exists():
         np.savez(calibration, input=photo_crops(CALIBRATION_PHOTOS, 4, 0))
     eval_inputs = photo_crops(EVAL_PHOTOS, 2, 1)
-    base, pruned, pruned_int8 = (out / f"{name}-{kind}" for kind in ("fp32", "pruned", "int8"))
+    base = out / f"{name}-fp32"
     common = ["--target", "x86_64", "--force", "-q", "--no-shipped-records"]
     compress(source, "-o", base, *common)
-    compress(source, "-o", pruned, *common, "--prune", ratio, "--calibration", calibration)
-    compress(source, "-o", pruned_int8, *common, "--prune", ratio, "--calibration", calibration,
-             "--quantize", "int8")  # fmt: skip
-    report = json.loads((pruned / "report.json").read_text())
-    p = report["pruning"]
-    ort_base, ort_pruned = medians_ms(
-        [source, pruned / "model.onnx"], {"input": eval_inputs[0]}, threads, repeat
-    )
-    art_base = bench_ms(base, threads, repeat)["artifact_ms"]
-    art_pruned = bench_ms(pruned, threads, repeat)["artifact_ms"]
     want = [session(source, 1).run(None, {"input": x})[0].ravel() for x in eval_inputs]
-    got = [
-        session(pruned / "model.onnx", 1).run(None, {"input": x})[0].ravel() for x in eval_inputs
-    ]
-    cosines = [cosine_similarity(a, b) for a, b in zip(got, want)]
-    int8_report = json.loads((pruned_int8 / "report.json").read_text())
-    return {
-        "model": name,
-        "ratio": ratio,
-        "channels_removed": f"{p['removed_channels']}/{p['prunable_channels']}",
-        "macs_ratio": p["macs_after"] / p["macs_before"],
-        "params_ratio": p["param_bytes_after"] / p["param_bytes_before"],
-        "ort_ms": (ort_base, ort_pruned),
-        "ort_speedup": ort_base / ort_pruned,
-        "artifact_ms": (art_base, art_pruned),
-        "artifact_speedup": art_base / art_pruned,
-        "eval_cosine_min_mean": (min(cosines), float(np.mean(cosines))),
-        "top1_agreement": float(np.mean([a.argmax() == b.argmax() for a, b in zip(got, want)])),
-        "int8_size_ratio": int8_report["sizes"]["model.onnx"]
-        / int8_report["sizes"]["source model"],
-        "prune_seconds": p["seconds"],
-    }
+    rows = []
+    for label, flags in IMAGE_CONFIGS.items():
+        pruned, pruned_int8 = out / f"{name}-{label}", out / f"{name}-{label}-int8"
+        prune = ["--prune", ratio, "--calibration", calibration, *flags]
+        compress(source, "-o", pruned, *common, *prune)
+        compress(source, "-o", pruned_int8, *common, *prune, "--quantize", "int8")
+        p = json.loads((pruned / "report.json").read_text())["pruning"]
+        ort_base, ort_pruned = medians_ms(
+            [source, pruned / "model.onnx"], {"input": eval_inputs[0]}, threads, repeat
+        )
+        art_base = bench_ms(base, threads, repeat)["artifact_ms"]
+        art_pruned = bench_ms(pruned, threads, repeat)["artifact_ms"]
+        run = session(pruned / "model.onnx", 1)
+        got = [run.run(None, {"input": x})[0].ravel() for x in eval_inputs]
+        cosines = [cosine_similarity(a, b) for a, b in zip(got, want)]
+        int8_sizes = json.loads((pruned_int8 / "report.json").read_text())["sizes"]
+        rows.append({
+            "model": name, "ratio": ratio, "ratios": label,
+            "channels_removed": f"{p['removed_channels']}/{p['prunable_channels']}",
+            "macs_ratio": p["macs_after"] / p["macs_before"],
+            "params_ratio": p["param_bytes_after"] / p["param_bytes_before"],
+            "ort_ms": (ort_base, ort_pruned), "ort_speedup": ort_base / ort_pruned,
+            "artifact_ms": (art_base, art_pruned), "artifact_speedup": art_base / art_pruned,
+            "eval_cosine_min_mean": (min(cosines), float(np.mean(cosines))),
+            "top1_agreement": float(np.mean([a.argmax() == b.argmax() for a, b in zip(got, want)])),
+            "int8_size_ratio": int8_sizes["model.onnx"] / int8_sizes["source model"],
+            "prune_seconds": p["seconds"],
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 DIGITS_CONFIGS = {
@@ -189,8 +191,7 @@ def main() -> int:
         if name == "digits":
             digit_rows = digits_rows(args.out)
             continue
-        image_rows.append(image_model_row(name, args.out, args.ratio, args.threads, args.repeat))
-        print(json.dumps(image_rows[-1]), flush=True)
+        image_rows += image_model_rows(name, args.out, args.ratio, args.threads, args.repeat)
 
     lines = [
         f"# Channel pruning ({args.threads} thread(s), median of {args.repeat})",
@@ -200,14 +201,15 @@ def main() -> int:
         "the unpruned ones on crops of photos calibration never saw (the weights are random, "
         "so these are fidelity, not accuracy).",
         "",
-        "| model | --prune | channels removed | MACs (x) | params (x) | ORT ms unpruned / pruned "
-        "(speedup) | artifact ms unpruned / pruned (speedup) | cosine min / mean | top-1 "
-        "agreement | pruned + int8 size (x fp32 file) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | --prune | group ratios | channels removed | MACs (x) | params (x) | ORT ms "
+        "unpruned / pruned (speedup) | artifact ms unpruned / pruned (speedup) | cosine min / "
+        "mean | top-1 agreement | pruned + int8 size (x fp32 file) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in image_rows:
         lines.append(
-            f"| {r['model']} | {r['ratio']} | {r['channels_removed']} | {r['macs_ratio']:.3f} | "
+            f"| {r['model']} | {r['ratio']} | {r['ratios']} | {r['channels_removed']} | "
+            f"{r['macs_ratio']:.3f} | "
             f"{r['params_ratio']:.3f} | {r['ort_ms'][0]:.2f} / {r['ort_ms'][1]:.2f} "
             f"({r['ort_speedup']:.2f}) | {r['artifact_ms'][0]:.2f} / {r['artifact_ms'][1]:.2f} "
             f"({r['artifact_speedup']:.2f}) | {r['eval_cosine_min_mean'][0]:.4f} / "
