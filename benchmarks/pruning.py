@@ -1,11 +1,12 @@
 """Channel pruning of the bundled models: MACs, parameters, speed and accuracy, in one run.
 
 - ResNet-18 and MobileNetV2 at `--prune 0.3` (activation importance, least-squares
-  reconstruction; group ratios from sensitivity, and uniform) calibrated on crops of
+  reconstruction; group ratios from sensitivity, and uniform), calibrated on crops of
   scikit-image's sample photos and scored on crops of other photos: MACs and parameters
-  against the unpruned model, onnxruntime latency of the pruned model.onnx against the unpruned source, and the compiled artifacts'
-  latency (both built with the untuned default schedules: the shipped tuning records cover the
-  unpruned shapes only, so using them would compare tuned against untuned), all in one run.
+  against the unpruned model; onnxruntime latency of the pruned model.onnx against the
+  unpruned source; the compiled artifacts' latency (both with the untuned default schedules:
+  the shipped tuning records cover the unpruned shapes only, so using them would compare tuned
+  against untuned); all in one run.
 - digits CNN at 25% and 50%: top-1 on its eval split for plain magnitude pruning (L1, uniform,
   no recovery), with least-squares reconstruction, with sensitivity-chosen ratios too, and with
   fine-tuning on its train split.
