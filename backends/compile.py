@@ -26,6 +26,7 @@ class TuningOptions:
     # CPU kernels without a record: "sampled" (one untimed MetaSchedule sample) or "loops"
     untuned: str = "sampled"
     retune: bool = False  # tune tasks that already have records too
+    winograd: bool = False  # CPU: 3x3 stride-1 convs as Winograd F(4x4, 3x3)
 
     @property
     def requested(self) -> bool:
@@ -79,6 +80,7 @@ def compile_module(
             use_shipped=tuning.shipped,
             untuned=tuning.untuned,
             retune=tuning.retune,
+            winograd=tuning.winograd,
         )
     except (UsageError, BackendError):
         raise

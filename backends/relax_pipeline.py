@@ -43,8 +43,11 @@ def is_gpu(target) -> bool:
     return BackendDispatcher.is_gpu_target(target)
 
 
-def prepare(mod, target):
-    """Imported Relax module -> fused TIR functions with layout-free weights (not yet scheduled)."""
+def prepare(mod, target, *, winograd: bool = False):
+    """Imported Relax module -> fused TIR functions with layout-free weights (not yet scheduled).
+
+    `winograd` (CPU only) legalizes 3x3 stride-1 convolutions with constant weights as Winograd
+    F(4x4, 3x3) (backends/winograd.py)."""
     import tvm
     from tvm import relax
     from tvm.relax import pipeline
@@ -57,7 +60,7 @@ def prepare(mod, target):
         *dispatch,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(customize_legalize_map=_legalize_map(target, winograd)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -67,6 +70,14 @@ def prepare(mod, target):
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(passes)(mod)
+
+
+def _legalize_map(target, winograd: bool) -> dict | None:
+    if not winograd or is_gpu(target):
+        return None
+    from edgepress.backends.winograd import legalize_conv2d
+
+    return {"relax.nn.conv2d": legalize_conv2d}
 
 
 def _is_scheduled(func) -> bool:

@@ -417,6 +417,7 @@ def tune_and_compile(
     use_shipped: bool = True,
     untuned: str = "sampled",
     retune: bool = False,
+    winograd: bool = False,
     seed: int = 0,
 ):
     """Tune what the databases lack within the budget, then compile with all records applied.
@@ -431,7 +432,7 @@ def tune_and_compile(
 
     from edgepress.backends.relax_pipeline import finish, prepare
 
-    prepared = prepare(mod, target)
+    prepared = prepare(mod, target, winograd=winograd)
     shipped = shipped_database(target_dict) if use_shipped else None
     if folder is None and shipped is None:
         executable, kernels = finish(prepared, target, untuned=untuned)

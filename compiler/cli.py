@@ -109,6 +109,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "schedules (default), or TVM's plain loops (faster build, much slower code)",
     )
     p.add_argument(
+        "--winograd",
+        action="store_true",
+        help="CPU targets: 3x3 stride-1 convolutions as Winograd F(4x4, 3x3) (4x fewer "
+        "multiplications; new kernels, so records tuned for direct convolution do not apply)",
+    )
+    p.add_argument(
         "--no-shipped-records",
         action="store_true",
         help="do not apply the tuning records shipped with edgepress for this target",
@@ -388,6 +394,7 @@ def cmd_build(argv: list[str]) -> int:
             shipped=not args.no_shipped_records,
             untuned=args.untuned,
             retune=args.retune,
+            winograd=args.winograd,
         ),
     )
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from tests import builders
 from tests.conftest import ort_outputs, save
-from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
+from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL, WINOGRAD_ERROR_OF_SCALE
 
 
 @pytest.fixture
@@ -70,3 +70,36 @@ def test_cuda_rejects_malformed_arch(cli, tiny, tmp_path):
     result = cli(tiny, "--target", "cuda", "--arch", "ampere", "-o", tmp_path / "a")
     assert result.code == 2
     assert "--arch 'ampere'" in result.err
+
+
+WINOGRAD = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,16,12,12] x) => (float[1,16,6,6] y) {
+  a = Conv <pads=[1,1,1,1]> (x, w1, b1)
+  r = Relu (a)
+  y = Conv <pads=[1,1,1,1], strides=[2,2]> (r, w2, b2)
+}
+"""
+
+
+@pytest.mark.parametrize("target", ["x86_64", "arm64"])
+def test_winograd_build_matches_onnxruntime(cli, tmp_path, target):
+    from tests.pass_checks import model, rand
+
+    proto = model(
+        WINOGRAD,
+        {"w1": rand(16, 16, 3, 3, seed=1), "b1": rand(16, seed=2),
+         "w2": rand(16, 16, 3, 3, seed=3), "b2": rand(16, seed=4)},
+    )  # fmt: skip
+    source = save(proto, tmp_path / "w.onnx")
+    out = tmp_path / "art"
+    result = cli(source, "--target", target, "-o", out, "--winograd")
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    names = [k["name"] for k in report["kernels"]]
+    # The stride-1 conv became Winograd; the strided one stays direct.
+    assert sum("winograd" in n for n in names) == 1 and any("conv2d" in n for n in names)
+    x = np.random.default_rng(5).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    got = _run_artifact(cli, out, tmp_path, x)
+    (want,) = ort_outputs(source, {"x": x})
+    assert np.abs(got - want).max() <= WINOGRAD_ERROR_OF_SCALE * np.abs(want).max()
