@@ -60,6 +60,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("build/speed"))
     parser.add_argument("--tuning-db", type=Path, help="a tuning database to apply as well")
     parser.add_argument("--loops", action="store_true", help="also time TVM's plain loops")
+    parser.add_argument(
+        "--winograd", action="store_true", help="also untuned and tuned builds with --winograd"
+    )
     parser.add_argument("--profile", action="store_true", help="per-kernel tables, tuned")
     args = parser.parse_args()
 
@@ -80,6 +83,11 @@ def main() -> int:
     kinds = {"untuned": ["--no-shipped-records"], "tuned": []}
     if args.loops:
         kinds = {"loops": ["--no-shipped-records", "--untuned", "loops"], **kinds}
+    if args.winograd:
+        kinds |= {
+            "untuned winograd": ["--no-shipped-records", "--winograd"],
+            "tuned winograd": ["--winograd"],
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     results, profiles = [], {}
     for name in args.models.split(","):
@@ -90,9 +98,9 @@ def main() -> int:
         row = {"model": name, "gflop": flops / 1e9, "artifacts": {}}
         ort_ms = []
         for kind, flags in kinds.items():
-            folder = args.out / f"{name}-{kind}"
+            folder = args.out / f"{name}-{kind.replace(' ', '-')}"
             extra = list(flags)
-            if kind == "tuned" and args.tuning_db:
+            if kind.startswith("tuned") and args.tuning_db:
                 extra += ["--tuning-db", str(args.tuning_db)]
             code = compress(
                 [str(model), "--target", "x86_64", "-o", str(folder), "--force", "-q", *extra]
@@ -112,8 +120,10 @@ def main() -> int:
                 "peak_fraction": flops / 1e9 / (timing.artifact_ms / 1e3) / peak_gflops,
                 "kernels_tuned": f"{tuned}/{len(report['kernels'])}",
             }
-            if kind == "tuned" and args.profile:
-                profiles[name] = profile_kernels(folder, threads=args.threads, repeat=5)
+            if kind.startswith("tuned") and args.profile:
+                profiles[f"{name}, {kind}"] = profile_kernels(
+                    folder, threads=args.threads, repeat=5
+                )
         row["onnxruntime_ms"] = statistics.median(ort_ms)
         row["onnxruntime_peak_fraction"] = flops / 1e9 / (row["onnxruntime_ms"] / 1e3) / peak_gflops
         results.append(row)
@@ -156,7 +166,7 @@ def main() -> int:
                 f"({f.get('cpu', '?')})"
             )
     for name, profile in profiles.items():
-        lines += ["", f"## {name}, tuned: where the time goes", "", profile["markdown"]]
+        lines += ["", f"## {name}: where the time goes", "", profile["markdown"]]
     text = "\n".join(lines) + "\n"
     (args.out / "speed.md").write_text(text)
     (args.out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
