@@ -69,6 +69,15 @@ def fidelity_table(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def top1_lines(e: dict, kind: str) -> list[str]:
+    """The --eval top-1 of the float model against the `kind` ("pruned", "int8") one."""
+    return [
+        f"Top-1 on {e['samples']} labelled --eval samples: float {e['float']:.4f}, {kind} "
+        f"{e[kind]:.4f} (drop {100 * (e['float'] - e[kind]):.2f} points).",
+        "",
+    ]
+
+
 def pruning_lines(p: dict) -> list[str]:
     target = (
         f"remove {p['ratio']:.0%} of the prunable channels"
@@ -131,12 +140,7 @@ def pruning_lines(p: dict) -> list[str]:
         lines += ["Fidelity against the float model on held-out calibration samples:", ""]
         lines += fidelity_table(p["fidelity"])
     if p.get("eval_top1"):
-        e = p["eval_top1"]
-        lines += [
-            f"Top-1 on {e['samples']} labelled --eval samples: float {e['float']:.4f}, pruned "
-            f"{e['pruned']:.4f} (drop {100 * (e['float'] - e['pruned']):.2f} points).",
-            "",
-        ]
+        lines += top1_lines(p["eval_top1"], "pruned")
     return lines
 
 
@@ -156,12 +160,7 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
         *fidelity_table(q.get("fidelity", [])),
     ]
     if q.get("eval_top1"):
-        e = q["eval_top1"]
-        lines += [
-            f"Top-1 on {e['samples']} labelled --eval samples: float {e['float']:.4f}, int8 "
-            f"{e['int8']:.4f} (drop {100 * (e['float'] - e['int8']):.2f} points).",
-            "",
-        ]
+        lines += top1_lines(q["eval_top1"], "int8")
     if q.get("equalized_pairs") is not None:
         lines += [f"Cross-layer equalization: {q['equalized_pairs']} conv pair(s).", ""]
     if q.get("bias_correction"):

@@ -406,20 +406,8 @@ def test_build_with_equalization_and_bias_correction_reports_both(cli, tmp_path)
     onnx.save(_badly_scaled_depthwise(), source)
     data = np.random.default_rng(7).uniform(-1, 1, (30, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "cal.npz", x=data)
-    r = cli(
-        source,
-        "--target",
-        "x86_64",
-        "-o",
-        tmp_path / "out",
-        "-q",
-        "--quantize",
-        "int8",
-        "--calibration",
-        tmp_path / "cal.npz",
-        "--equalize",
-        "--bias-correction",
-    )
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "-q", "--quantize", "int8",
+            "--calibration", tmp_path / "cal.npz", "--equalize", "--bias-correction")
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     q = report["quantization"]
@@ -433,27 +421,13 @@ def test_int8_build_of_a_model_with_an_input_removed_as_unused(cli, tmp_path):
     the float source still works without the removed one."""
     proto = model(
         SENSITIVE.replace("(float[1,3,8,8] x)", "(float[1,3,8,8] x, float[4] unused)"),
-        {
-            "wa": rand(8, 3, 3, 3),
-            "ba": rand(8, seed=1),
-            "wb": rand(8, 8, 3, 3, seed=2),
-            "bb": rand(8, seed=3),
-        },
+        {"wa": rand(8, 3, 3, 3), "ba": rand(8, seed=1), "wb": rand(8, 8, 3, 3, seed=2),
+         "bb": rand(8, seed=3)},
     )
     onnx.save(proto, tmp_path / "m.onnx")
     np.savez(tmp_path / "cal.npz", x=rand(20, 3, 8, 8, seed=4))
-    r = cli(
-        tmp_path / "m.onnx",
-        "--target",
-        "x86_64",
-        "-o",
-        tmp_path / "out",
-        "-q",
-        "--quantize",
-        "int8",
-        "--calibration",
-        tmp_path / "cal.npz",
-    )
+    r = cli(tmp_path / "m.onnx", "--target", "x86_64", "-o", tmp_path / "out", "-q",
+            "--quantize", "int8", "--calibration", tmp_path / "cal.npz")
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [i["name"] for i in report["inputs"]] == ["x"]
