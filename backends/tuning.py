@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepress.backends.cache import cache_dir
-from edgepress.compiler.errors import UsageError
+from edgepress.compiler.errors import UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,7 @@ def _until_deadline(inner, clock: TuningClock):
     class UntilDeadline(PySearchStrategy):
         def __init__(self, strategy) -> None:
             self.strategy = strategy
+            self.failed = False
 
         def _initialize_with_tune_context(self, context) -> None:
             self.strategy._initialize_with_tune_context(context)
@@ -298,9 +299,17 @@ def _until_deadline(inner, clock: TuningClock):
             self.strategy.post_tuning()
 
         def generate_measure_candidates(self):
-            if clock.expired():
+            if clock.expired() or self.failed:
                 return None
-            return self.strategy.generate_measure_candidates()
+            try:
+                return self.strategy.generate_measure_candidates()
+            except Exception as err:  # noqa: BLE001 (an error inside MetaSchedule's search)
+                # Evolutionary search can fail on one task (seen: "The block no longer exists
+                # in the IRModule" while evolving Winograd kernels): end that task, keep the
+                # records it has, tune the others.
+                log.warning("tuning: a task's search failed and is ended: %s", first_line(err))
+                self.failed = True
+                return None
 
         def notify_runner_results(self, measure_candidates, results) -> None:
             self.strategy.notify_runner_results(measure_candidates, results)

@@ -77,7 +77,6 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     frozen: dict[int, str] = field(default_factory=dict)  # element -> why (before find)
     sources: list[ir.Node] = field(default_factory=list)  # nodes whose output channels start
-    blocks: dict[ir.Value, int] = field(default_factory=dict)  # flattened value -> block size
 
     # -- union-find -------------------------------------------------------------------------
     def _new(self, value: ir.Value, axis: int, size: int) -> Space:
@@ -371,7 +370,6 @@ def _tie_flatten(node: ir.Node, graph: ChannelGraph) -> None:
         graph.freeze(x, f"{node.op_type} '{node.name}' is not a flatten of [N, C, ...]")
         return
     out = graph._new(node.outputs[0], 1, yd[1])
-    graph.blocks[out.value] = block
     for c in range(space.size):
         for s in range(block):
             graph.union(space.base + c, out.base + c * block + s)
