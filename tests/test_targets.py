@@ -74,7 +74,7 @@ def test_cuda_rejects_malformed_arch(cli, tiny, tmp_path):
 
 WINOGRAD = """
 <ir_version: 8, opset_import: ["" : 17]>
-g (float[1,16,12,12] x) => (float[1,16,6,6] y) {
+g (float[1,16,24,24] x) => (float[1,16,12,12] y) {
   a = Conv <pads=[1,1,1,1]> (x, w1, b1)
   r = Relu (a)
   y = Conv <pads=[1,1,1,1], strides=[2,2]> (r, w2, b2)
@@ -97,9 +97,9 @@ def test_winograd_build_matches_onnxruntime(cli, tmp_path, target):
     assert result.code == 0, result.err
     report = json.loads((out / "report.json").read_text())
     names = [k["name"] for k in report["kernels"]]
-    # The stride-1 conv became Winograd; the strided one stays direct.
+    # The stride-1 conv (36 output tiles) became Winograd; the strided one stays direct.
     assert sum("winograd" in n for n in names) == 1 and any("conv2d" in n for n in names)
-    x = np.random.default_rng(5).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    x = np.random.default_rng(5).standard_normal((1, 16, 24, 24)).astype(np.float32)
     got = _run_artifact(cli, out, tmp_path, x)
     (want,) = ort_outputs(source, {"x": x})
     assert np.abs(got - want).max() <= WINOGRAD_ERROR_OF_SCALE * np.abs(want).max()
