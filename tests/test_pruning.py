@@ -258,6 +258,30 @@ def test_flatten_and_reshape_into_gemm_lose_channel_blocks():
     assert numpy_helper.to_array(shape).tolist() == [1, 72]
 
 
+CONV_TRANSPOSE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,4,4] x) => (float[1,3,16,16] y) {
+  a = Conv <pads=[1,1,1,1]> (x, wa, ba)
+  r = Relu (a)
+  t = ConvTranspose <strides=[2,2]> (r, wt, bt)
+  rt = Relu (t)
+  y = ConvTranspose <strides=[2,2]> (rt, wu)
+}
+"""
+
+
+def test_conv_transpose_is_pruned_as_source_and_consumer():
+    proto = model(
+        CONV_TRANSPOSE,
+        {"wa": rand(8, 3, 3, 3, seed=1), "ba": rand(8, seed=2), "wt": rand(8, 4, 2, 2, seed=3),
+         "bt": rand(4, seed=4), "wu": rand(4, 3, 2, 2, seed=5)},
+    )  # fmt: skip
+    pruned, _ = check_pruned(proto, ratio=0.5, sensitivity=False)
+    w = _weights_of(pruned)
+    # ConvTranspose weights are [in, out / group, kh, kw].
+    assert w["a"] == (4, 3, 3, 3) and w["t"] == (4, 2, 2, 2) and w["y"] == (2, 3, 2, 2)
+
+
 OUTPUT_TIED = """
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[1,3,6,6] x) => (float[1,4,6,6] a, float[1,2,6,6] y) {
