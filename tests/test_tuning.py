@@ -209,3 +209,24 @@ def test_shipped_record_folders_are_well_formed():
         assert len(found[1].get_all_tuning_records()) >= 1
         facts = json.loads((folder / "tuning.json").read_text())
         assert all(f["trials"] > 0 for f in facts.values())
+
+
+def test_a_task_whose_search_raises_is_ended_not_the_tuning():
+    """MetaSchedule's evolutionary search raised inside one task (seen on Winograd kernels):
+    that task must end (no candidates) and not be asked again, instead of killing the build."""
+    import time
+
+    from edgepress.backends.tuning import TuningClock, TuningSummary, _until_deadline
+
+    class Failing:
+        calls = 0
+
+        def generate_measure_candidates(self):
+            Failing.calls += 1
+            raise RuntimeError("The block no longer exists in the IRModule")
+
+    clock = TuningClock(10, None, [1.0], TuningSummary(database=None), time.monotonic())
+    strategy = _until_deadline(Failing(), clock)
+    assert strategy.generate_measure_candidates() is None
+    assert strategy.generate_measure_candidates() is None
+    assert Failing.calls == 1
