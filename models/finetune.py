@@ -131,28 +131,16 @@ _OPS = {
 }  # fmt: skip
 
 
-def finetune(
-    model: onnx.ModelProto,
-    inputs: dict[str, np.ndarray],
-    labels: np.ndarray,
-    *,
-    epochs: int = 10,
-    lr: float = 3e-3,
-    batch: int = 64,
-    seed: int = 0,
-) -> tuple[onnx.ModelProto, dict]:
-    """Train the weights of `model` (first output: logits) with cross-entropy on `inputs`
-    (one input, samples on a leading axis in front of the batch-1 model shape) and `labels`;
-    returns the model with the trained initializers and the loss history."""
-    try:
-        import torch
-    except ImportError as err:
-        raise RuntimeError("--finetune needs PyTorch (pip install torch)") from err
+def torch_graph(model: onnx.ModelProto):
+    """(forward, parameters): `forward(x)` runs the graph in torch on a batch `x` (the model's
+    single input, batch axis free) and returns its first output as [batch, -1]; `parameters`
+    maps initializer names to the trainable weights and biases of Conv, Gemm and MatMul."""
+    import torch
+
     if missing := unsupported(model):
         raise ValueError(f"--finetune cannot run {', '.join(missing)} in PyTorch")
-    if len(inputs) != 1:
+    if len(model.graph.input) != 1:
         raise ValueError("--finetune supports models with one input")
-    torch.manual_seed(seed)
     table = _op_table()
     consts = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
@@ -177,6 +165,28 @@ def finetune(
             values[node.output[0]] = table[node.op_type](node, *args)
         return values[output_name].reshape(x.shape[0], -1)
 
+    return forward, params
+
+
+def finetune(
+    model: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    epochs: int = 10,
+    lr: float = 3e-3,
+    batch: int = 64,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, dict]:
+    """Train the weights of `model` (first output: logits) with cross-entropy on `inputs`
+    (one input, samples on a leading axis in front of the batch-1 model shape) and `labels`;
+    returns the model with the trained initializers and the loss history."""
+    try:
+        import torch
+    except ImportError as err:
+        raise RuntimeError("--finetune needs PyTorch (pip install torch)") from err
+    torch.manual_seed(seed)
+    forward, params = torch_graph(model)
     (array,) = inputs.values()
     x = torch.from_numpy(array.reshape(array.shape[0], *array.shape[2:]).astype(np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
