@@ -17,10 +17,11 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepress.compiler.calibration_data import Preprocess, load_calibration
-from edgepress.compiler.errors import UsageError
+from edgepress.compiler.errors import PassError, UsageError
 from edgepress.compiler.pipeline import PassRecord, run_pipeline
 from edgepress.compiler.quantize_step import fidelity, load_eval, split_held_out, top1
 from edgepress.compiler.shapes import model_inputs, tensor_specs
+from edgepress.passes.pruning import PruningError
 from edgepress.passes.pruning.channel_groups import analyze
 from edgepress.passes.pruning.importance import METHODS as IMPORTANCE
 from edgepress.passes.pruning.reconstruct import METHODS as RECOVERY
@@ -146,7 +147,13 @@ def prune(
         "overrides": overrides,
         "exclude": exclude,
     }
-    model, records = run_pipeline(model, ["prune_channels"], {"prune_channels": kwargs}, done)
+    try:
+        model, records = run_pipeline(model, ["prune_channels"], {"prune_channels": kwargs}, done)
+    except PassError as err:
+        if isinstance(err.__cause__, PruningError):
+            flag = "--prune" if opts.ratio is not None else "--prune-flops"
+            raise UsageError(f"{flag}: {err.__cause__}") from err
+        raise
     details = dict(records[0].details)
     details.pop("removed", None)  # per-value indices: for tests, too long for a report
     facts = {

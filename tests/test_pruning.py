@@ -479,6 +479,8 @@ def test_pruned_and_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
         (["--prune", "0.3", "--prune-importance", "taylor"], "expected one of l1, l2, bn"),
         (["--prune", "0.3", "--prune-config", "{cfg}"], "no prunable layer named 'nope'"),
         (["--prune", "0.3", "--finetune", "{cal}"], "--finetune {cal}: no 'label' array"),
+        (["--prune", "0.99", "--prune-uniform"], "--prune: cannot remove 99% of the channels"),
+        (["--prune", "0.3", "--prune-importance", "bn"], "--prune: bn importance needs"),
     ],
 )
 def test_bad_pruning_options_are_named(cli, digits, tmp_path, args, message):

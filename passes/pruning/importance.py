@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepress.passes.constants import constant_array
+from edgepress.passes.pruning import PruningError
 from edgepress.passes.pruning.channel_groups import ChannelGraph, consumers
 
 METHODS = ("l1", "l2", "bn", "activation")
@@ -67,7 +68,7 @@ def layer_scores(
                         scores[value].append(_normalized(np.abs(gamma.astype(np.float64))))
     elif method == "activation":
         if mean_squares is None:
-            raise ValueError("activation importance needs calibration data")
+            raise PruningError("activation importance needs calibration data")
         for value in cg.spaces:
             for node in consumers(cg, value):
                 if value not in mean_squares:
@@ -75,7 +76,7 @@ def layer_scores(
                 norms = np.linalg.norm(input_slices(node).astype(np.float64), axis=1)
                 scores[value].append(_normalized(np.sqrt(mean_squares[value]) * norms))
     else:
-        raise ValueError(f"unknown importance {method!r}; expected one of {', '.join(METHODS)}")
+        raise PruningError(f"unknown importance {method!r}; expected one of {', '.join(METHODS)}")
     return scores
 
 
@@ -87,7 +88,7 @@ def class_importance(
     """Removable class root -> importance (larger matters more)."""
     per_value = layer_scores(cg, method, mean_squares)
     if method == "bn" and not per_value:
-        raise ValueError(
+        raise PruningError(
             "bn importance needs BatchNormalization nodes, and the model has none (fuse_conv_bn "
             "folds them: leave it out of --passes to rank by BN scale)"
         )

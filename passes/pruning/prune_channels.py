@@ -16,6 +16,7 @@ import onnx_ir.passes.common as common_passes
 
 from edgepress.passes.analysis.macs import node_macs
 from edgepress.passes.graph_stats import parameter_bytes
+from edgepress.passes.pruning import PruningError
 from edgepress.passes.pruning import importance as scores
 from edgepress.passes.pruning.channel_groups import ChannelGraph, analyze, consumers
 from edgepress.passes.pruning.reconstruct import (
@@ -60,7 +61,7 @@ def _fixed_ratios(
     known = {n.name for n in sources}
     unknown = [name for name in [*overrides, *exclude] if name not in known]
     if unknown:
-        raise ValueError(
+        raise PruningError(
             f"no prunable layer named {', '.join(map(repr, unknown))}; layers: "
             f"{', '.join(sorted(known))}"
         )
@@ -179,14 +180,14 @@ def prune_channels(
     graph output or an op the analysis does not know are never removed.
     """
     if (ratio is None) == (flops is None):
-        raise ValueError("give exactly one of ratio (channels to remove) or flops (MACs to keep)")
+        raise PruningError("give exactly one of ratio (channels to remove) or flops (MACs to keep)")
     recover = recover or ("lstsq" if data is not None else "none")
     sensitivity = data is not None if sensitivity is None else sensitivity
     if recover not in RECOVERY:
-        raise ValueError(f"unknown recovery {recover!r}; expected one of {', '.join(RECOVERY)}")
+        raise PruningError(f"unknown recovery {recover!r}; expected one of {', '.join(RECOVERY)}")
     needs_data = recover != "none" or sensitivity or importance == "activation"
     if needs_data and data is None:
-        raise ValueError("activation importance, sensitivity and recovery need calibration data")
+        raise PruningError("activation importance, sensitivity and recovery need calibration data")
     common_passes.NameFixPass()(model)
     common_passes.ShapeInferencePass()(model)  # channel counts come from value shapes
     original = ir.to_proto(model)
@@ -228,7 +229,7 @@ def prune_channels(
                 if flops is None
                 else (f"keep {flops:.0%} of the MACs")
             )
-            raise ValueError(
+            raise PruningError(
                 f"cannot {want}: with min_keep {min_keep:g}, exclusions and channels frozen by "
                 "outputs or unknown ops, the prunable groups do not allow it"
             )
