@@ -26,36 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "retina", "camera", "moon", "coins", "brick", "grass",
-)  # fmt: skip
-EVAL_PHOTOS = ("gravel", "colorwheel", "page", "text", "cat", "horse", "logo")
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def photo_crops(names: tuple[str, ...], per_photo: int, seed: int) -> np.ndarray:
-    """Random square crops (half to all of the shorter side) resized to 224, ImageNet-normalized,
-    as [samples, 1, 3, 224, 224]."""
-    import skimage.data
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    crops = []
-    for name in names:
-        array = np.asarray(getattr(skimage.data, name)())
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        image = Image.fromarray(array).convert("RGB")
-        width, height = image.size
-        for _ in range(per_photo):
-            side = int(min(width, height) * rng.uniform(0.5, 1.0))
-            x, y = rng.integers(0, width - side + 1), rng.integers(0, height - side + 1)
-            crop = image.crop((x, y, x + side, y + side)).resize((224, 224), Image.BILINEAR)
-            pixels = (np.asarray(crop, np.float32) / 255.0 - MEAN) / STD
-            crops.append(pixels.transpose(2, 0, 1)[None].astype(np.float32))
-    return np.stack(crops)
-
 
 def compress(*args: str | Path) -> str:
     """The CLI in-process; its stdout, or exit with its code."""
@@ -82,6 +52,7 @@ def image_model_rows(name: str, out: Path, ratio: float, threads: int, repeat: i
     from edgepress.compiler.verify import cosine_similarity
     from edgepress.models import EXAMPLES
     from ort_timing import medians_ms, session
+    from photos import CALIBRATION_PHOTOS, EVAL_PHOTOS, photo_crops
 
     source = out / f"{name}.onnx"
     if not source.exists():

@@ -27,45 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "camera",
-    "moon",
-    "coins",
-    "brick",
-    "grass",  # calibration
-    "gravel",
-    "colorwheel",
-    "page",
-    "text",
-    "cat",
-    "horse",
-    "logo",  # evaluation
-)
-CALIBRATION_COUNT = 12
-
-
-def _write_photos(folder: Path) -> tuple[Path, Path]:
-    import skimage.data
-    from PIL import Image
-
-    calibration, evaluation = folder / "photos-calibration", folder / "photos-eval"
-    for sub in (calibration, evaluation):
-        sub.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(PHOTOS):
-        array = np.asarray(getattr(skimage.data, name)())
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        image = Image.fromarray(array).convert("RGB")
-        image.save((calibration if i < CALIBRATION_COUNT else evaluation) / f"{name}.png")
-    return calibration, evaluation
-
 
 def _outputs(path: Path, inputs: np.ndarray, name: str) -> np.ndarray:
     from ort_timing import session
@@ -93,9 +54,10 @@ def main() -> int:
     from edgepress.compiler.verify import cosine_similarity
     from edgepress.models import EXAMPLES
     from ort_timing import medians_ms
+    from photos import write_photos
 
     args.out.mkdir(parents=True, exist_ok=True)
-    photos_cal, photos_eval = _write_photos(args.out)
+    photos_cal, photos_eval = write_photos(args.out)
     rows = []
     for name in args.models.split(","):
         source = args.out / f"{name}.onnx"
