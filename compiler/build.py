@@ -156,32 +156,26 @@ def build(opts: BuildOptions) -> BuildResult:
         tolerance = opts.tolerance
         compressed_outputs = run_onnxruntime(model_path, inputs)
         steps = None
-        if quantization is None and pruning is not None:
-            # Pruning changes the numbers on purpose (its fidelity is in the report); the
-            # artifact must match the pruned model it was compiled from.
-            after_passes = not_verified(
-                "the pruned model differs from the float source by design; see Pruning",
-                "onnxruntime on the source model",
-            )
-            artifact_reference = compressed_outputs
-            reference_name = "onnxruntime on the pruned model.onnx"
-        elif quantization is None:
+        # Pruning and int8 change the numbers on purpose (their fidelity is in the report):
+        # the artifact must then match the model.onnx it was compiled from.
+        changed_by = "int8" if quantization is not None else "pruned" if pruning else None
+        if changed_by is None:
             after_passes = compare(
                 compressed_outputs, reference, tolerance, "onnxruntime on the source model"
             )
             artifact_reference, reference_name = reference, "onnxruntime on the source model"
         else:
-            # int8 changes the numbers on purpose: how much is reported (fidelity), and the
-            # artifact must match the int8 model it was compiled from.
-            quantization["fidelity"] = fidelity(
-                outputs_over(model_path, held_out), outputs_over(source, held_out)
-            )
+            section = "Quantization" if quantization is not None else "Pruning"
             after_passes = not_verified(
-                "the int8 model differs from the float source by design; see Quantization",
+                f"the {changed_by} model differs from the float source by design; see {section}",
                 "onnxruntime on the source model",
             )
             artifact_reference = compressed_outputs
-            reference_name = "onnxruntime on the int8 model.onnx"
+            reference_name = f"onnxruntime on the {changed_by} model.onnx"
+        if quantization is not None:
+            quantization["fidelity"] = fidelity(
+                outputs_over(model_path, held_out), outputs_over(source, held_out)
+            )
             steps = output_steps(compressed)
         runner = backend.runner(staging)
         if isinstance(runner, str):

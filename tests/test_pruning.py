@@ -490,3 +490,19 @@ def test_bad_pruning_options_are_named(cli, digits, tmp_path, args, message):
     r = cli(digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "out", *args)
     assert r.code == 2 and message.format(**values) in r.err, r.err
     assert not (tmp_path / "out").exists()
+
+
+def test_pruned_fp32_build_is_verified_against_the_pruned_model(cli, digits, tmp_path):
+    r = cli(
+        digits / "digits.onnx", "--target", "x86_64", "-o", tmp_path / "p", "-q",
+        "--prune", "0.25", "--prune-uniform",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["status"] == "ok"
+    artifact = report["verification"]["artifact"]
+    assert artifact["reference"].startswith("onnxruntime on the pruned model.onnx")
+    assert artifact["status"] == "ok"
+    assert report["verification"]["passes"]["status"].startswith("not verified")
+    # Without calibration data: L1 ranking and no recovery.
+    assert report["pruning"]["importance"] == "l1" and report["pruning"]["recovery"] == "none"
