@@ -27,6 +27,7 @@ class TuningOptions:
     untuned: str = "sampled"
     retune: bool = False  # tune tasks that already have records too
     winograd: bool = False  # CPU: 3x3 stride-1 convs as Winograd F(4x4, 3x3)
+    int8_compute: str = "integer"  # QDQ layers: integer kernels, or TVM's float QDQ ("float")
 
     @property
     def requested(self) -> bool:
@@ -67,6 +68,7 @@ def compile_module(
             f"{target_dict.get('mtriple', target_dict.get('arch', ''))} here: "
             f"{cannot_measure}"
         )
+    mod, int8 = _lower_int8(mod, target, tuning.int8_compute)
     folder = database_dir(target_dict, tuning.database, create=tuning.requested)
     trials = tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0)
     try:
@@ -92,4 +94,26 @@ def compile_module(
     return executable, {
         "tuning": summary.to_json() if summary else None,
         "kernels": [k.to_json() for k in kernels],
+        "int8": int8,
+    }
+
+
+def _lower_int8(mod, target, compute: str):
+    """QDQ layers -> integer kernels (backends/int8_lowering.py); the module and, for the
+    report, what happened to each layer (None for a model without QDQ)."""
+    from edgepress.backends.int8_lowering import has_qdq, layout_for, lower_qdq
+
+    if not has_qdq(mod):
+        return mod, None
+    layout = layout_for(target)
+    if compute == "float" or layout is None:
+        why = "--int8-compute float" if compute == "float" else f"no integer kernels for {target.kind.name}"
+        return mod, {"compute": "float", "why": why, "layers": []}
+    mod, layers = lower_qdq(mod, layout)
+    return mod, {
+        "compute": "integer",
+        "act_dtype": layout.act_dtype,
+        "lanes": layout.lanes,
+        "intrinsic": layout.intrinsic,
+        "layers": [layer.to_json() for layer in layers],
     }

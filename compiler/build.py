@@ -66,6 +66,23 @@ class BuildResult:
         return self.report["status"]
 
 
+# The ONNX ops TVM imports as the conv2d/conv2d_transpose/matmul calls the int8 lowering lists,
+# one call per node, in graph order.
+INT8_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def name_int8_layers(int8: dict | None, model: onnx.ModelProto) -> dict | None:
+    """The int8 lowering's layer list with each layer's ONNX node name (by position; left
+    as numbered when the counts differ)."""
+    if not int8 or not int8.get("layers"):
+        return int8
+    nodes = [n for n in model.graph.node if n.op_type in INT8_LAYER_OPS]
+    if len(nodes) == len(int8["layers"]):
+        for layer, node in zip(int8["layers"], nodes):
+            layer["node"] = node.name or f"{node.op_type} -> {node.output[0]}"
+    return int8
+
+
 def _file_sizes(folder: Path, source: Path) -> dict[str, int]:
     sizes = {"source model": source.stat().st_size}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -149,6 +166,7 @@ def build(opts: BuildOptions) -> BuildResult:
         files, notes = backend.build(mod, tvm_target, staging, opts.tuning)
         tuning = notes.pop("tuning", None)
         kernels = notes.pop("kernels", [])
+        int8_compute = name_int8_layers(notes.pop("int8", None), compressed)
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -202,6 +220,7 @@ def build(opts: BuildOptions) -> BuildResult:
             "passes": [r.to_json() for r in pass_records],
             "pruning": pruning,
             "quantization": quantization,
+            "int8_compute": int8_compute,
             "tuning": tuning,
             "kernels": kernels,
             "verification": {

@@ -122,6 +122,13 @@ def _build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("quantization")
     q.add_argument("--quantize", choices=("int8",), help="post-training quantization")
     q.add_argument(
+        "--int8-compute",
+        choices=("integer", "float"),
+        default="integer",
+        help="how a QDQ model's Conv/Gemm/MatMul are compiled: int8 x int8 -> int32 kernels "
+        "with int8 weights (default; CPU targets), or TVM's own float arithmetic with rounding",
+    )
+    q.add_argument(
         "--calibration",
         type=Path,
         metavar="PATH",
@@ -395,6 +402,7 @@ def cmd_build(argv: list[str]) -> int:
             untuned=args.untuned,
             retune=args.retune,
             winograd=args.winograd,
+            int8_compute=args.int8_compute,
         ),
     )
     try:

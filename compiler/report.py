@@ -195,6 +195,28 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
     return lines
 
 
+def int8_compute_lines(i: dict) -> list[str]:
+    lines = ["## int8 compute", ""]
+    if i["compute"] == "float":
+        return lines + [f"QDQ layers compiled as float arithmetic with rounding: {i['why']}.", ""]
+    layers = i["layers"]
+    lowered = [layer for layer in layers if layer["kernel"]]
+    instruction = f"`{i['intrinsic']}`" if i.get("intrinsic") else "no dot-product intrinsic"
+    lines += [
+        f"{len(lowered)} of {len(layers)} Conv/Gemm/MatMul layer(s) run as integer kernels "
+        f"(int8 weights, int32 accumulation, requantized in the kernel): activations "
+        f"{i['act_dtype']}, {i['lanes']} output channels per weight block, {instruction}.",
+        "",
+    ]
+    if layers:
+        lines += ["| layer | op | computed as |", "|---|---|---|"]
+        for layer in layers:
+            how = layer["kernel"] or f"float: {layer['reason']}"
+            lines.append(f"| {layer.get('node', layer['index'])} | {layer['op']} | {how} |")
+        lines.append("")
+    return lines
+
+
 def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:
     lines = ["## Tuning", ""]
     if not tuning:
@@ -270,6 +292,8 @@ def render_markdown(report: dict) -> str:
         lines += pruning_lines(report["pruning"])
     if report.get("quantization"):
         lines += quantization_lines(report["quantization"], report["sizes"])
+    if report.get("int8_compute"):
+        lines += int8_compute_lines(report["int8_compute"])
     lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])
     if "bench" in report:
         b = report["bench"]

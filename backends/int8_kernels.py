@@ -1,0 +1,218 @@
+"""Integer convolution kernels (TE) in the layout each CPU's dot-product instruction reads.
+
+An int8 dot-product instruction multiplies 4 consecutive 8-bit activations by a block of
+`lanes` x 4 weights and adds the 4-term sums into `lanes` int32 accumulators: x86's vpdpbusd
+(VNNI; u8 activations x s8 weights, 16 lanes in a zmm register) and arm64's sdot (s8 x s8, 4
+lanes). TVM's tensor intrinsics for them (`dot_16x4_vnni`, `dot_4x4_i8i8s32_sdot`) match a
+block C[i] += A[k] * B[i, k] whose A is 4 contiguous bytes and B `lanes` x 4 contiguous bytes;
+MetaSchedule's default rules for such targets tensorize every block of that form. So:
+
+- activations are packed NCHW[4c], padded with their zero point and shifted by 128 into the
+  instruction's signedness (u8 <-> s8 is exact: q - zp is unchanged when both move by 128);
+- weights are packed [OC/lanes, IC/4, KH, KW, lanes, 4] in numpy, once, at build time, and are
+  stored as int8 in the library;
+- the zero point of the activations leaves the inner loop: sum (x - zx) w = sum x w - zx sum w,
+  and zx sum w is folded into the int32 bias;
+- requantization reproduces onnxruntime's (MLAS) arithmetic: float32(acc + bias) times the
+  float32 multiplier sx * sw[c] / sy, rounded half to even, plus the output zero point,
+  saturated.
+
+Depthwise convolutions have no reduction over channels for a dot product to take: they are
+computed as int16 x int16 -> int32 products of (x - zx) and w, which the vectorizer handles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DOT_DEPTH = 4  # activations per dot-product term
+QUANT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+@dataclass(frozen=True)
+class DotLayout:
+    """What the target's dot-product instruction reads."""
+
+    act_dtype: str  # activations: "uint8" (x86) or "int8" (arm64)
+    lanes: int  # int32 accumulators per instruction (output channels per weight block)
+    intrinsic: str | None  # TVM's tensor intrinsic for it, None where the target has none
+
+
+def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
+    """The zero point after moving 8-bit values from `src` into `dst` signedness."""
+    if src == dst:
+        return zero_point
+    return zero_point - 128 if dst == "int8" else zero_point + 128
+
+
+def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """int8 OIHW -> [OC/lanes, IC/4, KH, KW, lanes, 4], zero-filled to whole blocks."""
+    oc, ic, kh, kw = weight.shape
+    ocp = -(-oc // lanes) * lanes
+    icp = -(-ic // DOT_DEPTH) * DOT_DEPTH
+    padded = np.zeros((ocp, icp, kh, kw), np.int8)
+    padded[:oc, :ic] = weight
+    blocks = padded.reshape(ocp // lanes, lanes, icp // DOT_DEPTH, DOT_DEPTH, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
+
+
+def requantize_multiplier(
+    input_scale: float, weight_scales: np.ndarray, output_scale: float
+) -> np.ndarray:
+    """float32 sx * sw[c] / sy, in onnxruntime's order of operations (QLinearConv)."""
+    sx = np.float32(input_scale)
+    sy = np.float32(output_scale)
+    return ((sx * weight_scales.astype(np.float32)) / sy).astype(np.float32)
+
+
+def _convert(value, src: str, dst: str):
+    """An 8-bit value moved into the other signedness (u8 <-> s8: minus or plus 128)."""
+    if src == dst:
+        return value
+    offset = -128 if dst == "int8" else 128
+    return (value.astype("int32") + offset).astype(dst)
+
+
+def _requantize(acc, bias, multiplier, out_zero_point: int, out_dtype: str):
+    from tvm import tirx
+
+    lo, hi = QUANT_RANGE[out_dtype]
+    scaled = (acc + bias).astype("float32") * multiplier
+    q = tirx.nearbyint(scaled) + tirx.const(float(out_zero_point), "float32")
+    q = tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
+    return q.astype(out_dtype)
+
+
+def _output_size(size: int, pad: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size + pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pack_activations(
+    x,
+    *,
+    padding: tuple[int, int, int, int],
+    in_zero_point: int,
+    act_dtype: str,
+):
+    """8-bit NCHW -> NCHW[4c] in `act_dtype`, padded with the zero point (spatially, and up to
+    whole channel blocks). A kernel of its own: inlined into the convolution, its reads would
+    no longer be the 4 contiguous bytes the dot-product intrinsic matches."""
+    from tvm import te, tirx
+
+    n, channels, height, width = (int(d) for d in x.shape)
+    top, left, bottom, right = padding
+    src = str(x.dtype)
+
+    def pack(b, cb, h, w, c4):
+        c = cb * DOT_DEPTH + c4
+        y, z = h - top, w - left
+        inside = tirx.all(c < channels, y >= 0, y < height, z >= 0, z < width)
+        return tirx.if_then_else(
+            inside, _convert(x[b, c, y, z], src, act_dtype), tirx.const(in_zero_point, act_dtype)
+        )
+
+    blocks = -(-channels // DOT_DEPTH)
+    shape = (n, blocks, height + top + bottom, width + left + right, DOT_DEPTH)
+    return te.compute(shape, pack, name="pack")
+
+
+def packed_conv2d(
+    xp,
+    weight,
+    bias,
+    multiplier,
+    *,
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    out_zero_point: int,
+    out_dtype: str,
+    out_channels: int,
+):
+    """Quantized conv2d of packed, padded activations (pack_activations) and packed int8
+    weights (pack_weight), requantized to 8-bit NCHW. `bias` (int32) holds the layer's bias
+    minus the input zero point times sum(w), per output channel."""
+    from tvm import te
+
+    n, _, height, width, _ = (int(d) for d in xp.shape)
+    _, _, kh, kw, lanes, depth = (int(d) for d in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    oh = _output_size(height, 0, kh, sh, dh)
+    ow = _output_size(width, 0, kw, sw, dw)
+    rc = te.reduce_axis((0, int(weight.shape[1])), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    r4 = te.reduce_axis((0, depth), name="r4")
+    acc = te.compute(
+        (n, int(weight.shape[0]), oh, ow, lanes),
+        lambda b, ob, y, z, oi: te.sum(
+            xp[b, rc, y * sh + ry * dh, z * sw + rx * dw, r4].astype("int32")
+            * weight[ob, rc, ry, rx, oi, r4].astype("int32"),
+            axis=[rc, ry, rx, r4],
+        ),
+        name="conv_int8",
+    )
+    return te.compute(
+        (n, out_channels, oh, ow),
+        lambda b, c, y, z: _requantize(
+            acc[b, c // lanes, y, z, c % lanes], bias[c], multiplier[c], out_zero_point, out_dtype
+        ),
+        name="requantize",
+    )
+
+
+def depthwise_conv2d(
+    x,
+    weight,
+    bias,
+    multiplier,
+    *,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    in_zero_point: int,
+    out_zero_point: int,
+    out_dtype: str,
+):
+    """Quantized depthwise NCHW conv2d (weight [C, 1, KH, KW] int8): (x - zx) * w in int16
+    products, int32 sums; `in_zero_point` in x's own dtype, `bias` without a zero-point term."""
+    from tvm import te, tirx
+
+    n, channels, height, width = (int(d) for d in x.shape)
+    _, _, kh, kw = (int(d) for d in weight.shape)
+    top, left, bottom, right = padding
+    sh, sw = strides
+    dh, dw = dilation
+
+    def centred(b, c, h, w):
+        y, z = h - top, w - left
+        inside = tirx.all(y >= 0, y < height, z >= 0, z < width)
+        value = x[b, c, y, z].astype("int16") - tirx.const(in_zero_point, "int16")
+        return tirx.if_then_else(inside, value, tirx.const(0, "int16"))
+
+    xp = te.compute(
+        (n, channels, height + top + bottom, width + left + right), centred, name="centre"
+    )
+    oh = _output_size(height, top + bottom, kh, sh, dh)
+    ow = _output_size(width, left + right, kw, sw, dw)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    acc = te.compute(
+        (n, channels, oh, ow),
+        lambda b, c, y, z: te.sum(
+            (
+                xp[b, c, y * sh + ry * dh, z * sw + rx * dw] * weight[c, 0, ry, rx].astype("int16")
+            ).astype("int32"),
+            axis=[ry, rx],
+        ),
+        name="depthwise_int8",
+    )
+    return te.compute(
+        (n, channels, oh, ow),
+        lambda b, c, y, z: _requantize(
+            acc[b, c, y, z], bias[c], multiplier[c], out_zero_point, out_dtype
+        ),
+        name="requantize",
+    )

@@ -1,0 +1,387 @@
+"""QDQ -> integer Relax: quantized Conv, Gemm and MatMul run as int8 x int8 -> int32.
+
+TVM's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/dequantize, and
+the layer between them stays float: dequantize(x_q), dequantize(W_q) -> conv2d -> + bias ->
+quantize. That computes the right numbers in float32 and keeps float weights. This rewrite,
+run on the imported module before legalization, replaces each such chain by one integer kernel
+(backends/int8_kernels.py): the 8-bit input is read as it is, the int8 weights are packed for
+the target's dot-product instruction and stay int8, and the int32 result is requantized to the
+next layer's scale in the same kernel. What is left of the float chain is dead and removed.
+
+A chain is lowered when its input is per-tensor quantized, its weight is a constant with zero
+zero points (the int8 pass makes them so), its bias (if any) is an int32 dequantize and its
+output is quantized by exactly one quantize. Every conv2d, conv2d_transpose and matmul of the
+module is listed in the result, lowered or with the reason it stayed float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgepress.backends.int8_kernels import (
+    DotLayout,
+    depthwise_conv2d,
+    pack_activations,
+    pack_weight,
+    packed_conv2d,
+    requantize_multiplier,
+    shift_zero_point,
+)
+
+COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
+INT8_COMPUTE = ("integer", "float")  # --int8-compute: this rewrite, or TVM's float QDQ
+QUANT_TYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class LayerLowering:
+    """One float-compute op of the module: how it was lowered, or why not."""
+
+    index: int  # its place among the module's conv2d/conv2d_transpose/matmul calls
+    op: str  # "conv2d", "conv2d_transpose", "matmul"
+    kernel: str | None  # "dot-product", "depthwise" or None (stayed float)
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "op": self.op, "kernel": self.kernel, "reason": self.reason}
+
+
+@dataclass
+class _Chain:
+    """The float chain one quantize call ends, with what the integer kernel needs."""
+
+    compute: object  # the conv2d/matmul call
+    x: object  # the 8-bit input (a Relax expression)
+    x_scale: float
+    x_zero_point: int  # in the kernel's activation type (shifted by 128 where it differs)
+    weight: np.ndarray  # int8, OIHW (a matmul's as [N, K, 1, 1])
+    weight_scales: np.ndarray  # float32 per output channel
+    bias: np.ndarray  # int32 per output channel, with the input zero point's term folded in
+    out_scale: float
+    out_zero_point: int
+    out_dtype: str
+    kind: str = "dot-product"
+    attrs: dict = field(default_factory=dict)
+
+
+def layout_for(target) -> DotLayout | None:
+    """The packing the target's int8 dot product reads; None where nothing is lowered (GPUs).
+
+    x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). Other x86 CPUs get 8 lanes, which no
+    TVM intrinsic matches: TVM's AVX-512 one (vpmaddubsw) saturates in int16 and would break
+    exactness, so LLVM vectorizes the int32 arithmetic. arm64: s8 x s8, 4 lanes (sdot with
+    +dotprod; TVM's NEON intrinsic otherwise).
+    """
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return None
+    if "aarch64" in str(target.attrs.get("mtriple", "")):
+        dotprod = codegen.target_has_features("dotprod", target)
+        return DotLayout("int8", 4, "dot_4x4_i8i8s32_sdot" if dotprod else None)
+    if codegen.target_has_features("avx512vnni", target):
+        return DotLayout("uint8", 16, "dot_16x4_vnni")
+    return DotLayout("uint8", 8, None)
+
+
+def has_qdq(mod) -> bool:
+    """Whether the module's main function quantizes anything."""
+    return any(_op_name(v) == "relax.quantize" for v in _Bindings(mod["main"]).value.values())
+
+
+class NotLowered(Exception):
+    """Why a chain stays float (the message goes into the report)."""
+
+
+def _op_name(expr) -> str | None:
+    op = getattr(expr, "op", None)
+    return getattr(op, "name", None)
+
+
+def _constant(expr, what: str) -> np.ndarray:
+    value = getattr(expr, "value", None)
+    if value is None or not hasattr(value, "numpy"):
+        raise NotLowered(f"{what} is not a constant")
+    return value.numpy()
+
+
+def _scalar(expr, what: str) -> float:
+    array = _constant(expr, what)
+    if array.size != 1:
+        raise NotLowered(f"{what} is per-channel ({array.size} values)")
+    return array.reshape(()).item()
+
+
+def _per_channel(array: np.ndarray, channels: int, what: str) -> np.ndarray:
+    flat = array.reshape(-1)
+    if flat.size == 1:
+        return np.repeat(flat, channels)
+    if flat.size != channels:
+        raise NotLowered(f"{what} has {flat.size} values for {channels} channels")
+    return flat
+
+
+class _Bindings:
+    """Var -> bound value and var -> number of uses, over a function's bindings."""
+
+    def __init__(self, func) -> None:
+        from tvm import relax
+
+        self.value: dict = {}
+        self.uses: dict = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.value[binding.var] = binding.value
+        for value in self.value.values():
+            for arg in getattr(value, "args", ()):
+                if isinstance(arg, relax.Var):
+                    self.uses[arg] = self.uses.get(arg, 0) + 1
+        body = func.body.body
+        for var in body.fields if isinstance(body, relax.Tuple) else (body,):
+            if isinstance(var, relax.Var):
+                self.uses[var] = self.uses.get(var, 0) + 1
+
+    def producer(self, expr, op: str):
+        """The call bound to `expr` if it is a call of `op`, else None."""
+        value = self.value.get(expr)
+        return value if value is not None and _op_name(value) == op else None
+
+    def consumers(self, var) -> list:
+        return [
+            v
+            for v, value in self.value.items()
+            if any(arg.same_as(var) for arg in getattr(value, "args", ()))
+        ]
+
+
+def _dtype(expr) -> str:
+    dtype = expr.ty.dtype
+    return str(getattr(dtype, "dtype", dtype))
+
+
+def _dequantized_input(bindings: _Bindings, expr) -> tuple[object, float, int]:
+    dq = bindings.producer(expr, "relax.dequantize")
+    if dq is None:
+        raise NotLowered("its input is not dequantized from 8 bits")
+    x, scale, zero_point = dq.args
+    dtype = _dtype(x)
+    if dtype not in QUANT_TYPES:
+        raise NotLowered(f"its input is {dtype}, not 8-bit")
+    return x, _scalar(scale, "the input scale"), int(_scalar(zero_point, "the input zero point"))
+
+
+def _dequantized_weight(bindings: _Bindings, expr) -> tuple[np.ndarray, np.ndarray]:
+    dq = bindings.producer(expr, "relax.dequantize")
+    if dq is None:
+        raise NotLowered("its weight is not dequantized from int8")
+    weight = _constant(dq.args[0], "the weight")
+    if weight.dtype != np.int8:
+        raise NotLowered(f"its weight is {weight.dtype}, not int8")
+    zero_points = _constant(dq.args[2], "the weight zero point")
+    if np.any(zero_points != 0):
+        raise NotLowered("its weight zero point is not 0")
+    scales = _constant(dq.args[1], "the weight scale").astype(np.float32)
+    if scales.size > 1 and int(dq.attrs.axis) != 0:
+        raise NotLowered(f"its weight is quantized along axis {int(dq.attrs.axis)}, not 0")
+    return weight, scales
+
+
+def _int32_bias(bindings: _Bindings, expr, channels: int, scale: np.ndarray) -> np.ndarray:
+    reshaped = bindings.producer(expr, "relax.reshape")
+    dq = bindings.producer(reshaped.args[0] if reshaped is not None else expr, "relax.dequantize")
+    if dq is None:
+        raise NotLowered("its bias is not dequantized from int32")
+    bias = _constant(dq.args[0], "the bias")
+    if bias.dtype != np.int32:
+        raise NotLowered(f"its bias is {bias.dtype}, not int32")
+    if np.any(_constant(dq.args[2], "the bias zero point") != 0):
+        raise NotLowered("its bias zero point is not 0")
+    bias_scale = _per_channel(_constant(dq.args[1], "the bias scale"), channels, "the bias scale")
+    bias = _per_channel(bias, channels, "the bias").astype(np.float64)
+    # onnxruntime reads the int32 bias as is; it was quantized on scale x_scale * w_scale.
+    rescaled = np.rint(bias * bias_scale.astype(np.float64) / scale.astype(np.float64))
+    return rescaled.astype(np.int64)
+
+
+def _quantize_consumer(bindings: _Bindings, var):
+    users = bindings.consumers(var)
+    if len(users) != 1 or bindings.uses.get(var, 0) != 1:
+        raise NotLowered("its float output is used by more than one op")
+    return users[0], bindings.value[users[0]]
+
+
+def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object, _Chain]:
+    """(the quantize binding's var, the chain) for the compute call bound to `var`."""
+    op = _op_name(call)
+    if op == "relax.nn.conv2d_transpose":
+        raise NotLowered("ConvTranspose has no integer kernel yet")
+    x, x_scale, x_zp = _dequantized_input(bindings, call.args[0])
+    weight_expr = call.args[1]
+    transposed = None
+    if op == "relax.matmul":
+        transposed = bindings.producer(weight_expr, "relax.permute_dims")
+    if transposed is not None:
+        weight_expr = transposed.args[0]
+    weight, weight_scales = _dequantized_weight(bindings, weight_expr)
+    attrs: dict = {}
+    if op == "relax.matmul":
+        if len(x.ty.shape) != 2 or weight.ndim != 2:
+            raise NotLowered(f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not 2 x 2")
+        if transposed is None:
+            weight = weight.T  # [K, N] -> [N, K]
+        weight = np.ascontiguousarray(weight)[:, :, None, None]
+        attrs = {"strides": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
+    else:
+        a = call.attrs
+        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout not in ("", "NCHW"):
+            raise NotLowered(f"layout {a.data_layout}/{a.kernel_layout}, not NCHW/OIHW")
+        pad = [int(p) for p in a.padding]
+        attrs = {
+            "strides": tuple(int(s) for s in a.strides),
+            "padding": (pad[0], pad[1], pad[2], pad[3]),
+            "dilation": tuple(int(d) for d in a.dilation),
+            "groups": int(a.groups),
+        }
+    channels = weight.shape[0]
+    weight_scales = _per_channel(weight_scales, channels, "the weight scale")
+    kind = "dot-product"
+    if attrs["groups"] != 1:
+        in_channels = int(x.ty.shape[1])
+        if not (attrs["groups"] == in_channels == channels and weight.shape[1] == 1):
+            raise NotLowered(f"grouped convolution (groups={attrs['groups']}), not depthwise")
+        kind = "depthwise"
+
+    out_var, out = _quantize_consumer(bindings, var)
+    bias = np.zeros(channels, np.int64)
+    if _op_name(out) == "relax.add":
+        other = out.args[1] if out.args[0].same_as(var) else out.args[0]
+        scale = np.float32(x_scale) * weight_scales
+        bias = _int32_bias(bindings, other, channels, scale)
+        out_var, out = _quantize_consumer(bindings, out_var)
+    if _op_name(out) != "relax.quantize":
+        raise NotLowered("its output is not quantized")
+    out_dtype = str(out.attrs.out_dtype)
+    if out_dtype not in QUANT_TYPES:
+        raise NotLowered(f"its output is quantized to {out_dtype}")
+    if kind == "dot-product":
+        # The packed kernel reads x in the instruction's signedness and sums x * w: the zero
+        # point's share, zx * sum(w), comes off the bias.
+        x_zp = shift_zero_point(x_zp, _dtype(x), layout.act_dtype)
+        bias = bias - x_zp * weight.astype(np.int64).sum(axis=(1, 2, 3))
+    info = np.iinfo(np.int32)
+    if bias.min(initial=0) < info.min or bias.max(initial=0) > info.max:
+        raise NotLowered("its bias overflows int32")
+    chain = _Chain(
+        compute=call,
+        x=x,
+        x_scale=x_scale,
+        x_zero_point=x_zp,
+        weight=weight,
+        weight_scales=weight_scales,
+        bias=bias.astype(np.int32),
+        out_scale=_scalar(out.args[1], "the output scale"),
+        out_zero_point=int(_scalar(out.args[2], "the output zero point")),
+        out_dtype=out_dtype,
+        kind=kind,
+        attrs=attrs,
+    )
+    return out_var, chain
+
+
+def _emit(builder, chain: _Chain, x, layout: DotLayout):
+    """The integer kernel's call for a chain, with `x` its (remapped) 8-bit input."""
+    from tvm import relax
+
+    channels = chain.weight.shape[0]
+    multiplier = requantize_multiplier(chain.x_scale, chain.weight_scales, chain.out_scale)
+    common = {
+        "strides": chain.attrs["strides"],
+        "dilation": chain.attrs["dilation"],
+        "out_zero_point": chain.out_zero_point,
+        "out_dtype": chain.out_dtype,
+    }
+    matmul = _op_name(chain.compute) == "relax.matmul"
+    if matmul:
+        m, k = (int(d) for d in chain.x.ty.shape)
+        x = builder.emit(relax.op.reshape(x, (m, k, 1, 1)))
+    if chain.kind == "depthwise":
+        call = builder.call_te(
+            depthwise_conv2d,
+            x,
+            relax.const(chain.weight),
+            relax.const(chain.bias),
+            relax.const(multiplier),
+            padding=chain.attrs["padding"],
+            in_zero_point=chain.x_zero_point,
+            primfunc_name_hint="depthwise_conv2d_int8",
+            **common,
+        )
+    else:
+        packed = builder.call_te(
+            pack_activations,
+            x,
+            padding=chain.attrs["padding"],
+            in_zero_point=chain.x_zero_point,
+            act_dtype=layout.act_dtype,
+            primfunc_name_hint="pack_int8",
+        )
+        call = builder.call_te(
+            packed_conv2d,
+            builder.emit(packed),
+            relax.const(pack_weight(chain.weight, layout.lanes)),
+            relax.const(chain.bias),
+            relax.const(multiplier),
+            out_channels=channels,
+            primfunc_name_hint="matmul_int8" if matmul else "conv2d_int8",
+            **common,
+        )
+    if matmul:
+        call = relax.op.reshape(builder.emit(call), (m, channels))
+    return call
+
+
+def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
+    """{quantize var: chain} for the function's lowerable chains, and every compute op's fate."""
+    bindings = _Bindings(func)
+    chains: dict = {}
+    layers: list[LayerLowering] = []
+    for var, value in bindings.value.items():
+        op = _op_name(value)
+        if op not in COMPUTE_OPS:
+            continue
+        short = op.rsplit(".", 1)[-1]
+        try:
+            out_var, chain = _chain_of(bindings, var, value, layout)
+        except NotLowered as why:
+            layers.append(LayerLowering(len(layers), short, None, str(why)))
+            continue
+        chains[out_var] = chain
+        layers.append(LayerLowering(len(layers), short, chain.kind))
+    return chains, layers
+
+
+def lower_qdq(mod, layout: DotLayout):
+    """Rewrite the module's `main`; returns (module, [LayerLowering])."""
+    from tvm import relax
+
+    chains, layers = plan(mod["main"], layout)
+    if not chains:
+        return mod, layers
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_var_binding_(self, binding) -> None:
+            chain = chains.get(binding.var)
+            if chain is None:
+                super().visit_var_binding_(binding)
+                return
+            value = _emit(self.builder_, chain, self.visit_expr(chain.x), layout)
+            self.set_var_remap(binding.var, self.builder_.emit(value))
+
+    rewriter = Rewriter(mod)
+    gv = mod.get_global_var("main")
+    rewriter.builder_.update_func(gv, rewriter.visit_expr(mod["main"]))
+    rewritten = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+    return rewritten, layers
