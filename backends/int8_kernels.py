@@ -163,6 +163,15 @@ def packed_conv2d(
     )
 
 
+def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """int8 [C, 1, KH, KW] -> int16 [C/lanes, KH, KW, lanes], zero-filled to whole blocks."""
+    channels, _, kh, kw = weight.shape
+    padded = np.zeros((-(-channels // lanes) * lanes, kh, kw), np.int16)
+    padded[:channels] = weight[:, 0]
+    blocks = padded.reshape(-1, lanes, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1))
+
+
 def depthwise_conv2d(
     x,
     weight,
@@ -176,35 +185,36 @@ def depthwise_conv2d(
     out_zero_point: int,
     out_dtype: str,
 ):
-    """Quantized depthwise NCHW conv2d (weight [C, 1, KH, KW] int8): (x - zx) * w in int16
-    products, int32 sums; `in_zero_point` in x's own dtype, `bias` without a zero-point term."""
+    """Quantized depthwise conv2d on blocked channels: x - zx as int16 in NCHW[lanes c]
+    (padding is then 0), times int16 weights [C/lanes, KH, KW, lanes] (pack_depthwise_weight),
+    int32 sums, requantized to 8-bit NCHW. Channels innermost, the products vectorize over
+    `lanes` channels; `in_zero_point` is in x's own dtype, `bias` without a zero-point term."""
     from tvm import te, tirx
 
     n, channels, height, width = (int(d) for d in x.shape)
-    _, _, kh, kw = (int(d) for d in weight.shape)
+    cblocks, kh, kw, lanes = (int(d) for d in weight.shape)
     top, left, bottom, right = padding
     sh, sw = strides
     dh, dw = dilation
 
-    def centred(b, c, h, w):
-        y, z = h - top, w - left
-        inside = tirx.all(y >= 0, y < height, z >= 0, z < width)
+    def centred(b, cb, h, w, ci):
+        c, y, z = cb * lanes + ci, h - top, w - left
+        inside = tirx.all(c < channels, y >= 0, y < height, z >= 0, z < width)
         value = x[b, c, y, z].astype("int16") - tirx.const(in_zero_point, "int16")
         return tirx.if_then_else(inside, value, tirx.const(0, "int16"))
 
-    xp = te.compute(
-        (n, channels, height + top + bottom, width + left + right), centred, name="centre"
-    )
+    shape = (n, cblocks, height + top + bottom, width + left + right, lanes)
+    xp = te.compute(shape, centred, name="centre")
     oh = _output_size(height, top + bottom, kh, sh, dh)
     ow = _output_size(width, left + right, kw, sw, dw)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     acc = te.compute(
-        (n, channels, oh, ow),
-        lambda b, c, y, z: te.sum(
-            (
-                xp[b, c, y * sh + ry * dh, z * sw + rx * dw] * weight[c, 0, ry, rx].astype("int16")
-            ).astype("int32"),
+        (n, cblocks, oh, ow, lanes),
+        lambda b, cb, y, z, ci: te.sum(
+            (xp[b, cb, y * sh + ry * dh, z * sw + rx * dw, ci] * weight[cb, ry, rx, ci]).astype(
+                "int32"
+            ),
             axis=[ry, rx],
         ),
         name="depthwise_int8",
@@ -212,7 +222,7 @@ def depthwise_conv2d(
     return te.compute(
         (n, channels, oh, ow),
         lambda b, c, y, z: _requantize(
-            acc[b, c, y, z], bias[c], multiplier[c], out_zero_point, out_dtype
+            acc[b, c // lanes, y, z, c % lanes], bias[c], multiplier[c], out_zero_point, out_dtype
         ),
         name="requantize",
     )

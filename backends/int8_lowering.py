@@ -24,6 +24,7 @@ from edgepress.backends.int8_kernels import (
     DotLayout,
     depthwise_conv2d,
     pack_activations,
+    pack_depthwise_weight,
     pack_weight,
     packed_conv2d,
     requantize_multiplier,
@@ -310,7 +311,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
         call = builder.call_te(
             depthwise_conv2d,
             x,
-            relax.const(chain.weight),
+            relax.const(pack_depthwise_weight(chain.weight, layout.lanes)),
             relax.const(chain.bias),
             relax.const(multiplier),
             padding=chain.attrs["padding"],
@@ -342,6 +343,34 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     return call
 
 
+@dataclass
+class _Passthrough:
+    """quantize(op(dequantize(x))) on the same scale and zero point: op(x) on the 8-bit values
+    (max pooling and reshapes commute with the affine map and its rounding)."""
+
+    call: object
+    x: object
+
+
+def _passthrough_of(bindings: _Bindings, var, call) -> tuple[object, _Passthrough] | None:
+    dq = bindings.producer(call.args[0], "relax.dequantize")
+    if dq is None or _dtype(dq.args[0]) not in QUANT_TYPES:
+        return None
+    try:
+        out_var, out = _quantize_consumer(bindings, var)
+        if _op_name(out) != "relax.quantize" or str(out.attrs.out_dtype) != _dtype(dq.args[0]):
+            return None
+        same = _scalar(dq.args[1], "scale") == _scalar(out.args[1], "scale") and _scalar(
+            dq.args[2], "zero point"
+        ) == _scalar(out.args[2], "zero point")
+    except NotLowered:
+        return None
+    return (out_var, _Passthrough(call, dq.args[0])) if same else None
+
+
+PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
+
+
 def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
     """{quantize var: chain} for the function's lowerable chains, and every compute op's fate."""
     bindings = _Bindings(func)
@@ -349,6 +378,11 @@ def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
     layers: list[LayerLowering] = []
     for var, value in bindings.value.items():
         op = _op_name(value)
+        if op in PASSTHROUGH_OPS:
+            found = _passthrough_of(bindings, var, value)
+            if found is not None:
+                chains[found[0]] = found[1]
+            continue
         if op not in COMPUTE_OPS:
             continue
         short = op.rsplit(".", 1)[-1]
@@ -377,7 +411,12 @@ def lower_qdq(mod, layout: DotLayout):
             if chain is None:
                 super().visit_var_binding_(binding)
                 return
-            value = _emit(self.builder_, chain, self.visit_expr(chain.x), layout)
+            x = self.visit_expr(chain.x)
+            if isinstance(chain, _Passthrough):
+                call = chain.call
+                value = relax.Call(call.op, [x, *call.args[1:]], call.attrs)
+            else:
+                value = _emit(self.builder_, chain, x, layout)
             self.set_var_remap(binding.var, self.builder_.emit(value))
 
     rewriter = Rewriter(mod)

@@ -104,6 +104,15 @@ PREPACKED = "_prepacked"
 FALLBACK_TRIES = 4  # seeds tried before a function is left as plain loops
 
 
+def _tensorized(spaces):
+    """The first design space that uses a tensor intrinsic (an int8 dot product), if any: one
+    untimed sample of it beats any plain-loop space for the kernels it applies to."""
+    for sch in spaces:
+        if "meta_schedule.auto_tensorize" in str(sch.trace):
+            return sch
+    return None
+
+
 def sample_schedules(mod, target, names: set[str], seed: int = 0):
     """Schedule the PrimFuncs named in `names` with one valid sample of MetaSchedule's design
     space (no measurement); returns the module and the names it scheduled."""
@@ -126,7 +135,7 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
                 spaces = context.generate_design_space()
                 if not spaces:
                     break
-                sch = spaces[FALLBACK_SPACE]
+                sch = _tensorized(spaces) or spaces[FALLBACK_SPACE]
                 valid = all(p.apply(sch) for p in context.space_generator.postprocs)
             except Exception as err:  # a function MetaSchedule's rules cannot take: plain loops
                 log.debug("no sampled schedule for %s: %s", gv.name_hint, err)

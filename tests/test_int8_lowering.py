@@ -1,0 +1,247 @@
+"""Integer int8 lowering: the kernels against a numpy integer reference (exact), a quantized
+model end to end against onnxruntime's QDQ execution on x86-64 and on arm64 under qemu, and a
+pattern the lowering cannot take left in float with its reason."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import ort_outputs, save
+
+
+def _requantize_reference(acc, bias, multiplier, zero_point, dtype):
+    """onnxruntime's (MLAS) requantization, in numpy: float32(acc + bias) * multiplier,
+    rounded half to even, plus the zero point, saturated."""
+    scaled = (acc + bias[None, :, None, None]).astype(np.float32) * multiplier[None, :, None, None]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(scaled) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _conv_reference(x, zx, w, stride, pad, groups=1):
+    """sum over the window of (x - zx) * w, in int64, zero-padded after centring."""
+    xc = np.pad(x.astype(np.int64) - zx, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, h, width = xc.shape
+    oc, icg, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (width - kw) // stride + 1
+    out = np.zeros((n, oc, oh, ow), np.int64)
+    per_group = oc // groups
+    for o in range(oc):
+        g = o // per_group
+        for i in range(kh):
+            for j in range(kw):
+                window = xc[:, g * icg : (g + 1) * icg, i : i + stride * oh : stride]
+                window = window[..., j : j + stride * ow : stride]
+                out[:, o] += np.einsum("nchw,c->nhw", window, w[o, :, i, j].astype(np.int64))
+    return out
+
+
+def _run_te(outputs_fn, arrays):
+    import tvm
+    from tvm import te
+
+    placeholders = [
+        te.placeholder(a.shape, str(a.dtype), name=f"a{i}") for i, a in enumerate(arrays)
+    ]
+    out = outputs_fn(*placeholders)
+    func = te.create_prim_func([*placeholders, out])
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    result = tvm.runtime.empty([int(d) for d in out.shape], str(out.dtype), tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
+    return result.numpy()
+
+
+@pytest.mark.parametrize(
+    ("act_dtype", "lanes", "x_dtype", "stride", "pad", "out_dtype"),
+    [
+        ("uint8", 16, "uint8", 1, 1, "uint8"),  # x86: u8 x s8
+        ("int8", 4, "uint8", 2, 1, "uint8"),  # arm64: u8 activations moved to s8
+        ("uint8", 8, "int8", 2, 0, "int8"),  # s8 activations moved to u8
+    ],
+)
+def test_integer_conv_equals_numpy_integer_arithmetic(
+    act_dtype, lanes, x_dtype, stride, pad, out_dtype
+):
+    from edgepress.backends.int8_kernels import (
+        pack_activations,
+        pack_weight,
+        packed_conv2d,
+        requantize_multiplier,
+        shift_zero_point,
+    )
+
+    rng = np.random.default_rng(0)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (1, 6, 9, 9)).astype(x_dtype)  # 6: not 4-aligned
+    w = rng.integers(-127, 128, (20, 6, 3, 3)).astype(np.int8)  # 20: not lane-aligned
+    zx, zy = (131, 7) if x_dtype == "uint8" else (-5, -3)
+    bias = rng.integers(-5000, 5000, 20).astype(np.int64)
+    multiplier = requantize_multiplier(0.02, rng.uniform(0.001, 0.01, 20), 0.5)
+    zk = shift_zero_point(zx, x_dtype, act_dtype)
+    kernel_bias = (bias - zk * w.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+
+    def compute(xt, wt, bt, mt):
+        packed = pack_activations(xt, padding=(pad,) * 4, in_zero_point=zk, act_dtype=act_dtype)
+        return packed_conv2d(
+            packed,
+            wt,
+            bt,
+            mt,
+            strides=(stride, stride),
+            dilation=(1, 1),
+            out_zero_point=zy,
+            out_dtype=out_dtype,
+            out_channels=20,
+        )
+
+    got = _run_te(compute, [x, pack_weight(w, lanes), kernel_bias, multiplier])
+    acc = _conv_reference(x, zx, w, stride, pad)
+    want = _requantize_reference(acc, bias, multiplier, zy, out_dtype)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_depthwise_conv_equals_numpy_integer_arithmetic():
+    from edgepress.backends.int8_kernels import depthwise_conv2d, pack_depthwise_weight
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (1, 24, 10, 10)).astype(np.uint8)
+    w = rng.integers(-128, 128, (24, 1, 3, 3)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, 24).astype(np.int32)
+    multiplier = rng.uniform(0.001, 0.02, 24).astype(np.float32)
+
+    def compute(xt, wt, bt, mt):
+        return depthwise_conv2d(
+            xt,
+            wt,
+            bt,
+            mt,
+            strides=(2, 2),
+            padding=(1, 1, 1, 1),
+            dilation=(1, 1),
+            in_zero_point=100,
+            out_zero_point=3,
+            out_dtype="uint8",
+        )
+
+    got = _run_te(compute, [x, pack_depthwise_weight(w, 16), bias, multiplier])
+    acc = _conv_reference(x, 100, w, 2, 1, groups=24)
+    np.testing.assert_array_equal(got, _requantize_reference(acc, bias, multiplier, 3, "uint8"))
+
+
+def _qdq_net(tmp_path):
+    """Conv -> Relu -> depthwise Conv -> Relu -> 1x1 Conv (+ the depthwise output) ->
+    grouped Conv (groups 2) -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm, and
+    calibration data for it."""
+    rng = np.random.default_rng(3)
+
+    def const(name, shape, scale=0.3):
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * scale).astype(np.float32), name
+        )
+
+    inits = [
+        const("wa", (16, 3, 3, 3)),
+        const("ba", (16,)),
+        const("wd", (16, 1, 3, 3)),
+        const("bd", (16,)),
+        const("wb", (16, 16, 1, 1)),
+        const("bb", (16,)),
+        const("wg", (16, 8, 3, 3)),
+        const("bg", (16,)),
+        const("wf", (10, 16)),
+        const("bf", (10,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, name="conv_a"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node(
+            "Conv", ["ar", "wd", "bd"], ["d"], pads=[1] * 4, strides=[2, 2], group=16, name="dw"
+        ),
+        helper.make_node("Relu", ["d"], ["dr"], name="relu_d"),
+        helper.make_node("Conv", ["dr", "wb", "bb"], ["b"], name="conv_b"),
+        helper.make_node("Add", ["b", "dr"], ["s"], name="add"),
+        helper.make_node("Conv", ["s", "wg", "bg"], ["g"], pads=[1] * 4, group=2, name="grouped"),
+        helper.make_node("MaxPool", ["g"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("GlobalAveragePool", ["p"], ["gp"], name="gap"),
+        helper.make_node("Flatten", ["gp"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = save(model, tmp_path / "net.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
+    return source, cal
+
+
+def _int8_build(cli, tmp_path, *extra):
+    source, cal = _qdq_net(tmp_path)
+    out = tmp_path / "art"
+    args = ("--target", "x86_64", "-o", out, "-q", "--quantize", "int8", "--calibration", cal)
+    r = cli(source, *args, *extra)
+    assert r.code == 0, r.err
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _layers(report) -> dict[str, str]:
+    layers = report["int8_compute"]["layers"]
+    return {layer["node"]: layer["kernel"] or f"float: {layer['reason']}" for layer in layers}
+
+
+def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli, tmp_path):
+    out, report = _int8_build(cli, tmp_path)
+    layers = _layers(report)
+    assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
+    assert layers["dw"] == "depthwise"
+    # The unsupported pattern stays float, and the report says why.
+    assert layers["grouped"] == "float: grouped convolution (groups=2), not depthwise"
+    assert "grouped convolution (groups=2)" in (out / "report.md").read_text()
+
+    # Independently of the build's own check: the artifact against onnxruntime's QDQ run.
+    x = np.random.default_rng(11).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "out.npz")["y"]
+    (ref,) = ort_outputs(out / "model.onnx", {"x": x})
+    step = report["verification"]["artifact"]["outputs"][0]["step"]
+    assert np.abs(got - ref).max() <= step * 1.001
+    assert report["verification"]["artifact"]["status"] == "ok"
+
+
+def test_int8_compute_float_keeps_tvms_float_qdq(cli, tmp_path):
+    _, report = _int8_build(cli, tmp_path, "--int8-compute", "float")
+    assert report["int8_compute"]["compute"] == "float"
+    assert report["verification"]["artifact"]["status"] == "ok"
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+def test_arm64_int8_artifact_uses_sdot_and_matches_onnxruntime_under_qemu(cli, tmp_path):
+    _, report = _int8_build(cli, tmp_path)  # x86 first: the same model.onnx for both
+    source = tmp_path / "art" / "model.onnx"
+    out = tmp_path / "arm"
+    r = cli(source, "--target", "arm64", "--mattr=+dotprod", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    check = report["verification"]["artifact"]
+    assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
+    assert report["int8_compute"]["intrinsic"] == "dot_4x4_i8i8s32_sdot"
+    disassembly = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(re.findall(r"\bsdot\b", disassembly)) > 0
