@@ -107,7 +107,9 @@ def _lower_int8(mod, target, compute: str):
         return mod, None
     layout = layout_for(target)
     if compute == "float" or layout is None:
-        why = "--int8-compute float" if compute == "float" else f"no integer kernels for {target.kind.name}"
+        why = "--int8-compute float"
+        if compute != "float":
+            why = f"no integer kernels for {target.kind.name}"
         return mod, {"compute": "float", "why": why, "layers": []}
     mod, layers = lower_qdq(mod, layout)
     return mod, {

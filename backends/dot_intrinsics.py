@@ -1,50 +1,113 @@
-"""x86 int8 dot-product tensor intrinsics that TVM 0.27's own do not provide correctly.
+"""Integer dot-product tensor intrinsics for the int8 kernels, where TVM 0.27's own do not fit.
 
-- `dot_16x4_vnni` (TVM's name, which MetaSchedule's rules for VNNI CPUs ask for): TVM 0.27
-  calls llvm.x86.avx512.vpdpbusd.512 with <16 x i32> byte operands; LLVM 22 (the one in the
-  apache-tvm wheel) declares them <64 x i8> (llvm-project PR 155194), so every kernel using
-  the intrinsic failed LLVM's module verification. Re-registered here with the operand types
-  of the LLVM TVM was built with; the description, which the tensorizer matches, is TVM's.
+- `dot_16x4_vnni` (TVM's name, which MetaSchedule's default rules for VNNI CPUs ask for):
+  TVM 0.27 calls llvm.x86.avx512.vpdpbusd.512 with <16 x i32> byte operands; LLVM 22 (the one
+  in the apache-tvm wheel) declares them <64 x i8> (llvm-project PR 155194), so every kernel
+  using it failed LLVM's module verification. Re-registered with the operand types of the
+  LLVM TVM was built with; the description, which the tensorizer matches, is TVM's.
+- `<name>_local` variants of VNNI's and arm64's sdot: the same instructions with the
+  accumulators in a "local" buffer. TVM's descriptions match only global buffers, and the
+  int8 convolution's schedule (backends/int8_schedules.py) keeps its register tile local, so
+  that LLVM holds it in vector registers.
 """
 
 from __future__ import annotations
 
 VNNI_16x4 = "dot_16x4_vnni"
+SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
+LOCAL = "_local"
 LLVM_WITH_BYTE_OPERANDS = 22  # first LLVM whose vpdpbusd takes <64 x i8> operands
 
 
-def _vnni_impl_bytes():
+def _vnni(accumulator_scope: str, byte_operands: bool):
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=accumulator_scope)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    a_type = "uint8x64" if byte_operands else "int32x16"
+    b_type = "int8x64" if byte_operands else "int32x16"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=accumulator_scope)
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
             a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),
-                a_u8x64,
-                B.vload([0, 0], dtype="int8x64"),
+                T.reinterpret(T.broadcast(a_i32, 16), dtype=a_type),
+                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=b_type),
                 dtype="int32x16",
             )
 
-    return impl
+    return desc, impl
+
+
+def _sdot(accumulator_scope: str):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=accumulator_scope)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=accumulator_scope)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([0], dtype="int32x4"),
+                T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"),
+                B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
+
+    return desc, impl
 
 
 def register_x86() -> None:
-    """Replace TVM's VNNI implementation where its LLVM wants byte operands (idempotent)."""
+    """TVM's VNNI intrinsic fixed for this LLVM, and its local-accumulator variant."""
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin import x86
     from tvm.target.codegen import llvm_version_major
 
-    if llvm_version_major() >= LLVM_WITH_BYTE_OPERANDS:
-        TensorIntrin.register(
-            VNNI_16x4, x86.dot_product_16x4_u8i8i32_desc, _vnni_impl_bytes(), override=True
-        )
+    byte_operands = llvm_version_major() >= LLVM_WITH_BYTE_OPERANDS
+    TensorIntrin.register(VNNI_16x4, *_vnni("global", byte_operands), override=True)
+    TensorIntrin.register(VNNI_16x4 + LOCAL, *_vnni("local", byte_operands), override=True)
+
+
+def register_arm() -> None:
+    """sdot with local accumulators (TVM's own global one stays as it is)."""
+    from tvm.s_tir import TensorIntrin
+
+    TensorIntrin.register(SDOT_4x4 + LOCAL, *_sdot("local"), override=True)

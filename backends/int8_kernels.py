@@ -113,9 +113,11 @@ def pack_activations(
             inside, _convert(x[b, c, y, z], src, act_dtype), tirx.const(in_zero_point, act_dtype)
         )
 
+    from edgepress.backends.int8_schedules import PACK_RULE
+
     blocks = -(-channels // DOT_DEPTH)
     shape = (n, blocks, height + top + bottom, width + left + right, DOT_DEPTH)
-    return te.compute(shape, pack, name="pack")
+    return te.compute(shape, pack, name="pack", attrs={"schedule_rule": PACK_RULE})
 
 
 def packed_conv2d(
@@ -129,11 +131,15 @@ def packed_conv2d(
     out_zero_point: int,
     out_dtype: str,
     out_channels: int,
+    intrinsic: str | None = None,
 ):
     """Quantized conv2d of packed, padded activations (pack_activations) and packed int8
     weights (pack_weight), requantized to 8-bit NCHW. `bias` (int32) holds the layer's bias
-    minus the input zero point times sum(w), per output channel."""
+    minus the input zero point times sum(w), per output channel. The conv block names its
+    MetaSchedule rule (backends/int8_schedules.py) and the tensor intrinsic it should use."""
     from tvm import te
+
+    from edgepress.backends.int8_schedules import INTRINSIC_ATTR, RULE
 
     n, _, height, width, _ = (int(d) for d in xp.shape)
     _, _, kh, kw, lanes, depth = (int(d) for d in weight.shape)
@@ -153,6 +159,7 @@ def packed_conv2d(
             axis=[rc, ry, rx, r4],
         ),
         name="conv_int8",
+        attrs={"schedule_rule": RULE, **({INTRINSIC_ATTR: intrinsic} if intrinsic else {})},
     )
     return te.compute(
         (n, out_channels, oh, ow),

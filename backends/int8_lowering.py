@@ -335,6 +335,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             relax.const(chain.bias),
             relax.const(multiplier),
             out_channels=channels,
+            intrinsic=layout.intrinsic,
             primfunc_name_hint="matmul_int8" if matmul else "conv2d_int8",
             **common,
         )
@@ -399,6 +400,10 @@ def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
 def lower_qdq(mod, layout: DotLayout):
     """Rewrite the module's `main`; returns (module, [LayerLowering])."""
     from tvm import relax
+
+    from edgepress.backends import int8_schedules
+
+    int8_schedules.register()
 
     chains, layers = plan(mod["main"], layout)
     if not chains:

@@ -40,7 +40,7 @@ def load(families: tuple[str, ...]) -> None:
         tvm.s_tir.tensor_intrin = package
     for family in families:
         importlib.import_module(f"{PACKAGE}.{family}")
-        if family == "x86":
-            from edgepress.backends.dot_intrinsics import register_x86
+        if family in ("x86", "arm_cpu"):
+            from edgepress.backends import dot_intrinsics
 
-            register_x86()
+            (dot_intrinsics.register_x86 if family == "x86" else dot_intrinsics.register_arm)()
