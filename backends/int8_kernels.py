@@ -210,8 +210,10 @@ def depthwise_conv2d(
         value = x[b, c, y, z].astype("int16") - tirx.const(in_zero_point, "int16")
         return tirx.if_then_else(inside, value, tirx.const(0, "int16"))
 
+    from edgepress.backends.int8_schedules import DEPTHWISE_RULE
+
     shape = (n, cblocks, height + top + bottom, width + left + right, lanes)
-    xp = te.compute(shape, centred, name="centre")
+    xp = te.compute(shape, centred, name="centre", attrs={"schedule_rule": DEPTHWISE_RULE})
     oh = _output_size(height, top + bottom, kh, sh, dh)
     ow = _output_size(width, left + right, kw, sw, dw)
     ry = te.reduce_axis((0, kh), name="ry")
@@ -225,6 +227,7 @@ def depthwise_conv2d(
             axis=[ry, rx],
         ),
         name="depthwise_int8",
+        attrs={"schedule_rule": DEPTHWISE_RULE},
     )
     return te.compute(
         (n, channels, oh, ow),

@@ -69,7 +69,12 @@ def prepare(mod, target, *, winograd: bool = False):
     if not is_gpu(target):
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(passes)(mod)
+    if not is_gpu(target):
+        from edgepress.backends.int8_schedules import keep_weight_layouts
+
+        mod = keep_weight_layouts(mod)
+    return mod
 
 
 def _legalize_map(target, winograd: bool) -> dict | None:
