@@ -152,23 +152,34 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
     return mod, done
 
 
-def kernels_of(mod, tuned: set[str], sampled: set[str], fallback: str) -> list[Kernel]:
-    """Each PrimFunc with its FLOPs and how it was scheduled."""
+def _flops(mod) -> dict[str, float]:
+    """FLOPs of each PrimFunc, estimated before scheduling: a tensorized kernel (an int8 dot
+    product) has no estimate afterwards."""
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                flops[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({gv: func})))
+            except Exception:  # some functions (layout copies, symbolic extents) have none
+                flops[gv.name_hint] = 0.0
+    return flops
+
+
+def kernels_of(mod, tuned: set[str], sampled: set[str], fallback: str, flops: dict) -> list[Kernel]:
+    """Each PrimFunc with its FLOPs (from `flops`, by name) and how it was scheduled."""
+    import tvm
 
     kernels = []
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
-        try:
-            flops = float(estimate_tir_flops(tvm.IRModule({gv: func})))
-        except Exception:  # some functions (layout copies with symbolic extents) have no estimate
-            flops = 0.0
         # SplitLayoutRewritePreproc renames a kernel whose weights it prepacked.
         name = gv.name_hint.removesuffix(PREPACKED)
         schedule = "tuned" if name in tuned else "sampled" if name in sampled else fallback
-        kernels.append(Kernel(gv.name_hint, flops, schedule))
+        kernels.append(Kernel(gv.name_hint, flops.get(name, 0.0), schedule))
     return kernels
 
 
@@ -200,6 +211,7 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
     from tvm import relax
     from tvm.relax.vm_build import build as relax_build
 
+    flops = _flops(prepared)
     with target, tvm.transform.PassContext(opt_level=3):
         mod = prepared
         if database is not None:
@@ -228,7 +240,7 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
-        kernels = kernels_of(mod, tuned, sampled, fallback)
+        kernels = kernels_of(mod, tuned, sampled, fallback, flops)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
     return executable, kernels
