@@ -19,22 +19,29 @@ LOCAL = "_local"
 LLVM_WITH_BYTE_OPERANDS = 22  # first LLVM whose vpdpbusd takes <64 x i8> operands
 
 
-def _vnni(accumulator_scope: str, byte_operands: bool):
+def _description(lanes: int, act_dtype: str, accumulator_scope: str):
+    """C[i] += A[k] * B[i, k] over `lanes` x 4: what the tensorizer matches."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=accumulator_scope)
+        A = T.match_buffer(a, (4,), act_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=accumulator_scope)
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, 4):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _vnni(accumulator_scope: str, byte_operands: bool):
+    from tvm.script import tirx as T
 
     a_type = "uint8x64" if byte_operands else "int32x16"
     b_type = "int8x64" if byte_operands else "int32x16"
@@ -56,25 +63,11 @@ def _vnni(accumulator_scope: str, byte_operands: bool):
                 dtype="int32x16",
             )
 
-    return desc, impl
+    return _description(16, "uint8", accumulator_scope), impl
 
 
 def _sdot(accumulator_scope: str):
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=accumulator_scope)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -93,7 +86,7 @@ def _sdot(accumulator_scope: str):
                 dtype="int32x4",
             )
 
-    return desc, impl
+    return _description(4, "int8", accumulator_scope), impl
 
 
 def register_x86() -> None:
