@@ -73,7 +73,7 @@ def layout_for(target) -> DotLayout | None:
     x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). Other x86 CPUs get 8 lanes, which no
     TVM intrinsic matches: TVM's AVX-512 one (vpmaddubsw) saturates in int16 and would break
     exactness, so LLVM vectorizes the int32 arithmetic. arm64: s8 x s8, 4 lanes (sdot with
-    +dotprod; TVM's NEON intrinsic otherwise).
+    +dotprod; without it, no intrinsic either).
     """
     from tvm.target import codegen
 

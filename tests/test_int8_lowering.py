@@ -200,8 +200,12 @@ def _layers(report) -> dict[str, str]:
     return {layer["node"]: layer["kernel"] or f"float: {layer['reason']}" for layer in layers}
 
 
-def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli, tmp_path):
-    out, report = _int8_build(cli, tmp_path)
+# This machine's CPU (VNNI where it has it) and an AVX2 CPU without VNNI (no intrinsic).
+@pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
+def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli, tmp_path, mcpu):
+    out, report = _int8_build(cli, tmp_path, *mcpu)
+    if mcpu:
+        assert report["int8_compute"]["intrinsic"] is None
     layers = _layers(report)
     assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
     assert layers["dw"] == "depthwise"
