@@ -40,53 +40,43 @@ def _description(lanes: int, act_dtype: str, accumulator_scope: str):
     return desc
 
 
-def _vnni(accumulator_scope: str, byte_operands: bool):
+def _implementation(
+    lanes: int, act_dtype: str, instruction: str, operand_types: tuple[str, str], scope: str
+):
+    """One call of `instruction`: the accumulators, the 4 activation bytes broadcast to every
+    lane, and the lanes x 4 weight bytes, passed as the LLVM declaration's `operand_types`."""
     from tvm.script import tirx as T
 
-    a_type = "uint8x64" if byte_operands else "int32x16"
-    b_type = "int8x64" if byte_operands else "int32x16"
+    a_type, b_type = operand_types
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=accumulator_scope)
+        A = T.match_buffer(a, (4,), act_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(a_i32, 16), dtype=a_type),
-                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=b_type),
-                dtype="int32x16",
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], f"{act_dtype}x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instruction),
+                C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype=a_type),
+                T.reinterpret(B.vload([0, 0], dtype=f"int8x{4 * lanes}"), dtype=b_type),
+                dtype=f"int32x{lanes}",
             )
 
-    return _description(16, "uint8", accumulator_scope), impl
+    return _description(lanes, act_dtype, scope), impl
 
 
-def _sdot(accumulator_scope: str):
-    from tvm.script import tirx as T
+def _vnni(scope: str, byte_operands: bool):
+    types = ("uint8x64", "int8x64") if byte_operands else ("int32x16", "int32x16")
+    return _implementation(16, "uint8", "llvm.x86.avx512.vpdpbusd.512", types, scope)
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=accumulator_scope)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], dtype="int32x4"),
-                T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"),
-                B.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4",
-            )
 
-    return _description(4, "int8", accumulator_scope), impl
+def _sdot(scope: str):
+    types = ("int8x16", "int8x16")
+    return _implementation(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", types, scope)
 
 
 def register_x86() -> None:

@@ -121,6 +121,15 @@ def keep_loops(sch, block):
     return [sch]
 
 
+def _uses_rule(func, rule: str) -> bool:
+    """Whether a (not yet scheduled) function has a block naming `rule`."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return any(sch.get(b).annotations.get("schedule_rule") == rule for b in blocks)
+
+
 def keep_weight_layouts(mod):
     """Functions left to TVM's loops (DEPTHWISE_RULE) lose their layout-free weight marks:
     MetaSchedule would still rewrite those weights' layout for loops that were never tiled,
@@ -132,7 +141,7 @@ def keep_weight_layouts(mod):
             func.attrs or {}
         ):
             continue
-        if f'"schedule_rule": "{DEPTHWISE_RULE}"' in func.script():
+        if _uses_rule(func, DEPTHWISE_RULE):
             mod[gv] = func.without_attr("layout_free_buffers")
     return mod
 

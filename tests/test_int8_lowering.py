@@ -206,6 +206,12 @@ def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli
     out, report = _int8_build(cli, tmp_path, *mcpu)
     if mcpu:
         assert report["int8_compute"]["intrinsic"] is None
+    elif report["int8_compute"]["intrinsic"] == "dot_16x4_vnni" and shutil.which("objdump"):
+        # A VNNI CPU: the library holds the instruction, not just the packed layout.
+        listing = subprocess.run(
+            ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
+        ).stdout
+        assert len(re.findall(r"\bvpdpbusd\b", listing)) > 0
     layers = _layers(report)
     assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
     assert layers["dw"] == "depthwise"
