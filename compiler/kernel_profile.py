@@ -46,7 +46,7 @@ def kernel_rows(
             overhead_calls += calls
             overhead_s += seconds
             continue
-        gflop = kernel["flops"] / 1e9
+        gflop = kernel["flops"] * calls / 1e9  # the build's FLOPs are per call
         rate = gflop / seconds if seconds > 0 and gflop > 0 else None
         rows.append(
             KernelRow(

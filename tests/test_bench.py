@@ -74,13 +74,13 @@ def test_kernel_rows_rates_and_roofline_from_flops_and_times():
     from edgepress.compiler.kernel_profile import VM_OVERHEAD, kernel_rows
 
     kernels = [
-        {"name": "conv", "flops": 4e9, "schedule": "tuned"},
+        {"name": "conv", "flops": 2e9, "schedule": "tuned"},  # per call: 4 GFLOP in 2 calls
         {"name": "add", "flops": 1e6, "schedule": "sampled"},
     ]
     timings = {"conv": (2, 0.040), "add": (1, 0.001), "vm.builtin.alloc_storage": (3, 0.009)}
     rows = {r.name: r for r in kernel_rows(timings, kernels, peak_gflops=200.0)}
     conv = rows["conv"]
-    assert conv.calls == 2 and conv.ms == pytest.approx(40.0)
+    assert conv.calls == 2 and conv.ms == pytest.approx(40.0) and conv.gflop == pytest.approx(4.0)
     assert conv.gflops == pytest.approx(100.0) and conv.peak_fraction == pytest.approx(0.5)
     assert conv.roofline_ms == pytest.approx(20.0) and conv.share == pytest.approx(0.8)
     assert rows[VM_OVERHEAD].calls == 3 and rows[VM_OVERHEAD].ms == pytest.approx(9.0)
