@@ -134,6 +134,36 @@ def test_integer_depthwise_conv_equals_numpy_integer_arithmetic():
     np.testing.assert_array_equal(got, _requantize_reference(acc, bias, multiplier, 3, "uint8"))
 
 
+@pytest.mark.parametrize(
+    "dtype, padding, strides", [("uint8", (1, 1, 1, 1), (2, 2)), ("int8", (0, 1, 2, 0), (1, 2))]
+)
+def test_integer_max_pool_equals_numpy(dtype, padding, strides):
+    from edgepress.backends.int8_kernels import max_pool2d
+
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(2).integers(info.min, info.max + 1, (1, 5, 9, 11)).astype(dtype)
+    # Every value at the dtype's minimum in one channel: padding must not win there either.
+    x[0, 1] = info.min
+
+    def compute(xt):
+        return max_pool2d(xt, pool_size=(3, 3), strides=strides, padding=padding, dilation=(1, 1))
+
+    top, left, bottom, right = padding
+    xp = np.pad(
+        x.astype(np.float64),
+        ((0, 0), (0, 0), (top, bottom), (left, right)),
+        constant_values=-np.inf,
+    )
+    oh = (xp.shape[2] - 3) // strides[0] + 1
+    ow = (xp.shape[3] - 3) // strides[1] + 1
+    windows = [
+        xp[:, :, i : i + strides[0] * oh : strides[0], j : j + strides[1] * ow : strides[1]]
+        for i in range(3)
+        for j in range(3)
+    ]
+    np.testing.assert_array_equal(_run_te(compute, [x]), np.max(windows, axis=0).astype(dtype))
+
+
 def _qdq_net(tmp_path):
     """Conv -> Relu -> depthwise Conv -> Relu -> 1x1 Conv (+ the depthwise output) ->
     grouped Conv (groups 2) -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm, and
