@@ -292,6 +292,19 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
     return out_var, chain
 
 
+OPAQUE = 8  # relax's OpPatternKind kOpaque
+
+
+def _opaque_call_te(builder, compute, *args, **kwargs):
+    """builder.call_te, with the kernel kept out of operator fusion. The window kernels are
+    plain elementwise loops to FuseOps, which would fuse the next conv's activation packing
+    into them; the fused function lost their schedule and ran 3-5x slower."""
+    call = builder.call_te(compute, *args, **kwargs)
+    func = builder.get()[call.args[0]]
+    builder.update_func(call.args[0], func.with_attr("op_pattern", OPAQUE))
+    return call
+
+
 def _emit(builder, chain: _Chain, x, layout: DotLayout):
     """The integer kernel's call for a chain, with `x` its (remapped) 8-bit input."""
     from tvm import relax
@@ -384,7 +397,8 @@ def _emit_passthrough(builder, call, x):
         and str(attrs.layout) == str(attrs.out_layout) == "NCHW"
         and not attrs.ceil_mode
     ):
-        return builder.call_te(
+        return _opaque_call_te(
+            builder,
             max_pool2d,
             x,
             pool_size=tuple(int(v) for v in attrs.pool_size),

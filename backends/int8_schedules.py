@@ -21,13 +21,16 @@ from edgepress.backends.dot_intrinsics import LOCAL
 
 RULE = "edgepress.conv2d_int8"
 PACK_RULE = "edgepress.pack_int8"
-# Kernels written for LLVM's vectorizer run as plain loops (no MetaSchedule schedule).
-LOOPS_RULE = "edgepress.loops"
+INTRINSIC_ATTR = "edgepress.intrinsic"
 # The depthwise kernel keeps TVM's loops over its channel-blocked layout (LLVM vectorizes them
 # over the channel block): MetaSchedule's untuned samples, and register tiles like the packed
-# conv's, both ran 3-8x slower on MobileNetV2's depthwise layers (1 thread).
-DEPTHWISE_RULE = LOOPS_RULE
-INTRINSIC_ATTR = "edgepress.intrinsic"
+# conv's, both ran 3-8x slower on MobileNetV2's depthwise layers (1 thread). Written in NCHW
+# as a window kernel (below) it was slower still: 14x14 and 7x7 rows are short vectors.
+DEPTHWISE_RULE = "edgepress.loops"
+# Window kernels (int8 max pooling): plain loops with the border cut off, which LLVM
+# vectorizes along the output row.
+WINDOW_RULE = "edgepress.window"
+INTERIOR_ATTR = "edgepress.interior"  # [first row, last row, first column, last column]
 MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX-512 and NEON)
 TILE_PIXELS = 12  # pixels per register tile that each loaded weight vector serves, at most
 
@@ -124,6 +127,35 @@ def schedule_pack(sch, block):
     return [sch]
 
 
+def _cut_border(sch, loop, first: int, last: int) -> None:
+    """Split `loop` into [0, first), [first, last], (last, end). The window's padding tests
+    stay in every part; in the middle one the simplifier proves them true and drops them, and
+    LLVM vectorizes the unconditional loads. (A wrong cut costs speed, not correctness.)"""
+    extent = int(sch.get(loop).extent)
+    if first > last:
+        return  # no interior (a window wider than the input)
+    factors = [f for f in (first, last - first + 1) if f > 0]
+    if sum(factors) < extent:
+        sch.loop_partition(loop, factors)
+    elif first > 0:
+        sch.loop_partition(loop, [first])
+
+
+def schedule_window(sch, block):
+    """Channels in parallel; each channel's output rows and columns cut into border and
+    interior; no other schedule (LLVM vectorizes the rows). Columns are cut first: cutting the
+    rows copies the loops below them."""
+    first_row, last_row, first_col, last_col = (
+        int(v) for v in sch.get(block).annotations[INTERIOR_ATTR]
+    )
+    b, c, y, z = sch.get_loops(block)
+    sch.parallel(sch.fuse(b, c))
+    _cut_border(sch, z, first_col, last_col)
+    _cut_border(sch, y, first_row, last_row)
+    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    return [sch]
+
+
 def keep_loops(sch, block):
     """No schedule for the whole function: the root is kept from the other rules too (their
     vectorize and unroll annotations apply to every block under it)."""
@@ -141,7 +173,7 @@ def _uses_rule(func, rule: str) -> bool:
 
 
 def keep_weight_layouts(mod):
-    """Functions left to TVM's loops (LOOPS_RULE) lose their layout-free weight marks:
+    """Functions left to TVM's loops (DEPTHWISE_RULE) lose their layout-free weight marks:
     MetaSchedule would still rewrite those weights' layout for loops that were never tiled,
     which made MobileNetV2's depthwise layers 3x slower."""
     import tvm
@@ -151,7 +183,7 @@ def keep_weight_layouts(mod):
             func.attrs or {}
         ):
             continue
-        if _uses_rule(func, LOOPS_RULE):
+        if _uses_rule(func, DEPTHWISE_RULE):
             mod[gv] = func.without_attr("layout_free_buffers")
     return mod
 
@@ -163,7 +195,8 @@ def register() -> None:
     rules = (
         (RULE, schedule_conv2d_int8),
         (PACK_RULE, schedule_pack),
-        (LOOPS_RULE, keep_loops),
+        (DEPTHWISE_RULE, keep_loops),
+        (WINDOW_RULE, schedule_window),
     )
     for rule, function in rules:
         name = f"s_tir.meta_schedule.cpu.{rule}"
