@@ -71,20 +71,25 @@ class _Chain:
 def layout_for(target) -> DotLayout | None:
     """The packing the target's int8 dot product reads; None where nothing is lowered (GPUs).
 
-    x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). Other x86 CPUs get 8 lanes, which no
-    TVM intrinsic matches: TVM's AVX-512 one (vpmaddubsw) saturates in int16 and would break
-    exactness, so LLVM vectorizes the int32 arithmetic. arm64: s8 x s8, 4 lanes (sdot with
-    +dotprod; without it, no intrinsic either).
+    x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). x86 with AVX2: 8 lanes, exact int16
+    pair sums (dot_intrinsics.AVX2_8x4: vpmaddwd; TVM's own x86 intrinsics use vpmaddubsw,
+    which saturates in int16 and would break exactness). Older x86: 8 lanes, no intrinsic
+    (LLVM vectorizes the int32 arithmetic). arm64: s8 x s8, 4 lanes (sdot with +dotprod;
+    without it, no intrinsic either).
     """
     from tvm.target import codegen
+
+    from edgepress.backends.dot_intrinsics import AVX2_8x4, SDOT_4x4, VNNI_16x4
 
     if target.kind.name != "llvm":
         return None
     if "aarch64" in str(target.attrs.get("mtriple", "")):
         dotprod = codegen.target_has_features("dotprod", target)
-        return DotLayout("int8", 4, "dot_4x4_i8i8s32_sdot" if dotprod else None)
+        return DotLayout("int8", 4, SDOT_4x4 if dotprod else None)
     if codegen.target_has_features("avx512vnni", target):
-        return DotLayout("uint8", 16, "dot_16x4_vnni")
+        return DotLayout("uint8", 16, VNNI_16x4)
+    if codegen.target_has_features("avx2", target):
+        return DotLayout("uint8", 8, AVX2_8x4)
     return DotLayout("uint8", 8, None)
 
 

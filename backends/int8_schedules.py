@@ -17,7 +17,7 @@ MetaSchedule's ApplyCustomRule through the global function registered here.
 
 from __future__ import annotations
 
-from edgepress.backends.dot_intrinsics import LOCAL
+from edgepress.backends.dot_intrinsics import AVX2_8x4, LOCAL
 
 RULE = "edgepress.conv2d_int8"
 PACK_RULE = "edgepress.pack_int8"
@@ -32,13 +32,16 @@ DEPTHWISE_RULE = "edgepress.loops"
 WINDOW_RULE = "edgepress.window"
 INTERIOR_ATTR = "edgepress.interior"  # [first row, last row, first column, last column]
 MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX-512 and NEON)
+# AVX2 has 16 vector registers, and its exact dot product (dot_intrinsics.AVX2_8x4) needs five
+# for the widened activations, weights and pair sums.
+ACCUMULATORS = {AVX2_8x4: 10}
 TILE_PIXELS = 12  # pixels per register tile that each loaded weight vector serves, at most
 
 
-def default_tile(width: int, blocks: int) -> tuple[int, int]:
+def default_tile(width: int, blocks: int, accumulators: int = MAX_ACCUMULATORS) -> tuple[int, int]:
     """(pixels, channel blocks) of the register tile, exact divisors of the row and of the
     channel blocks: the most pixels up to TILE_PIXELS, then the most accumulators within
-    MAX_ACCUMULATORS, then more channel blocks.
+    `accumulators`, then more channel blocks.
 
     Pixels come first because each weight vector is loaded once per tile and reused by every
     pixel in it, while activation words are broadcast from L1 either way. The former rule (the
@@ -49,7 +52,7 @@ def default_tile(width: int, blocks: int) -> tuple[int, int]:
     for z in (d for d in range(1, width + 1) if width % d == 0):
         for b in (d for d in range(1, blocks + 1) if blocks % d == 0):
             key = (min(z, TILE_PIXELS), z * b, b)
-            if z * b <= MAX_ACCUMULATORS and key > best_key:
+            if z * b <= accumulators and key > best_key:
                 best, best_key = (z, b), key
     return best
 
@@ -76,17 +79,18 @@ def schedule_conv2d_int8(sch, block):
     b, ob, y, z, oi, rc, ry, rx, r4 = sch.get_loops(block)
     width = int(sch.get(z).extent)
     blocks = int(sch.get(ob).extent)
-    tile_z, tile_b = default_tile(width, blocks)
+    accumulators = ACCUMULATORS.get(intrinsic, MAX_ACCUMULATORS)
+    tile_z, tile_b = default_tile(width, blocks, accumulators)
     z_o, z_i = sch.split(
         z,
         sch.sample_perfect_tile(
-            z, n=2, max_innermost_factor=MAX_ACCUMULATORS, decision=[width // tile_z, tile_z]
+            z, n=2, max_innermost_factor=accumulators, decision=[width // tile_z, tile_z]
         ),
     )
     ob_o, ob_i = sch.split(
         ob,
         sch.sample_perfect_tile(
-            ob, n=2, max_innermost_factor=MAX_ACCUMULATORS, decision=[blocks // tile_b, tile_b]
+            ob, n=2, max_innermost_factor=accumulators, decision=[blocks // tile_b, tile_b]
         ),
     )
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, r4)
@@ -186,6 +190,25 @@ def keep_weight_layouts(mod):
         if _uses_rule(func, DEPTHWISE_RULE):
             mod[gv] = func.without_attr("layout_free_buffers")
     return mod
+
+
+def space_generator(target):
+    """MetaSchedule's design-space generator for `target`: its defaults, except that x86 CPUs
+    without VNNI also get the RewriteTensorize postprocessor. MetaSchedule adds it only for
+    VNNI (and arm) targets; without it the conv rule's tensorize annotation for AVX2's exact
+    dot product (dot_intrinsics.AVX2_8x4) is never acted on."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.target import codegen
+
+    x86 = target.kind.name == "llvm" and "aarch64" not in str(target.attrs.get("mtriple", ""))
+    if not x86 or codegen.target_has_features("avx512vnni", target):
+        return "post-order-apply"
+    postprocs = []
+    for postproc in ms.postproc.Postproc.create("llvm"):
+        postprocs.append(postproc)
+        if isinstance(postproc, ms.postproc.RewriteReductionBlock):
+            postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
+    return ms.space_generator.PostOrderApply(postprocs=postprocs)
 
 
 def register() -> None:

@@ -124,6 +124,8 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from edgepress.backends import int8_schedules
+
     done = set()
     for gv, func in list(mod.functions.items()):
         if gv.name_hint not in names:
@@ -133,7 +135,7 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
                 context = ms.TuneContext(
                     mod=tvm.IRModule({"main": func}),
                     target=target,
-                    space_generator="post-order-apply",
+                    space_generator=int8_schedules.space_generator(target),
                     rand_state=seed + attempt,
                     num_threads=1,
                 )

@@ -348,13 +348,15 @@ def _tune_contexts(tasks, strategy, seed: int):
     from tvm.s_tir.meta_schedule import TuneContext
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
+    from edgepress.backends import int8_schedules
+
     contexts = []
     for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks))):
         contexts.append(
             TuneContext(
                 mod=task.dispatched[0],
                 target=task.target,
-                space_generator="post-order-apply",
+                space_generator=int8_schedules.space_generator(task.target),
                 search_strategy=strategy,
                 task_name=task.task_name,
                 logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),

@@ -112,6 +112,74 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
     np.testing.assert_array_equal(got, want)
 
 
+def _host_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+@pytest.mark.parametrize(
+    ("intrinsic", "lanes", "mcpu", "flag", "instruction"),
+    [
+        ("dot_8x4_avx2", 8, "znver3", "avx2", "vpmaddwd"),
+        ("dot_16x4_vnni", 16, "icelake-server", "avx512_vnni", "vpdpbusd"),
+    ],
+)
+def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
+    intrinsic, lanes, mcpu, flag, instruction
+):
+    """The conv scheduled as a build does it (MetaSchedule's sample with edgepress's rule,
+    tensorized), on the host CPU, against numpy. Activations at 255 and weights at 127 make
+    u8 x s8 pair sums of 64770: vpmaddubsw (TVM's AVX2/AVX-512 intrinsics) would saturate."""
+    if flag not in _host_flags():
+        pytest.skip(f"this CPU has no {flag}")
+    import tvm
+    from tvm import te
+
+    from edgepress.backends import int8_schedules, tensor_intrinsics
+    from edgepress.backends.int8_kernels import pack_weight, packed_conv2d
+    from edgepress.backends.relax_pipeline import sample_schedules
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (1, 8, 9, 9)).astype(np.uint8)
+    x[:, :, :5] = 255
+    w = rng.integers(-128, 128, (24, 8, 3, 3)).astype(np.int8)
+    w[:12], w[12:16] = 127, -128
+    bias = rng.integers(-5000, 5000, 24).astype(np.int32)
+    multiplier = rng.uniform(1e-5, 1e-4, 24).astype(np.float32)
+    # The packed input (NCHW[4c], padded by 1), as pack_activations would give it.
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(1, 2, 4, 11, 11)
+    xp = np.ascontiguousarray(xp.transpose(0, 1, 3, 4, 2))
+    arrays = [xp, pack_weight(w, lanes), bias, multiplier]
+    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
+    out = packed_conv2d(
+        *placeholders,
+        strides=(1, 1),
+        dilation=(1, 1),
+        out_zero_point=0,
+        out_dtype="uint8",
+        out_channels=24,
+        intrinsic=intrinsic,
+    )
+    func = te.create_prim_func([*placeholders, out])
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": 1}
+    )
+    tensor_intrinsics.load(("x86",))
+    int8_schedules.register()
+    mod, done = sample_schedules(tvm.IRModule({"main": func}), target, {"main"})
+    assert done == {"main"}
+    assert instruction in tvm.compile(mod, target=target).mod.inspect_source("asm")
+    got = tvm.runtime.empty([int(d) for d in out.shape], "uint8", tvm.cpu())
+    tvm.compile(mod, target=target)["main"](*[tvm.runtime.tensor(a) for a in arrays], got)
+    acc = _conv_reference(x, 0, w, 1, 1)
+    want = _requantize_reference(acc, bias.astype(np.int64), multiplier, 0, "uint8")
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_integer_depthwise_conv_equals_numpy_integer_arithmetic():
     from edgepress.backends.int8_kernels import depthwise_conv2d, pack_depthwise_weight
 
@@ -236,18 +304,20 @@ def _layers(report) -> dict[str, str]:
     return {layer["node"]: layer["kernel"] or f"float: {layer['reason']}" for layer in layers}
 
 
-# This machine's CPU (VNNI where it has it) and an AVX2 CPU without VNNI (no intrinsic).
+# This machine's CPU (VNNI where it has it) and an AVX2 CPU without VNNI (exact vpmaddwd).
 @pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
 def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli, tmp_path, mcpu):
     out, report = _int8_build(cli, tmp_path, *mcpu)
+    intrinsic = report["int8_compute"]["intrinsic"]
     if mcpu:
-        assert report["int8_compute"]["intrinsic"] is None
-    elif report["int8_compute"]["intrinsic"] == "dot_16x4_vnni" and shutil.which("objdump"):
-        # A VNNI CPU: the library holds the instruction, not just the packed layout.
+        assert intrinsic == "dot_8x4_avx2"
+    instruction = {"dot_16x4_vnni": "vpdpbusd", "dot_8x4_avx2": "vpmaddwd"}.get(intrinsic)
+    if instruction and shutil.which("objdump"):
+        # The library holds the instruction, not just the packed layout.
         listing = subprocess.run(
             ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
         ).stdout
-        assert len(re.findall(r"\bvpdpbusd\b", listing)) > 0
+        assert len(re.findall(rf"\b{instruction}\b", listing)) > 0
     layers = _layers(report)
     assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
     assert layers["dw"] == "depthwise"
