@@ -12,7 +12,13 @@ from pathlib import Path
 from edgepress.backends.aarch64_runtime import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
 from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.qemu import RunnerProcess, qemu_missing
-from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+from edgepress.backends.target_base import (
+    LIBRARY_NAME,
+    LINK_OPTIONS,
+    Backend,
+    Runner,
+    TargetOptions,
+)
 from edgepress.compiler.errors import BackendError
 
 RUNTIME_DIR = "runtime"
@@ -53,7 +59,9 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
     )
     library = outdir / LIBRARY_NAME
     try:
-        executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
+        executable.export_library(
+            str(library), fcompile=cc.cross_compiler(CROSS_CXX), options=LINK_OPTIONS
+        )
     except Exception as err:
         raise BackendError(f"linking the arm64 library with {CROSS_CXX} failed: {err}") from err
     (outdir / RUNTIME_DIR).mkdir()

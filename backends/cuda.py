@@ -7,7 +7,13 @@ from pathlib import Path
 from edgepress.backends import cuda_codegen
 from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.host import HostRunner
-from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+from edgepress.backends.target_base import (
+    LIBRARY_NAME,
+    LINK_OPTIONS,
+    Backend,
+    Runner,
+    TargetOptions,
+)
 from edgepress.compiler.errors import BackendError, UsageError
 
 HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
@@ -26,7 +32,7 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         mod, target, tuning, host=HOST, cannot_measure=cannot_measure
     )
     library = outdir / LIBRARY_NAME
-    executable.export_library(str(library))
+    executable.export_library(str(library), options=LINK_OPTIONS)
     fatbin = cuda_codegen.embedded_fatbin_bytes(library)
     if fatbin == 0:
         raise BackendError(

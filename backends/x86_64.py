@@ -8,7 +8,13 @@ import os
 
 from edgepress.backends.compile import TuningOptions, compile_module
 from edgepress.backends.runners.host import HostRunner
-from edgepress.backends.target_base import LIBRARY_NAME, Backend, Runner, TargetOptions
+from edgepress.backends.target_base import (
+    LIBRARY_NAME,
+    LINK_OPTIONS,
+    Backend,
+    Runner,
+    TargetOptions,
+)
 
 
 def host_cpu_name() -> str:
@@ -35,7 +41,7 @@ def tvm_target(options: TargetOptions) -> dict:
 def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
     executable, facts = compile_module(mod, target, tuning)
     library = outdir / LIBRARY_NAME
-    executable.export_library(str(library))
+    executable.export_library(str(library), options=LINK_OPTIONS)
     return [library], facts
 
 
