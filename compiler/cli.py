@@ -299,10 +299,8 @@ def _prune_options(args: argparse.Namespace):
     from edgepress.compiler.prune_step import PruneOptions
 
     if args.prune is None and args.prune_flops is None:
-        for flag in ("prune_importance", "prune_recovery", "prune_config", "finetune"):
-            if getattr(args, flag) is not None:
-                name = "--" + flag.replace("_", "-")
-                raise UsageError(f"{name} is given without --prune or --prune-flops")
+        flags = ("prune_importance", "prune_recovery", "prune_config", "finetune")
+        _refuse_without(args, flags, "--prune or --prune-flops")
         return None
     options = PruneOptions(
         ratio=args.prune,
@@ -324,17 +322,20 @@ def _prune_options(args: argparse.Namespace):
     return options
 
 
+def _refuse_without(args: argparse.Namespace, flags: tuple[str, ...], needed: str) -> None:
+    """A flag that only means something with another option is an error without it."""
+    for flag in flags:
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} is given without {needed}")
+
+
 def _quantize_options(args: argparse.Namespace):
     from edgepress.compiler.quantize_step import QuantizeOptions
 
     pruning = args.prune is not None or args.prune_flops is not None
     if args.quantize is None:
-        for flag in ("calibration", "eval", "max_accuracy_drop"):
-            if flag in ("calibration", "eval") and pruning:
-                continue  # pruning reads them too
-            if getattr(args, flag) is not None:
-                name = "--" + flag.replace("_", "-")
-                raise UsageError(f"{name} is given without --quantize int8")
+        shared = () if pruning else ("calibration", "eval")  # pruning reads them too
+        _refuse_without(args, (*shared, "max_accuracy_drop"), "--quantize int8")
         return None
     if args.calibration is None:
         raise UsageError("--quantize int8 needs --calibration PATH (images, .npz or .npy files)")

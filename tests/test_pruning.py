@@ -199,12 +199,20 @@ g (float[1,3,6,6] x) => (float[1,4,6,6] y) {
 """
 
 
+def _expand_conv_project(graph: str, group_width: int):
+    """DEPTHWISE or GROUPED with its weights: 8 expanded channels in groups of `group_width`."""
+    weights = {
+        "we": rand(8, 3, 1, 1, seed=1),
+        "be": rand(8, seed=2),
+        "wd": rand(8, group_width, 3, 3, seed=3),
+        "bd": rand(8, seed=4),
+        "wp": rand(4, 8, 1, 1, seed=5),
+    }
+    return model(graph, weights)
+
+
 def test_depthwise_channels_follow_their_inputs():
-    proto = model(
-        DEPTHWISE,
-        {"we": rand(8, 3, 1, 1, seed=1), "be": rand(8, seed=2), "wd": rand(8, 1, 3, 3, seed=3),
-         "bd": rand(8, seed=4), "wp": rand(4, 8, 1, 1, seed=5)},
-    )  # fmt: skip
+    proto = _expand_conv_project(DEPTHWISE, 1)
     pruned, _ = check_pruned(proto, ratio=0.5, sensitivity=False)
     w = _weights_of(pruned)
     assert w["e"] == (4, 3, 1, 1) and w["d"] == (4, 1, 3, 3) and w["y"] == (4, 4, 1, 1)
@@ -216,11 +224,7 @@ GROUPED = DEPTHWISE.replace("group=8", "group=2")
 
 
 def test_grouped_conv_loses_whole_groups():
-    proto = model(
-        GROUPED,
-        {"we": rand(8, 3, 1, 1, seed=1), "be": rand(8, seed=2), "wd": rand(8, 4, 3, 3, seed=3),
-         "bd": rand(8, seed=4), "wp": rand(4, 8, 1, 1, seed=5)},
-    )  # fmt: skip
+    proto = _expand_conv_project(GROUPED, 4)
     pruned, details = check_pruned(proto, ratio=0.5, sensitivity=False)
     w = _weights_of(pruned)
     assert w["e"] == (4, 3, 1, 1) and w["d"] == (4, 4, 3, 3) and w["y"] == (4, 4, 1, 1)
