@@ -7,7 +7,11 @@ lanes). TVM's tensor intrinsics for them (`dot_16x4_vnni`, `dot_4x4_i8i8s32_sdot
 block C[i] += A[k] * B[i, k] whose A is 4 contiguous bytes and B `lanes` x 4 contiguous bytes;
 MetaSchedule's default rules for such targets tensorize every block of that form. So:
 
-- activations are packed NCHW[4c], padded with their zero point and shifted by 128 into the
+- activations are NHWC between the int8 kernels: the 4 bytes a dot-product term reads are 4
+  consecutive channels of one pixel, each kernel's requantized output is `lanes` contiguous
+  channels per pixel, and depthwise and pooling kernels vectorize over channels whatever the
+  image size. Where a conv needs padding, channels rounded up to 4 or the other signedness,
+  a pass copies its input padded with the zero point and shifted by 128 into the
   instruction's signedness (u8 <-> s8 is exact: q - zp is unchanged when both move by 128);
 - weights are packed [OC/lanes, IC/4, KH, KW, lanes, 4] in numpy, once, at build time, and are
   stored as int8 in the library;
@@ -18,7 +22,9 @@ MetaSchedule's default rules for such targets tensorize every block of that form
   saturated.
 
 Depthwise convolutions have no reduction over channels for a dot product to take: they are
-computed as int16 x int16 -> int32 products of (x - zx) and w, which the vectorizer handles.
+computed in float32 fused multiply-adds over channel vectors, which is exact: every product
+is an integer of at most 255 * 128 in magnitude and every partial sum stays below 2^24
+(checked per layer), where float32 holds integers exactly.
 """
 
 from __future__ import annotations
@@ -76,11 +82,25 @@ def _convert(value, src: str, dst: str):
 
 
 def _requantize(acc, bias, multiplier, out_zero_point: int, out_dtype: str):
+    """int32 acc + bias -> 8 bits, as onnxruntime does it (module docstring)."""
+    return _scale_to((acc + bias).astype("float32"), multiplier, out_zero_point, out_dtype)
+
+
+def _round_half_even(value):
+    """float32 rounded half to even, as LLVM's nearbyint. TVM's own nearbyint is not
+    vectorized: a loop using it stays scalar, and LLVM then vectorized the loop around it with
+    gathers (the int8 convs' epilogues ran 2x slower, measured)."""
+    from tvm import tirx
+
+    return tirx.call_llvm_pure_intrin("float32", "llvm.nearbyint", value)
+
+
+def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str):
+    """float32 total * multiplier, rounded half to even, plus the zero point, saturated."""
     from tvm import tirx
 
     lo, hi = QUANT_RANGE[out_dtype]
-    scaled = (acc + bias).astype("float32") * multiplier
-    q = tirx.nearbyint(scaled) + tirx.const(float(out_zero_point), "float32")
+    q = _round_half_even(total * multiplier) + tirx.const(float(out_zero_point), "float32")
     q = tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
     return q.astype(out_dtype)
 
@@ -95,29 +115,37 @@ def pack_activations(
     padding: tuple[int, int, int, int],
     in_zero_point: int,
     act_dtype: str,
+    channel_multiple: int = DOT_DEPTH,
 ):
-    """8-bit NCHW -> NCHW[4c] in `act_dtype`, padded with the zero point (spatially, and up to
-    whole channel blocks). A kernel of its own: inlined into the convolution, its reads would
-    no longer be the 4 contiguous bytes the dot-product intrinsic matches."""
+    """8-bit NHWC -> NHWC in `act_dtype`, padded with the zero point spatially and up to a
+    multiple of `channel_multiple` channels. A kernel of its own (PACK_RULE), not inlined into
+    the convolution: the dot-product intrinsic matches 4 contiguous bytes, which a padding
+    test per read would not be."""
     from tvm import te, tirx
 
-    n, channels, height, width = (int(d) for d in x.shape)
+    n, height, width, channels = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     src = str(x.dtype)
 
-    def pack(b, cb, h, w, c4):
-        c = cb * DOT_DEPTH + c4
+    def pack(b, h, w, c):
         y, z = h - top, w - left
         inside = tirx.all(c < channels, y >= 0, y < height, z >= 0, z < width)
         return tirx.if_then_else(
-            inside, _convert(x[b, c, y, z], src, act_dtype), tirx.const(in_zero_point, act_dtype)
+            inside, _convert(x[b, y, z, c], src, act_dtype), tirx.const(in_zero_point, act_dtype)
         )
 
     from edgepress.backends.int8_schedules import PACK_RULE
 
-    blocks = -(-channels // DOT_DEPTH)
-    shape = (n, blocks, height + top + bottom, width + left + right, DOT_DEPTH)
+    padded = -(-channels // channel_multiple) * channel_multiple
+    shape = (n, height + top + bottom, width + left + right, padded)
     return te.compute(shape, pack, name="pack", attrs={"schedule_rule": PACK_RULE})
+
+
+def needs_pack(
+    channels: int, padding: tuple[int, int, int, int], src: str, act_dtype: str, multiple: int
+) -> bool:
+    """Whether a kernel's NHWC input must be copied by pack_activations first."""
+    return any(padding) or channels % multiple != 0 or src != act_dtype
 
 
 def packed_conv2d(
@@ -133,15 +161,16 @@ def packed_conv2d(
     out_channels: int,
     intrinsic: str | None = None,
 ):
-    """Quantized conv2d of packed, padded activations (pack_activations) and packed int8
-    weights (pack_weight), requantized to 8-bit NCHW. `bias` (int32) holds the layer's bias
-    minus the input zero point times sum(w), per output channel. The conv block names its
-    MetaSchedule rule (backends/int8_schedules.py) and the tensor intrinsic it should use."""
+    """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
+    pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
+    NHWC. `bias` (int32) holds the layer's bias minus the input zero point times sum(w), per
+    output channel. The conv block names its MetaSchedule rule (backends/int8_schedules.py)
+    and the tensor intrinsic it should use."""
     from tvm import te
 
     from edgepress.backends.int8_schedules import INTRINSIC_ATTR, RULE
 
-    n, _, height, width, _ = (int(d) for d in xp.shape)
+    n, height, width, _ = (int(d) for d in xp.shape)
     _, _, kh, kw, lanes, depth = (int(d) for d in weight.shape)
     sh, sw = strides
     dh, dw = dilation
@@ -154,7 +183,7 @@ def packed_conv2d(
     acc = te.compute(
         (n, int(weight.shape[0]), oh, ow, lanes),
         lambda b, ob, y, z, oi: te.sum(
-            xp[b, rc, y * sh + ry * dh, z * sw + rx * dw, r4].astype("int32")
+            xp[b, y * sh + ry * dh, z * sw + rx * dw, rc * depth + r4].astype("int32")
             * weight[ob, rc, ry, rx, oi, r4].astype("int32"),
             axis=[rc, ry, rx, r4],
         ),
@@ -162,28 +191,28 @@ def packed_conv2d(
         attrs={"schedule_rule": RULE, **({INTRINSIC_ATTR: intrinsic} if intrinsic else {})},
     )
     return te.compute(
-        (n, out_channels, oh, ow),
-        lambda b, c, y, z: _requantize(
+        (n, oh, ow, out_channels),
+        lambda b, y, z, c: _requantize(
             acc[b, c // lanes, y, z, c % lanes], bias[c], multiplier[c], out_zero_point, out_dtype
         ),
         name="requantize",
     )
 
 
-def _window_taps(x, b, c, y, z, pool_size, strides, padding, dilation) -> list:
-    """(in the input?, x[b, c, ...]) for each tap of the window of output pixel (y, z). The
-    test is marked likely: WINDOW_RULE cuts the border rows and columns off the interior,
-    where it is then proven true and the loads become unconditional."""
+def _window_taps(x, b, y, z, c, pool_size, strides, padding, dilation) -> list:
+    """(in the input?, x[b, ..., c]) for each tap of the window of output pixel (y, z) of NHWC
+    `x`. The test is marked likely: WINDOW_RULE cuts the border rows and columns off the
+    interior, where it is then proven true and the loads become unconditional."""
     from tvm import tirx
 
-    height, width = (int(d) for d in x.shape[2:])
+    height, width = (int(d) for d in x.shape[1:3])
     taps = []
     for i in range(pool_size[0]):
         for j in range(pool_size[1]):
             h = y * strides[0] + i * dilation[0] - padding[0]
             w = z * strides[1] + j * dilation[1] - padding[1]
             inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
-            taps.append((tirx.likely(inside), x[b, c, h, w]))
+            taps.append((tirx.likely(inside), x[b, h, w, c]))
     return taps
 
 
@@ -201,7 +230,7 @@ def _interior(
 def _window_attrs(x, pool_size, strides, padding, dilation) -> dict:
     from edgepress.backends.int8_schedules import INTERIOR_ATTR, WINDOW_RULE
 
-    height, width = (int(d) for d in x.shape[2:])
+    height, width = (int(d) for d in x.shape[1:3])
     top, left, bottom, right = padding
     rows = _interior(height, top, bottom, pool_size[0], strides[0], dilation[0])
     cols = _interior(width, left, right, pool_size[1], strides[1], dilation[1])
@@ -216,22 +245,22 @@ def max_pool2d(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
 ):
-    """Max pooling on 8-bit NCHW values (between a dequantize and a quantize of one scale: the
+    """Max pooling on 8-bit NHWC values (between a dequantize and a quantize of one scale: the
     affine map and its rounding commute with max). Padding reads as the dtype's minimum, which
     never wins a window holding a real pixel.
 
-    The window is written out term by term, so each output row is a vector maximum that LLVM
-    vectorizes once WINDOW_RULE has cut off the border. ResNet-18's 112x112x64 pool: 0.07 ms;
-    TOPI's pool (a reduction with a padding test per read) took 1.0 ms with MetaSchedule's
-    untuned sample and 1.4 ms as plain loops."""
+    The window is written out term by term, so each output pixel is a vector maximum over its
+    channels once WINDOW_RULE has cut off the border. TOPI's pool (a reduction with a padding
+    test per read) took 1.0 ms on ResNet-18's 112x112x64 input with MetaSchedule's untuned
+    sample and 1.4 ms as plain loops."""
     from tvm import te, tirx
 
-    n, channels, height, width = (int(d) for d in x.shape)
+    n, height, width, channels = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     lowest = tirx.const(QUANT_RANGE[str(x.dtype)][0], str(x.dtype))
 
-    def window(b, c, y, z):
-        taps = _window_taps(x, b, c, y, z, pool_size, strides, padding, dilation)
+    def window(b, y, z, c):
+        taps = _window_taps(x, b, y, z, c, pool_size, strides, padding, dilation)
         values = [tirx.if_then_else(inside, value, lowest) for inside, value in taps]
         result = values[0]
         for value in values[1:]:
@@ -240,77 +269,79 @@ def max_pool2d(
 
     shape = (
         n,
-        channels,
         _output_size(height, top + bottom, pool_size[0], strides[0], dilation[0]),
         _output_size(width, left + right, pool_size[1], strides[1], dilation[1]),
+        channels,
     )
     attrs = _window_attrs(x, pool_size, strides, padding, dilation)
     return te.compute(shape, window, name="max_pool_int8", attrs=attrs)
 
 
-def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """int8 [C, 1, KH, KW] -> int16 [C/lanes, KH, KW, lanes], zero-filled to whole blocks."""
-    channels, _, kh, kw = weight.shape
-    padded = np.zeros((-(-channels // lanes) * lanes, kh, kw), np.int16)
-    padded[:channels] = weight[:, 0]
-    blocks = padded.reshape(-1, lanes, kh, kw)
-    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1))
+FLOAT_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
+
+
+def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 [C, 1, KH, KW] -> int8 [KH, KW, C]: each tap's weights a vector over channels."""
+    return np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
+
+
+def depthwise_sums_exact(weight: np.ndarray, bias: np.ndarray, x_dtype: str) -> bool:
+    """Whether float32 sums of x * w, and then of the bias, are exact for every channel: each
+    partial sum is an integer below 2^24 in magnitude. Then the kernel adds the bias in float
+    too, which saves two conversions per output vector."""
+    largest = max(abs(v) for v in QUANT_RANGE[x_dtype])
+    reach = np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(axis=1) * largest
+    return bool(np.all(reach + np.abs(bias.astype(np.int64)) < FLOAT_EXACT))
 
 
 def depthwise_conv2d(
-    x,
+    xp,
     weight,
     bias,
     multiplier,
     *,
     strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
-    in_zero_point: int,
     out_zero_point: int,
     out_dtype: str,
+    lanes: int,
+    float_bias: bool,
 ):
-    """Quantized depthwise conv2d on blocked channels: x - zx as int16 in NCHW[lanes c]
-    (padding is then 0), times int16 weights [C/lanes, KH, KW, lanes] (pack_depthwise_weight),
-    int32 sums, requantized to 8-bit NCHW. Channels innermost, the products vectorize over
-    `lanes` channels; `in_zero_point` is in x's own dtype, `bias` without a zero-point term."""
-    from tvm import te, tirx
+    """Quantized depthwise conv2d on padded 8-bit NHWC (pack_activations in x's own dtype, so
+    the padding is the zero point) and int8 weights [KH, KW, C] (pack_depthwise_weight),
+    requantized to 8-bit NHWC. `bias` is the layer's bias minus the input zero point times
+    sum(w) per channel. Sums are float32 fused multiply-adds over channel vectors, exact
+    (module docstring); with `float_bias` (depthwise_sums_exact) the bias is added in float.
+    `lanes` (the target's int32 vector width) sizes DEPTHWISE_RULE's register tile."""
+    from tvm import te
 
-    n, channels, height, width = (int(d) for d in x.shape)
-    cblocks, kh, kw, lanes = (int(d) for d in weight.shape)
-    top, left, bottom, right = padding
+    from edgepress.backends.int8_schedules import DEPTHWISE_RULE, LANES_ATTR
+
+    n, height, width, channels = (int(d) for d in xp.shape)
+    kh, kw, _ = (int(d) for d in weight.shape)
     sh, sw = strides
     dh, dw = dilation
-
-    def centred(b, cb, h, w, ci):
-        c, y, z = cb * lanes + ci, h - top, w - left
-        inside = tirx.all(c < channels, y >= 0, y < height, z >= 0, z < width)
-        value = x[b, c, y, z].astype("int16") - tirx.const(in_zero_point, "int16")
-        return tirx.if_then_else(inside, value, tirx.const(0, "int16"))
-
-    from edgepress.backends.int8_schedules import DEPTHWISE_RULE
-
-    shape = (n, cblocks, height + top + bottom, width + left + right, lanes)
-    xp = te.compute(shape, centred, name="centre", attrs={"schedule_rule": DEPTHWISE_RULE})
-    oh = _output_size(height, top + bottom, kh, sh, dh)
-    ow = _output_size(width, left + right, kw, sw, dw)
+    oh = _output_size(height, 0, kh, sh, dh)
+    ow = _output_size(width, 0, kw, sw, dw)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     acc = te.compute(
-        (n, cblocks, oh, ow, lanes),
-        lambda b, cb, y, z, ci: te.sum(
-            (xp[b, cb, y * sh + ry * dh, z * sw + rx * dw, ci] * weight[cb, ry, rx, ci]).astype(
-                "int32"
-            ),
+        (n, oh, ow, channels),
+        lambda b, y, z, c: te.sum(
+            xp[b, y * sh + ry * dh, z * sw + rx * dw, c].astype("float32")
+            * weight[ry, rx, c].astype("float32"),
             axis=[ry, rx],
         ),
         name="depthwise_int8",
-        attrs={"schedule_rule": DEPTHWISE_RULE},
+        attrs={"schedule_rule": DEPTHWISE_RULE, LANES_ATTR: lanes},
     )
-    return te.compute(
-        (n, channels, oh, ow),
-        lambda b, c, y, z: _requantize(
-            acc[b, c // lanes, y, z, c % lanes], bias[c], multiplier[c], out_zero_point, out_dtype
-        ),
-        name="requantize",
-    )
+
+    def requantize(b, y, z, c):
+        if float_bias:
+            total = acc[b, y, z, c] + bias[c].astype("float32")
+            return _scale_to(total, multiplier[c], out_zero_point, out_dtype)
+        return _requantize(
+            acc[b, y, z, c].astype("int32"), bias[c], multiplier[c], out_zero_point, out_dtype
+        )
+
+    return te.compute((n, oh, ow, channels), requantize, name="requantize")

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepress.backends.int8_kernels import (
+    DOT_DEPTH,
     DotLayout,
     depthwise_conv2d,
+    depthwise_sums_exact,
     max_pool2d,
+    needs_pack,
     pack_activations,
     pack_depthwise_weight,
     pack_weight,
@@ -58,6 +61,7 @@ class _Chain:
     x: object  # the 8-bit input (a Relax expression)
     x_scale: float
     x_zero_point: int  # in the kernel's activation type (shifted by 128 where it differs)
+    x_dtype: str  # the kernel's activation type
     weight: np.ndarray  # int8, OIHW (a matmul's as [N, K, 1, 1])
     weight_scales: np.ndarray  # float32 per output channel
     bias: np.ndarray  # int32 per output channel, with the input zero point's term folded in
@@ -272,11 +276,11 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
     out_dtype = str(out.attrs.out_dtype)
     if out_dtype not in QUANT_TYPES:
         raise NotLowered(f"its output is quantized to {out_dtype}")
-    if kind == "dot-product":
-        # The packed kernel reads x in the instruction's signedness and sums x * w: the zero
-        # point's share, zx * sum(w), comes off the bias.
+    if kind == "dot-product":  # it reads x in the instruction's signedness
         x_zp = shift_zero_point(x_zp, _dtype(x), layout.act_dtype)
-        bias = bias - x_zp * weight.astype(np.int64).sum(axis=(1, 2, 3))
+    # The kernels sum x * w (padding reads as the zero point): the zero point's share,
+    # zx * sum(w), comes off the bias.
+    bias = bias - x_zp * weight.astype(np.int64).sum(axis=(1, 2, 3))
     info = np.iinfo(np.int32)
     if bias.min(initial=0) < info.min or bias.max(initial=0) > info.max:
         raise NotLowered("its bias overflows int32")
@@ -285,6 +289,7 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
         x=x,
         x_scale=x_scale,
         x_zero_point=x_zp,
+        x_dtype=layout.act_dtype if kind == "dot-product" else _dtype(x),
         weight=weight,
         weight_scales=weight_scales,
         bias=bias.astype(np.int32),
@@ -311,8 +316,27 @@ def _opaque_call_te(builder, compute, *args, **kwargs):
     return call
 
 
+def _packed(builder, x, chain: _Chain, padding, multiple: int):
+    """The kernel's NHWC input: `x` itself where it needs no padding, channel rounding or
+    change of signedness, else pack_activations' copy of it."""
+    channels = int(x.ty.shape[3])
+    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype, multiple):
+        return x
+    packed = builder.call_te(
+        pack_activations,
+        x,
+        padding=padding,
+        in_zero_point=chain.x_zero_point,
+        act_dtype=chain.x_dtype,
+        channel_multiple=multiple,
+        primfunc_name_hint="pack_int8",
+    )
+    return builder.emit(packed)
+
+
 def _emit(builder, chain: _Chain, x, layout: DotLayout):
-    """The integer kernel's call for a chain, with `x` its (remapped) 8-bit input."""
+    """The integer kernel's call for a chain, with `x` its (remapped) 8-bit input: NHWC for a
+    conv (the result is NHWC too), [M, K] for a matmul (the result is [M, N])."""
     from tvm import relax
 
     channels = chain.weight.shape[0]
@@ -326,31 +350,24 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     matmul = _op_name(chain.compute) == "relax.matmul"
     if matmul:
         m, k = (int(d) for d in chain.x.ty.shape)
-        x = builder.emit(relax.op.reshape(x, (m, k, 1, 1)))
+        x = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
+    padding = chain.attrs["padding"]
     if chain.kind == "depthwise":
         call = builder.call_te(
             depthwise_conv2d,
-            x,
-            relax.const(pack_depthwise_weight(chain.weight, layout.lanes)),
+            _packed(builder, x, chain, padding, 1),
+            relax.const(pack_depthwise_weight(chain.weight)),
             relax.const(chain.bias),
             relax.const(multiplier),
-            padding=chain.attrs["padding"],
-            in_zero_point=chain.x_zero_point,
+            lanes=layout.lanes,
+            float_bias=depthwise_sums_exact(chain.weight, chain.bias, chain.x_dtype),
             primfunc_name_hint="depthwise_conv2d_int8",
             **common,
         )
     else:
-        packed = builder.call_te(
-            pack_activations,
-            x,
-            padding=chain.attrs["padding"],
-            in_zero_point=chain.x_zero_point,
-            act_dtype=layout.act_dtype,
-            primfunc_name_hint="pack_int8",
-        )
         call = builder.call_te(
             packed_conv2d,
-            builder.emit(packed),
+            _packed(builder, x, chain, padding, DOT_DEPTH),
             relax.const(pack_weight(chain.weight, layout.lanes)),
             relax.const(chain.bias),
             relax.const(multiplier),
@@ -392,28 +409,60 @@ def _passthrough_of(bindings: _Bindings, var, call) -> tuple[object, _Passthroug
 PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
 
 
-def _emit_passthrough(builder, call, x):
-    """The op on 8-bit `x`: NCHW max pooling as int8_kernels.max_pool2d (TOPI's pool ran 6x
-    slower), anything else as the same Relax op."""
-    from tvm import relax
-
+def _nhwc_pool(call) -> bool:
+    """Whether int8_kernels.max_pool2d (NHWC) takes this call: TOPI's pool ran 6x slower."""
     attrs = call.attrs
-    if (
+    return (
         _op_name(call) == "relax.nn.max_pool2d"
         and str(attrs.layout) == str(attrs.out_layout) == "NCHW"
         and not attrs.ceil_mode
-    ):
-        return _opaque_call_te(
-            builder,
-            max_pool2d,
-            x,
-            pool_size=tuple(int(v) for v in attrs.pool_size),
-            strides=tuple(int(v) for v in attrs.strides),
-            padding=tuple(int(v) for v in attrs.padding),
-            dilation=tuple(int(v) for v in attrs.dilation),
-            primfunc_name_hint="max_pool2d_int8",
-        )
-    return relax.Call(call.op, [x, *call.args[1:]], call.attrs)
+    )
+
+
+def _emit_pool(builder, call, x_nhwc):
+    """NCHW max pooling as int8_kernels.max_pool2d on the NHWC 8-bit input."""
+    attrs = call.attrs
+    return _opaque_call_te(
+        builder,
+        max_pool2d,
+        x_nhwc,
+        pool_size=tuple(int(v) for v in attrs.pool_size),
+        strides=tuple(int(v) for v in attrs.strides),
+        padding=tuple(int(v) for v in attrs.padding),
+        dilation=tuple(int(v) for v in attrs.dilation),
+        primfunc_name_hint="max_pool2d_int8",
+    )
+
+
+# Elementwise ops between the kernels (a residual add's dequantize, add, relu, quantize) that
+# run on the NHWC values where their tensor operands all have them, so that no transpose
+# sits between two int8 kernels.
+ELEMENTWISE_OPS = (
+    "relax.dequantize",
+    "relax.quantize",
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.nn.relu",
+    "relax.clip",
+)
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _is_scalar(expr) -> bool:
+    """A per-tensor operand: a value that is not a tensor (clip's bounds) or a tensor of one
+    element (a scale, a zero point), which broadcasts the same in any layout."""
+    from tvm import relax
+
+    if isinstance(expr, relax.PrimValue):
+        return True
+    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
+    try:
+        return dims is not None and all(int(d) == 1 for d in dims)
+    except TypeError:  # a symbolic dimension
+        return False
 
 
 def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
@@ -455,17 +504,58 @@ def lower_qdq(mod, layout: DotLayout):
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
+        """Emits the kernels on NHWC values. Each rewritten binding stays NCHW (a transpose of
+        the kernel's result) for whatever else reads it; `nhwc` maps it to the NHWC value,
+        which the next kernel reads instead. Transposes nothing reads are dead code."""
+
+        nhwc: dict = {}
+
+        def to_nhwc(self, x):
+            if x not in self.nhwc:
+                self.nhwc[x] = self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
+            return self.nhwc[x]
+
+        def bind(self, var, value_nhwc) -> None:
+            nhwc = self.builder_.emit(value_nhwc)
+            nchw = self.builder_.emit(relax.op.permute_dims(nhwc, TO_NCHW))
+            self.nhwc[nchw] = nhwc
+            self.set_var_remap(var, nchw)
+
+        def elementwise_in_nhwc(self, binding) -> bool:
+            value = binding.value
+            shape = getattr(binding.var.ty, "shape", None)
+            if _op_name(value) not in ELEMENTWISE_OPS or len(shape or ()) != 4:
+                return False
+            args = [self.visit_expr(a) for a in value.args]
+            if not any(a in self.nhwc for a in args):
+                return False
+            if not all(a in self.nhwc or _is_scalar(a) for a in args):
+                return False
+            args = [self.nhwc.get(a, a) for a in args]
+            self.bind(binding.var, relax.Call(value.op, args, value.attrs))
+            return True
+
         def visit_var_binding_(self, binding) -> None:
             chain = chains.get(binding.var)
             if chain is None:
-                super().visit_var_binding_(binding)
+                if not self.elementwise_in_nhwc(binding):
+                    super().visit_var_binding_(binding)
                 return
             x = self.visit_expr(chain.x)
-            if isinstance(chain, _Passthrough):
-                value = _emit_passthrough(self.builder_, chain.call, x)
+            if isinstance(chain, _Passthrough) and _nhwc_pool(chain.call):
+                self.bind(binding.var, _emit_pool(self.builder_, chain.call, self.to_nhwc(x)))
+            elif isinstance(chain, _Passthrough):
+                call = chain.call
+                self.set_var_remap(
+                    binding.var,
+                    self.builder_.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs)),
+                )
+            elif _op_name(chain.compute) == "relax.matmul":
+                self.set_var_remap(
+                    binding.var, self.builder_.emit(_emit(self.builder_, chain, x, layout))
+                )
             else:
-                value = _emit(self.builder_, chain, x, layout)
-            self.set_var_remap(binding.var, self.builder_.emit(value))
+                self.bind(binding.var, _emit(self.builder_, chain, self.to_nhwc(x), layout))
 
     rewriter = Rewriter(mod)
     gv = mod.get_global_var("main")

@@ -22,13 +22,12 @@ from edgepress.backends.dot_intrinsics import AVX2_8x4, LOCAL
 RULE = "edgepress.conv2d_int8"
 PACK_RULE = "edgepress.pack_int8"
 INTRINSIC_ATTR = "edgepress.intrinsic"
-# The depthwise kernel keeps TVM's loops over its channel-blocked layout (LLVM vectorizes them
-# over the channel block): MetaSchedule's untuned samples, and register tiles like the packed
-# conv's, both ran 3-8x slower on MobileNetV2's depthwise layers (1 thread). Written in NCHW
-# as a window kernel (below) it was slower still: 14x14 and 7x7 rows are short vectors.
-DEPTHWISE_RULE = "edgepress.loops"
+# Depthwise convolutions (NHWC, channels vectorized): a register tile of output pixels x
+# channel vectors, like the packed conv's but in float32 fused multiply-adds.
+DEPTHWISE_RULE = "edgepress.depthwise_int8"
+LANES_ATTR = "edgepress.lanes"  # the target's int32 (= float32) vector width
 # Window kernels (int8 max pooling): plain loops with the border cut off, which LLVM
-# vectorizes along the output row.
+# vectorizes over the channels.
 WINDOW_RULE = "edgepress.window"
 INTERIOR_ATTR = "edgepress.interior"  # [first row, last row, first column, last column]
 MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX-512 and NEON)
@@ -121,75 +120,97 @@ def schedule_conv2d_int8(sch, block):
 
 
 def schedule_pack(sch, block):
-    """Rows in parallel, the 4 channels of a word unrolled, no vectorization: on ResNet-18's
-    56x56x64 input this runs in 66 us, where MetaSchedule's untuned sample (a 64-lane gather
-    around the padding test) took 2 ms."""
-    b, cb, h, _, c4 = sch.get_loops(block)
-    sch.unroll(c4)
-    sch.parallel(sch.fuse(b, cb, h))
+    """Rows in parallel; LLVM vectorizes each row's copy."""
+    b, h, _, _ = sch.get_loops(block)
+    sch.parallel(sch.fuse(b, h))
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
 
 
-def _cut_border(sch, loop, first: int, last: int) -> None:
-    """Split `loop` into [0, first), [first, last], (last, end). The window's padding tests
-    stay in every part; in the middle one the simplifier proves them true and drops them, and
-    LLVM vectorizes the unconditional loads. (A wrong cut costs speed, not correctness.)"""
+DEPTHWISE_ACCUMULATORS = 16  # of 32 vector registers: the rest hold converted inputs, weights
+
+
+def depthwise_tile(width: int, channels: int, lanes: int) -> tuple[int, int]:
+    """(pixels, channels) of a depthwise register tile: exact divisors of the row and of the
+    channels, the channels whole vectors where they can be; the most pixels (each weight
+    vector, converted once per tile, serves them all; each converted input vector serves up to
+    KW pixels of the row), then the most channels, within DEPTHWISE_ACCUMULATORS."""
+    best, best_key = (1, channels), (0, 0)
+    for tc in (d for d in range(1, channels + 1) if channels % d == 0):
+        if channels % lanes == 0 and tc % lanes != 0:
+            continue
+        vectors = -(-tc // lanes)
+        for tz in (d for d in range(1, width + 1) if width % d == 0):
+            if tz * vectors <= DEPTHWISE_ACCUMULATORS and (tz, tc) > best_key:
+                best, best_key = (tz, tc), (tz, tc)
+    return best
+
+
+def schedule_depthwise(sch, block):
+    """Per output row (in parallel): tiles of pixels x channel vectors accumulate in registers
+    over the window, which is unrolled; the requantizing epilogue runs per tile."""
+    lanes = int(sch.get(block).annotations[LANES_ATTR])
+    b, y, z, c, ry, rx = sch.get_loops(block)
+    width, channels = int(sch.get(z).extent), int(sch.get(c).extent)
+    tile_z, tile_c = depthwise_tile(width, channels, lanes)
+    z_o, z_i = sch.split(
+        z,
+        sch.sample_perfect_tile(
+            z, n=2, max_innermost_factor=16, decision=[width // tile_z, tile_z]
+        ),
+    )
+    c_o, c_i = sch.split(
+        c,
+        sch.sample_perfect_tile(
+            c, n=2, max_innermost_factor=64, decision=[channels // tile_c, tile_c]
+        ),
+    )
+    sch.reorder(b, y, z_o, c_o, ry, rx, z_i, c_i)
+    sch.set_scope(block, 0, "local")
+    final = sch.get_consumers(block)[0]
+    while sch.get_consumers(final):
+        final = sch.get_consumers(final)[0]
+    _inline_between(sch, block, final)
+    sch.reverse_compute_at(final, c_o, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(final)[-1])
+    sch.parallel(sch.fuse(b, y))
+    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    sch.vectorize(c_i)
+    for loop in (z_i, ry, rx):
+        sch.unroll(loop)
+    return [sch]
+
+
+def _cut_border(sch, loop, first: int, last: int) -> list:
+    """Split `loop` into [0, first), [first, last], (last, end) and return the parts. The
+    window's padding tests stay in every part; in the middle one the simplifier proves them
+    true and drops them, and LLVM vectorizes the unconditional loads. (A wrong cut costs
+    speed, not correctness.)"""
     extent = int(sch.get(loop).extent)
     if first > last:
-        return  # no interior (a window wider than the input)
+        return [loop]  # no interior (a window wider than the input)
     factors = [f for f in (first, last - first + 1) if f > 0]
     if sum(factors) < extent:
-        sch.loop_partition(loop, factors)
-    elif first > 0:
-        sch.loop_partition(loop, [first])
+        return list(sch.loop_partition(loop, factors))
+    if first > 0:
+        return list(sch.loop_partition(loop, [first]))
+    return [loop]
 
 
 def schedule_window(sch, block):
-    """Channels in parallel; each channel's output rows and columns cut into border and
-    interior; no other schedule (LLVM vectorizes the rows). Columns are cut first: cutting the
-    rows copies the loops below them."""
+    """Rows in parallel (per part); each part's rows and columns cut into border and
+    interior; the channels left to LLVM's vectorizer. Columns are cut first: cutting the rows
+    copies the loops below them."""
     first_row, last_row, first_col, last_col = (
         int(v) for v in sch.get(block).annotations[INTERIOR_ATTR]
     )
-    b, c, y, z = sch.get_loops(block)
-    sch.parallel(sch.fuse(b, c))
+    b, y, z, _ = sch.get_loops(block)
+    y = sch.fuse(b, y)
     _cut_border(sch, z, first_col, last_col)
-    _cut_border(sch, y, first_row, last_row)
+    for part in _cut_border(sch, y, first_row, last_row):
+        sch.parallel(part)
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
-
-
-def keep_loops(sch, block):
-    """No schedule for the whole function: the root is kept from the other rules too (their
-    vectorize and unroll annotations apply to every block under it)."""
-    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
-    return [sch]
-
-
-def _uses_rule(func, rule: str) -> bool:
-    """Whether a (not yet scheduled) function has a block naming `rule`."""
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    return any(sch.get(b).annotations.get("schedule_rule") == rule for b in blocks)
-
-
-def keep_weight_layouts(mod):
-    """Functions left to TVM's loops (DEPTHWISE_RULE) lose their layout-free weight marks:
-    MetaSchedule would still rewrite those weights' layout for loops that were never tiled,
-    which made MobileNetV2's depthwise layers 3x slower."""
-    import tvm
-
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc) or "layout_free_buffers" not in (
-            func.attrs or {}
-        ):
-            continue
-        if _uses_rule(func, DEPTHWISE_RULE):
-            mod[gv] = func.without_attr("layout_free_buffers")
-    return mod
 
 
 def space_generator(target):
@@ -218,7 +239,7 @@ def register() -> None:
     rules = (
         (RULE, schedule_conv2d_int8),
         (PACK_RULE, schedule_pack),
-        (DEPTHWISE_RULE, keep_loops),
+        (DEPTHWISE_RULE, schedule_depthwise),
         (WINDOW_RULE, schedule_window),
     )
     for rule, function in rules:

@@ -70,10 +70,6 @@ def prepare(mod, target, *, winograd: bool = False):
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
         mod = tvm.transform.Sequential(passes)(mod)
-    if not is_gpu(target):
-        from edgepress.backends.int8_schedules import keep_weight_layouts
-
-        mod = keep_weight_layouts(mod)
     return mod
 
 

@@ -42,22 +42,33 @@ def _conv_reference(x, zx, w, stride, pad, groups=1):
     return out
 
 
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
 def _run_te(outputs_fn, arrays):
+    """Build the kernels' functions as a build does for this CPU (MetaSchedule's sample with
+    edgepress's rules: tiles, border cuts) and run them."""
     import tvm
     from tvm import te
 
-    from edgepress.backends.int8_schedules import WINDOW_RULE, schedule_window
+    from edgepress.backends import int8_schedules
+    from edgepress.backends.relax_pipeline import sample_schedules
 
     placeholders = [
         te.placeholder(a.shape, str(a.dtype), name=f"a{i}") for i, a in enumerate(arrays)
     ]
     out = outputs_fn(*placeholders)
-    func = te.create_prim_func([*placeholders, out])
-    sch = tvm.s_tir.Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).annotations.get("schedule_rule") == WINDOW_RULE:
-            schedule_window(sch, block)  # the border cut is part of what is tested
-    lib = tvm.compile(sch.mod, target="llvm")
+    int8_schedules.register()
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
+    mod, done = sample_schedules(mod, target, {"main"})
+    assert done == {"main"}
+    lib = tvm.compile(mod, target=target)
     result = tvm.runtime.empty([int(d) for d in out.shape], str(out.dtype), tvm.cpu())
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
     return result.numpy()
@@ -106,7 +117,7 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
             out_channels=20,
         )
 
-    got = _run_te(compute, [x, pack_weight(w, lanes), kernel_bias, multiplier])
+    got = _nchw(_run_te(compute, [_nhwc(x), pack_weight(w, lanes), kernel_bias, multiplier]))
     acc = _conv_reference(x, zx, w, stride, pad)
     want = _requantize_reference(acc, bias, multiplier, zy, out_dtype)
     np.testing.assert_array_equal(got, want)
@@ -150,9 +161,8 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
     w[:12], w[12:16] = 127, -128
     bias = rng.integers(-5000, 5000, 24).astype(np.int32)
     multiplier = rng.uniform(1e-5, 1e-4, 24).astype(np.float32)
-    # The packed input (NCHW[4c], padded by 1), as pack_activations would give it.
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(1, 2, 4, 11, 11)
-    xp = np.ascontiguousarray(xp.transpose(0, 1, 3, 4, 2))
+    # The packed input (NHWC, padded by 1), as pack_activations would give it.
+    xp = np.pad(_nhwc(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
     arrays = [xp, pack_weight(w, lanes), bias, multiplier]
     placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
     out = packed_conv2d(
@@ -177,35 +187,56 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
     tvm.compile(mod, target=target)["main"](*[tvm.runtime.tensor(a) for a in arrays], got)
     acc = _conv_reference(x, 0, w, 1, 1)
     want = _requantize_reference(acc, bias.astype(np.int64), multiplier, 0, "uint8")
-    np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(_nchw(got.numpy()), want)
 
 
-def test_integer_depthwise_conv_equals_numpy_integer_arithmetic():
-    from edgepress.backends.int8_kernels import depthwise_conv2d, pack_depthwise_weight
+@pytest.mark.parametrize(
+    ("x_dtype", "zx", "big_bias", "float_bias"),
+    [("uint8", 100, 0, True), ("int8", -7, 2**25, False)],  # 2^25: not exact in float32
+)
+def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(x_dtype, zx, big_bias, float_bias):
+    """Both requantizations: the bias added in float where every sum is exact there, in
+    int32 where one channel's bias is too large for float32 to hold exactly."""
+    from edgepress.backends.int8_kernels import (
+        depthwise_conv2d,
+        depthwise_sums_exact,
+        pack_activations,
+        pack_depthwise_weight,
+    )
 
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (1, 24, 10, 10)).astype(np.uint8)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (1, 24, 10, 10)).astype(x_dtype)
     w = rng.integers(-128, 128, (24, 1, 3, 3)).astype(np.int8)
-    bias = rng.integers(-3000, 3000, 24).astype(np.int32)
+    bias = rng.integers(-3000, 3000, 24).astype(np.int64)
+    bias[0] += big_bias
     multiplier = rng.uniform(0.001, 0.02, 24).astype(np.float32)
+    kernel_bias = (bias - zx * w.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+    assert depthwise_sums_exact(w, kernel_bias, x_dtype) == float_bias
 
     def compute(xt, wt, bt, mt):
+        xp = pack_activations(
+            xt, padding=(1, 1, 1, 1), in_zero_point=zx, act_dtype=x_dtype, channel_multiple=1
+        )
         return depthwise_conv2d(
-            xt,
+            xp,
             wt,
             bt,
             mt,
             strides=(2, 2),
-            padding=(1, 1, 1, 1),
             dilation=(1, 1),
-            in_zero_point=100,
             out_zero_point=3,
             out_dtype="uint8",
+            lanes=16,
+            float_bias=float_bias,
         )
 
-    got = _run_te(compute, [x, pack_depthwise_weight(w, 16), bias, multiplier])
-    acc = _conv_reference(x, 100, w, 2, 1, groups=24)
-    np.testing.assert_array_equal(got, _requantize_reference(acc, bias, multiplier, 3, "uint8"))
+    arrays = [_nhwc(x), pack_depthwise_weight(w), kernel_bias, multiplier]
+    got = _nchw(_run_te(compute, arrays))
+    acc = _conv_reference(x, zx, w, 2, 1, groups=24)
+    want = _requantize_reference(acc, bias, multiplier, 3, "uint8")
+    assert 0 < np.count_nonzero((want > 0) & (want < 255))
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +266,8 @@ def test_integer_max_pool_equals_numpy(dtype, padding, strides):
         for i in range(3)
         for j in range(3)
     ]
-    np.testing.assert_array_equal(_run_te(compute, [x]), np.max(windows, axis=0).astype(dtype))
+    got = _nchw(_run_te(compute, [_nhwc(x)]))
+    np.testing.assert_array_equal(got, np.max(windows, axis=0).astype(dtype))
 
 
 def _qdq_net(tmp_path):
