@@ -134,11 +134,13 @@ def pack_activations(
             inside, _convert(x[b, y, z, c], src, act_dtype), tirx.const(in_zero_point, act_dtype)
         )
 
-    from edgepress.backends.int8_schedules import PACK_RULE
+    from edgepress.backends.int8_schedules import INTERIOR_ATTR, PACK_RULE
 
     padded = -(-channels // channel_multiple) * channel_multiple
     shape = (n, height + top + bottom, width + left + right, padded)
-    return te.compute(shape, pack, name="pack", attrs={"schedule_rule": PACK_RULE})
+    interior = [top, top + height - 1, left, left + width - 1]
+    attrs = {"schedule_rule": PACK_RULE, INTERIOR_ATTR: interior}
+    return te.compute(shape, pack, name="pack", attrs=attrs)
 
 
 def needs_pack(

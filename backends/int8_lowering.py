@@ -454,9 +454,9 @@ TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 def _is_scalar(expr) -> bool:
     """A per-tensor operand: a value that is not a tensor (clip's bounds) or a tensor of one
     element (a scale, a zero point), which broadcasts the same in any layout."""
-    from tvm import relax
+    import tvm
 
-    if isinstance(expr, relax.PrimValue):
+    if isinstance(expr.ty, tvm.ir.PrimType):
         return True
     dims = getattr(getattr(expr.ty, "shape", None), "values", None)
     try:

@@ -119,10 +119,25 @@ def schedule_conv2d_int8(sch, block):
     return [sch]
 
 
+PACK_UNROLL = 16  # channels per pixel up to which the pack's channel loop is unrolled
+
+
 def schedule_pack(sch, block):
-    """Rows in parallel; LLVM vectorizes each row's copy."""
-    b, h, _, _ = sch.get_loops(block)
-    sch.parallel(sch.fuse(b, h))
+    """Rows in parallel; the padding rows and columns cut off, so that the interior is a
+    copy without tests (or the quantization of a float input) that LLVM vectorizes. A few
+    channels (an image's 3, padded to 4) are unrolled: the copy then vectorizes along the
+    row. ResNet-18's input (quantized, transposed and packed in one function): 0.20 ms
+    without the cut."""
+    first_row, last_row, first_col, last_col = (
+        int(v) for v in sch.get(block).annotations[INTERIOR_ATTR]
+    )
+    b, h, w, c = sch.get_loops(block)
+    if int(sch.get(c).extent) <= PACK_UNROLL:
+        sch.unroll(c)
+    h = sch.fuse(b, h)
+    _cut_border(sch, w, first_col, last_col)
+    for part in _cut_border(sch, h, first_row, last_row):
+        sch.parallel(part)
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
 

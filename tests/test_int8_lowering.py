@@ -393,3 +393,20 @@ def test_arm64_int8_artifact_uses_sdot_and_matches_onnxruntime_under_qemu(cli, t
         check=True,
     ).stdout
     assert len(re.findall(r"\bsdot\b", disassembly)) > 0
+
+
+def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
+    """An elementwise op between int8 kernels runs on their NHWC values only when its other
+    operands broadcast the same in any layout: clip's bounds and one-element scales do, a
+    per-channel [1, C, 1, 1] tensor does not."""
+    import tvm
+    from tvm import relax
+
+    from edgepress.backends.int8_lowering import _is_scalar
+
+    clip = relax.op.clip(relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32")), 0.0, 6.0)
+    assert _is_scalar(clip.args[1]) and _is_scalar(clip.args[2])
+    assert _is_scalar(relax.const(np.float32(0.5)))
+    assert _is_scalar(relax.const(np.ones((1, 1, 1, 1), np.float32)))
+    assert not _is_scalar(relax.const(np.ones((1, 8, 1, 1), np.float32)))
+    assert not _is_scalar(relax.Var("n", relax.TensorType((tvm.tirx.Var("n", "int64"),), "f32")))
