@@ -32,6 +32,7 @@ from edgepress.backends.int8_kernels import (
     pack_weight,
     packed_conv2d,
     requantize_multiplier,
+    scaled_in_int32,
     shift_zero_point,
 )
 
@@ -263,6 +264,11 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
         if not (attrs["groups"] == in_channels == channels and weight.shape[1] == 1):
             raise NotLowered(f"grouped convolution (groups={attrs['groups']}), not depthwise")
         kind = "depthwise"
+        if not depthwise_sums_exact(weight, np.zeros(channels, np.int64), _dtype(x)):
+            raise NotLowered(
+                f"its {weight.shape[2]}x{weight.shape[3]} window is too large "
+                "for exact float32 sums"
+            )
 
     out_var, out = _quantize_consumer(bindings, var)
     bias = np.zeros(channels, np.int64)
@@ -346,6 +352,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
         "dilation": chain.attrs["dilation"],
         "out_zero_point": chain.out_zero_point,
         "out_dtype": chain.out_dtype,
+        "in_int32": scaled_in_int32(chain.weight, chain.bias, multiplier, chain.x_dtype),
     }
     matmul = _op_name(chain.compute) == "relax.matmul"
     if matmul:

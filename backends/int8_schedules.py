@@ -71,6 +71,15 @@ def _inline_between(sch, conv, output) -> None:
                 pass
 
 
+def _last_consumer(sch, block):
+    """The end of the chain of blocks reading `block` (the function's output), if any."""
+    outputs = sch.get_consumers(block)
+    final = outputs[0] if outputs else None
+    while final is not None and sch.get_consumers(final):
+        final = sch.get_consumers(final)[0]
+    return final
+
+
 def schedule_conv2d_int8(sch, block):
     """Tile, tensorize-annotate and fuse the epilogue of one conv_int8 block."""
     annotations = sch.get(block).annotations
@@ -94,10 +103,7 @@ def schedule_conv2d_int8(sch, block):
     )
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, r4)
     sch.set_scope(block, 0, "local")
-    outputs = sch.get_consumers(block)
-    final = outputs[0] if outputs else None
-    while final is not None and sch.get_consumers(final):
-        final = sch.get_consumers(final)[0]
+    final = _last_consumer(sch, block)
     if final is not None:
         _inline_between(sch, block, final)
         sch.reverse_compute_at(final, z_o, preserve_unit_loops=True)
@@ -128,17 +134,10 @@ def schedule_pack(sch, block):
     channels (an image's 3, padded to 4) are unrolled: the copy then vectorizes along the
     row. ResNet-18's input (quantized, transposed and packed in one function): 0.20 ms
     without the cut."""
-    first_row, last_row, first_col, last_col = (
-        int(v) for v in sch.get(block).annotations[INTERIOR_ATTR]
-    )
-    b, h, w, c = sch.get_loops(block)
+    c = sch.get_loops(block)[-1]
     if int(sch.get(c).extent) <= PACK_UNROLL:
         sch.unroll(c)
-    h = sch.fuse(b, h)
-    _cut_border(sch, w, first_col, last_col)
-    for part in _cut_border(sch, h, first_row, last_row):
-        sch.parallel(part)
-    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    _cut_interior(sch, block)
     return [sch]
 
 
@@ -182,9 +181,7 @@ def schedule_depthwise(sch, block):
     )
     sch.reorder(b, y, z_o, c_o, ry, rx, z_i, c_i)
     sch.set_scope(block, 0, "local")
-    final = sch.get_consumers(block)[0]
-    while sch.get_consumers(final):
-        final = sch.get_consumers(final)[0]
+    final = _last_consumer(sch, block)
     _inline_between(sch, block, final)
     sch.reverse_compute_at(final, c_o, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(final)[-1])
@@ -212,10 +209,10 @@ def _cut_border(sch, loop, first: int, last: int) -> list:
     return [loop]
 
 
-def schedule_window(sch, block):
-    """Rows in parallel (per part); each part's rows and columns cut into border and
-    interior; the channels left to LLVM's vectorizer. Columns are cut first: cutting the rows
-    copies the loops below them."""
+def _cut_interior(sch, block) -> None:
+    """An NHWC block's rows (in parallel, per part) and columns cut into border and interior
+    (INTERIOR_ATTR); the channels left to LLVM's vectorizer. Columns are cut first: cutting
+    the rows copies the loops below them. The function gets no other schedule."""
     first_row, last_row, first_col, last_col = (
         int(v) for v in sch.get(block).annotations[INTERIOR_ATTR]
     )
@@ -225,6 +222,11 @@ def schedule_window(sch, block):
     for part in _cut_border(sch, y, first_row, last_row):
         sch.parallel(part)
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+
+
+def schedule_window(sch, block):
+    """A window kernel (int8 max pooling): _cut_interior."""
+    _cut_interior(sch, block)
     return [sch]
 
 

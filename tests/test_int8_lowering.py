@@ -82,14 +82,18 @@ def _run_te(outputs_fn, arrays):
         ("uint8", 8, "int8", 2, 0, "int8"),  # s8 activations moved to u8
     ],
 )
+@pytest.mark.parametrize("in_int32", [False, True], ids=["float-saturation", "int-saturation"])
 def test_integer_conv_equals_numpy_integer_arithmetic(
-    act_dtype, lanes, x_dtype, stride, pad, out_dtype
+    act_dtype, lanes, x_dtype, stride, pad, out_dtype, in_int32
 ):
+    """Both epilogues: saturation in float, and rounding straight to int32 where the layer's
+    scaled sums provably fit (scaled_in_int32)."""
     from edgepress.backends.int8_kernels import (
         pack_activations,
         pack_weight,
         packed_conv2d,
         requantize_multiplier,
+        scaled_in_int32,
         shift_zero_point,
     )
 
@@ -102,6 +106,8 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
     multiplier = requantize_multiplier(0.02, rng.uniform(0.001, 0.01, 20), 0.5)
     zk = shift_zero_point(zx, x_dtype, act_dtype)
     kernel_bias = (bias - zk * w.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+    assert scaled_in_int32(w, kernel_bias, multiplier, act_dtype)
+    assert not scaled_in_int32(w, kernel_bias, multiplier * 1e8, act_dtype)
 
     def compute(xt, wt, bt, mt):
         packed = pack_activations(xt, padding=(pad,) * 4, in_zero_point=zk, act_dtype=act_dtype)
@@ -115,6 +121,7 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
             out_zero_point=zy,
             out_dtype=out_dtype,
             out_channels=20,
+            in_int32=in_int32,
         )
 
     got = _nchw(_run_te(compute, [_nhwc(x), pack_weight(w, lanes), kernel_bias, multiplier]))
@@ -410,3 +417,16 @@ def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
     assert _is_scalar(relax.const(np.ones((1, 1, 1, 1), np.float32)))
     assert not _is_scalar(relax.const(np.ones((1, 8, 1, 1), np.float32)))
     assert not _is_scalar(relax.Var("n", relax.TensorType((tvm.tirx.Var("n", "int64"),), "f32")))
+
+
+def test_depthwise_windows_too_large_for_exact_float_sums_are_refused():
+    """23 x 23 taps of 255 x 128 reach 2^24, where float32 stops holding every integer: such a
+    layer must not take the float-FMA depthwise kernel (the lowering leaves it float)."""
+    from edgepress.backends.int8_kernels import depthwise_sums_exact
+
+    def window(k: int) -> np.ndarray:
+        return np.full((8, 1, k, k), -128, np.int8)
+
+    assert depthwise_sums_exact(window(3), np.zeros(8, np.int64), "uint8")
+    assert not depthwise_sums_exact(window(23), np.zeros(8, np.int64), "uint8")
+    assert not depthwise_sums_exact(window(3), np.full(8, 1 << 24, np.int64), "uint8")
