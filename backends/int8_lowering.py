@@ -7,6 +7,8 @@ run on the imported module before legalization, replaces each such chain by one 
 (backends/int8_kernels.py): the 8-bit input is read as it is, the int8 weights are packed for
 the target's dot-product instruction and stay int8, and the int32 result is requantized to the
 next layer's scale in the same kernel. What is left of the float chain is dead and removed.
+The kernels pass NHWC activations from one to the next (with the elementwise ops between
+them); the graph's own NCHW values remain only where a float op still reads them.
 
 A chain is lowered when its input is per-tensor quantized, its weight is a constant with zero
 zero points (the int8 pass makes them so), its bias (if any) is an int32 dequantize and its
