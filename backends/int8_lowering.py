@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepress.backends.int8_kernels import (
-    DOT_DEPTH,
     DotLayout,
     depthwise_conv2d,
     depthwise_sums_exact,
@@ -33,6 +32,7 @@ from edgepress.backends.int8_kernels import (
     pack_depthwise_weight,
     pack_weight,
     packed_conv2d,
+    per_channel,
     requantize_multiplier,
     scaled_in_int32,
     shift_zero_point,
@@ -324,11 +324,11 @@ def _opaque_call_te(builder, compute, *args, **kwargs):
     return call
 
 
-def _packed(builder, x, chain: _Chain, padding, multiple: int):
+def _packed(builder, x, chain: _Chain, padding):
     """The kernel's NHWC input: `x` itself where it needs no padding, channel rounding or
     change of signedness, else pack_activations' copy of it."""
     channels = int(x.ty.shape[3])
-    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype, multiple):
+    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype):
         return x
     packed = builder.call_te(
         pack_activations,
@@ -336,7 +336,6 @@ def _packed(builder, x, chain: _Chain, padding, multiple: int):
         padding=padding,
         in_zero_point=chain.x_zero_point,
         act_dtype=chain.x_dtype,
-        channel_multiple=multiple,
         primfunc_name_hint="pack_int8",
     )
     return builder.emit(packed)
@@ -364,10 +363,12 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     if chain.kind == "depthwise":
         call = builder.call_te(
             depthwise_conv2d,
-            _packed(builder, x, chain, padding, 1),
+            x,
             relax.const(pack_depthwise_weight(chain.weight)),
-            relax.const(chain.bias),
-            relax.const(multiplier),
+            relax.const(per_channel(chain.bias)),
+            relax.const(per_channel(multiplier)),
+            padding=padding,
+            in_zero_point=chain.x_zero_point,
             lanes=layout.lanes,
             float_bias=depthwise_sums_exact(chain.weight, chain.bias, chain.x_dtype),
             primfunc_name_hint="depthwise_conv2d_int8",
@@ -376,7 +377,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     else:
         call = builder.call_te(
             packed_conv2d,
-            _packed(builder, x, chain, padding, DOT_DEPTH),
+            _packed(builder, x, chain, padding),
             relax.const(pack_weight(chain.weight, layout.lanes)),
             relax.const(chain.bias),
             relax.const(multiplier),

@@ -198,22 +198,29 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
 
 
 @pytest.mark.parametrize(
-    ("x_dtype", "zx", "big_bias", "float_bias"),
-    [("uint8", 100, 0, True), ("int8", -7, 2**25, False)],  # 2^25: not exact in float32
+    ("x_dtype", "zx", "big_bias", "float_bias", "size", "stride"),
+    [
+        ("uint8", 100, 0, True, 10, 2),
+        ("int8", -7, 2**25, False, 58, 1),  # 2^25: not exact in float32
+    ],
 )
-def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(x_dtype, zx, big_bias, float_bias):
+def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(
+    x_dtype, zx, big_bias, float_bias, size, stride
+):
     """Both requantizations: the bias added in float where every sum is exact there, in
-    int32 where one channel's bias is too large for float32 to hold exactly."""
+    int32 where one channel's bias is too large for float32 to hold exactly. The padding is
+    read in the kernel: a 58-pixel row has border and interior tiles, a 5-pixel one only a
+    border tile."""
     from edgepress.backends.int8_kernels import (
         depthwise_conv2d,
         depthwise_sums_exact,
-        pack_activations,
         pack_depthwise_weight,
+        per_channel,
     )
 
     rng = np.random.default_rng(1)
     info = np.iinfo(x_dtype)
-    x = rng.integers(info.min, info.max + 1, (1, 24, 10, 10)).astype(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (1, 24, size, size)).astype(x_dtype)
     w = rng.integers(-128, 128, (24, 1, 3, 3)).astype(np.int8)
     bias = rng.integers(-3000, 3000, 24).astype(np.int64)
     bias[0] += big_bias
@@ -222,25 +229,24 @@ def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(x_dtype, zx, big
     assert depthwise_sums_exact(w, kernel_bias, x_dtype) == float_bias
 
     def compute(xt, wt, bt, mt):
-        xp = pack_activations(
-            xt, padding=(1, 1, 1, 1), in_zero_point=zx, act_dtype=x_dtype, channel_multiple=1
-        )
         return depthwise_conv2d(
-            xp,
+            xt,
             wt,
             bt,
             mt,
-            strides=(2, 2),
+            strides=(stride, stride),
+            padding=(1, 1, 1, 1),
             dilation=(1, 1),
+            in_zero_point=zx,
             out_zero_point=3,
             out_dtype="uint8",
             lanes=16,
             float_bias=float_bias,
         )
 
-    arrays = [_nhwc(x), pack_depthwise_weight(w), kernel_bias, multiplier]
+    arrays = [_nhwc(x), pack_depthwise_weight(w), per_channel(kernel_bias), per_channel(multiplier)]
     got = _nchw(_run_te(compute, arrays))
-    acc = _conv_reference(x, zx, w, 2, 1, groups=24)
+    acc = _conv_reference(x, zx, w, stride, 1, groups=24)
     want = _requantize_reference(acc, bias, multiplier, 3, "uint8")
     assert 0 < np.count_nonzero((want > 0) & (want < 255))
     np.testing.assert_array_equal(got, want)
