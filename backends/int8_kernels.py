@@ -389,3 +389,27 @@ def depthwise_conv2d(
         return _requantize(acc_int, bias_c, multiplier_c, out_zero_point, out_dtype, in_int32)
 
     return te.compute((n, oh, ow, channels), requantize, name="requantize")
+
+
+def spatial_mean(x, *, keepdims: bool):
+    """Mean over the rows and columns of NHWC `x` ([N, 1, 1, C], or [N, C] without keepdims):
+    a global average pool. Summed in TOPI's order (rows, then columns) and divided by their
+    count as TOPI's mean does; MEAN_RULE runs the channels innermost, as vectors (TOPI's mean
+    with MetaSchedule's sample took 0.04 ms on MobileNetV2's 7x7x1280 output)."""
+    from tvm import te
+
+    from edgepress.backends.int8_schedules import MEAN_RULE
+
+    n, height, width, channels = (int(d) for d in x.shape)
+    ry = te.reduce_axis((0, height), name="ry")
+    rx = te.reduce_axis((0, width), name="rx")
+    total = te.compute(
+        (n, channels),
+        lambda b, c: te.sum(x[b, ry, rx, c], axis=[ry, rx]),
+        name="spatial_sum",
+        attrs={"schedule_rule": MEAN_RULE},
+    )
+    count = float(height * width)
+    if keepdims:
+        return te.compute((n, 1, 1, channels), lambda b, i, j, c: total[b, c] / count)
+    return te.compute((n, channels), lambda b, c: total[b, c] / count)

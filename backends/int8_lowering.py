@@ -36,6 +36,7 @@ from edgepress.backends.int8_kernels import (
     requantize_multiplier,
     scaled_in_int32,
     shift_zero_point,
+    spatial_mean,
 )
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
@@ -545,10 +546,35 @@ def lower_qdq(mod, layout: DotLayout):
             self.bind(binding.var, relax.Call(value.op, args, value.attrs))
             return True
 
+        def spatial_mean_in_nhwc(self, binding) -> bool:
+            """A global average pool (mean over H and W) of a value the kernels have in NHWC:
+            the mean over its rows and columns, no transpose. With keepdims, [N, 1, 1, C]
+            and [N, C, 1, 1] are the same bytes, so the NCHW value is a reshape."""
+            value = binding.value
+            if _op_name(value) != "relax.mean" or value.attrs.axis is None:
+                return False
+            x = self.visit_expr(value.args[0])
+            if x not in self.nhwc or sorted(int(a) % 4 for a in value.attrs.axis) != [2, 3]:
+                return False
+            keepdims = bool(value.attrs.keepdims)
+            mean = self.builder_.emit(
+                self.builder_.call_te(
+                    spatial_mean, self.nhwc[x], keepdims=keepdims, primfunc_name_hint="mean"
+                )
+            )
+            if not keepdims:  # [N, C] either way
+                self.set_var_remap(binding.var, mean)
+                return True
+            n, _, _, c = (int(d) for d in mean.ty.shape)
+            nchw = self.builder_.emit(relax.op.reshape(mean, (n, c, 1, 1)))
+            self.nhwc[nchw] = mean
+            self.set_var_remap(binding.var, nchw)
+            return True
+
         def visit_var_binding_(self, binding) -> None:
             chain = chains.get(binding.var)
             if chain is None:
-                if not self.elementwise_in_nhwc(binding):
+                if not (self.elementwise_in_nhwc(binding) or self.spatial_mean_in_nhwc(binding)):
                     super().visit_var_binding_(binding)
                 return
             x = self.visit_expr(chain.x)

@@ -29,6 +29,7 @@ LANES_ATTR = "edgepress.lanes"  # the target's int32 (= float32) vector width
 # Window kernels (int8 max pooling): plain loops with the border cut off, which LLVM
 # vectorizes over the channels.
 WINDOW_RULE = "edgepress.window"
+MEAN_RULE = "edgepress.spatial_mean"  # int8_kernels.spatial_mean
 INTERIOR_ATTR = "edgepress.interior"  # [first row, last row, first column, last column]
 MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX-512 and NEON)
 # AVX2 has 16 vector registers, and its exact dot product (dot_intrinsics.AVX2_8x4) needs five
@@ -237,6 +238,29 @@ def schedule_window(sch, block):
     return [sch]
 
 
+MEAN_VECTOR = 16  # channels per vector of the spatial mean (one AVX-512 register of floats)
+
+
+def schedule_spatial_mean(sch, block):
+    """Per vector of channels, the sum over the pixels in one register; the epilogue (the
+    division, a quantize fused behind it) vectorized the same way."""
+    b, c, ry, rx = sch.get_loops(block)
+    channels = int(sch.get(c).extent)
+    vector = MEAN_VECTOR if channels % MEAN_VECTOR == 0 else channels
+    c_o, c_i = sch.split(c, [channels // vector, vector])
+    sch.reorder(b, c_o, ry, rx, c_i)
+    sch.vectorize(c_i)
+    final = _last_consumer(sch, block)
+    if final is not None:
+        _inline_between(sch, block, final)
+        last = sch.get_loops(final)[-1]
+        extent = int(sch.get(last).extent)
+        if extent % MEAN_VECTOR == 0:
+            sch.vectorize(sch.split(last, [extent // MEAN_VECTOR, MEAN_VECTOR])[1])
+    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    return [sch]
+
+
 def space_generator(target):
     """MetaSchedule's design-space generator for `target`: its defaults, except that x86 CPUs
     without VNNI also get the RewriteTensorize postprocessor. MetaSchedule adds it only for
@@ -265,6 +289,7 @@ def register() -> None:
         (PACK_RULE, schedule_pack),
         (DEPTHWISE_RULE, schedule_depthwise),
         (WINDOW_RULE, schedule_window),
+        (MEAN_RULE, schedule_spatial_mean),
     )
     for rule, function in rules:
         name = f"s_tir.meta_schedule.cpu.{rule}"

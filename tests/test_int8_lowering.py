@@ -436,3 +436,14 @@ def test_depthwise_windows_too_large_for_exact_float_sums_are_refused():
     assert depthwise_sums_exact(window(3), np.zeros(8, np.int64), "uint8")
     assert not depthwise_sums_exact(window(23), np.zeros(8, np.int64), "uint8")
     assert not depthwise_sums_exact(window(3), np.full(8, 1 << 24, np.int64), "uint8")
+
+
+@pytest.mark.parametrize("keepdims", [True, False])
+def test_spatial_mean_of_nhwc_equals_numpy(keepdims):
+    """The global average pool the lowering runs on the kernels' NHWC values."""
+    from edgepress.backends.int8_kernels import spatial_mean
+
+    x = np.random.default_rng(4).standard_normal((1, 7, 7, 48)).astype(np.float32)
+    got = _run_te(lambda xt: spatial_mean(xt, keepdims=keepdims), [x])
+    want = x.mean(axis=(1, 2), keepdims=keepdims)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
