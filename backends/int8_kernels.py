@@ -44,6 +44,7 @@ class DotLayout:
     act_dtype: str  # activations: "uint8" (x86) or "int8" (arm64)
     lanes: int  # int32 accumulators per instruction (output channels per weight block)
     intrinsic: str | None  # TVM's tensor intrinsic for it, None where the target has none
+    pair_sums: bool = False  # accumulators hold pair sums (packed_conv2d)
 
 
 def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
@@ -181,12 +182,16 @@ def packed_conv2d(
     out_channels: int,
     intrinsic: str | None = None,
     in_int32: bool = False,
+    pair_sums: bool = False,
 ):
     """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
     pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
     NHWC. `bias` (int32) holds the layer's bias minus the input zero point times sum(w), per
     output channel. The conv block names its MetaSchedule rule (backends/int8_schedules.py)
-    and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to)."""
+    and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to).
+    With `pair_sums` (AVX2's dot_8x2x2_avx2) each output channel accumulates two partial sums,
+    over the first and the second pair of each 4 input channels, which the epilogue adds: the
+    instruction's pair sums need no reduction inside the loop."""
     from tvm import te
 
     from edgepress.backends.int8_schedules import INTRINSIC_ATTR, RULE
@@ -200,26 +205,51 @@ def packed_conv2d(
     rc = te.reduce_axis((0, int(weight.shape[1])), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-    r4 = te.reduce_axis((0, depth), name="r4")
-    acc = te.compute(
-        (n, int(weight.shape[0]), oh, ow, lanes),
-        lambda b, ob, y, z, oi: te.sum(
-            xp[b, y * sh + ry * dh, z * sw + rx * dw, rc * depth + r4].astype("int32")
-            * weight[ob, rc, ry, rx, oi, r4].astype("int32"),
-            axis=[rc, ry, rx, r4],
-        ),
-        name="conv_int8",
-        attrs={"schedule_rule": RULE, **({INTRINSIC_ATTR: intrinsic} if intrinsic else {})},
-    )
+    attrs = {"schedule_rule": RULE, **({INTRINSIC_ATTR: intrinsic} if intrinsic else {})}
+
+    def term(b, ob, y, z, oi, k):
+        a = xp[b, y * sh + ry * dh, z * sw + rx * dw, rc * depth + k].astype("int32")
+        return a * weight[ob, rc, ry, rx, oi, k].astype("int32")
+
+    if pair_sums:
+        r2 = te.reduce_axis((0, 2), name="r2")
+        acc = te.compute(
+            (n, int(weight.shape[0]), oh, ow, lanes, 2),
+            lambda b, ob, y, z, oi, p: te.sum(
+                term(b, ob, y, z, oi, p * 2 + r2), axis=[rc, ry, rx, r2]
+            ),
+            name="conv_int8",
+            attrs=attrs,
+        )
+
+        # A reduction, not acc[..., 0] + acc[..., 1]: TVM's compute-at cannot place a block
+        # that reads a buffer at constant indices.
+        rp = te.reduce_axis((0, 2), name="rp")
+        summed = te.compute(
+            (n, int(weight.shape[0]), oh, ow, lanes),
+            lambda b, ob, y, z, oi: te.sum(acc[b, ob, y, z, oi, rp], axis=rp),
+            name="pair_sum",
+        )
+
+        def total(b, c, y, z):
+            return summed[b, c // lanes, y, z, c % lanes]
+
+    else:
+        r4 = te.reduce_axis((0, depth), name="r4")
+        acc = te.compute(
+            (n, int(weight.shape[0]), oh, ow, lanes),
+            lambda b, ob, y, z, oi: te.sum(term(b, ob, y, z, oi, r4), axis=[rc, ry, rx, r4]),
+            name="conv_int8",
+            attrs=attrs,
+        )
+
+        def total(b, c, y, z):
+            return acc[b, c // lanes, y, z, c % lanes]
+
     return te.compute(
         (n, oh, ow, out_channels),
         lambda b, y, z, c: _requantize(
-            acc[b, c // lanes, y, z, c % lanes],
-            bias[c],
-            multiplier[c],
-            out_zero_point,
-            out_dtype,
-            in_int32,
+            total(b, c, y, z), bias[c], multiplier[c], out_zero_point, out_dtype, in_int32
         ),
         name="requantize",
     )

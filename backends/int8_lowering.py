@@ -80,14 +80,14 @@ def layout_for(target) -> DotLayout | None:
     """The packing the target's int8 dot product reads; None where nothing is lowered (GPUs).
 
     x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). x86 with AVX2: 8 lanes, exact int16
-    pair sums (dot_intrinsics.AVX2_8x4: vpmaddwd; TVM's own x86 intrinsics use vpmaddubsw,
+    pair sums (dot_intrinsics.AVX2_8x2x2: vpmaddwd; TVM's own x86 intrinsics use vpmaddubsw,
     which saturates in int16 and would break exactness). Older x86: 8 lanes, no intrinsic
     (LLVM vectorizes the int32 arithmetic). arm64: s8 x s8, 4 lanes (sdot with +dotprod;
     without it, no intrinsic either).
     """
     from tvm.target import codegen
 
-    from edgepress.backends.dot_intrinsics import AVX2_8x4, SDOT_4x4, VNNI_16x4
+    from edgepress.backends.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, VNNI_16x4
 
     if target.kind.name != "llvm":
         return None
@@ -97,7 +97,7 @@ def layout_for(target) -> DotLayout | None:
     if codegen.target_has_features("avx512vnni", target):
         return DotLayout("uint8", 16, VNNI_16x4)
     if codegen.target_has_features("avx2", target):
-        return DotLayout("uint8", 8, AVX2_8x4)
+        return DotLayout("uint8", 8, AVX2_8x2x2, pair_sums=True)
     return DotLayout("uint8", 8, None)
 
 
@@ -384,6 +384,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             relax.const(multiplier),
             out_channels=channels,
             intrinsic=layout.intrinsic,
+            pair_sums=layout.pair_sums,
             primfunc_name_hint="matmul_int8" if matmul else "conv2d_int8",
             **common,
         )

@@ -34,7 +34,7 @@ from pathlib import Path
 # The instruction each dot-product intrinsic compiles to, and the disassembler that finds it.
 INSTRUCTIONS = {
     "dot_16x4_vnni": ("objdump", "vpdpbusd"),
-    "dot_8x4_avx2": ("objdump", "vpmaddwd"),
+    "dot_8x2x2_avx2": ("objdump", "vpmaddwd"),
     "dot_4x4_i8i8s32_sdot": ("aarch64-linux-gnu-objdump", "sdot"),
 }
 AVX2_CPU = "znver3"

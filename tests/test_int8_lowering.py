@@ -142,7 +142,7 @@ def _host_flags() -> set[str]:
 @pytest.mark.parametrize(
     ("intrinsic", "lanes", "mcpu", "flag", "instruction"),
     [
-        ("dot_8x4_avx2", 8, "znver3", "avx2", "vpmaddwd"),
+        ("dot_8x2x2_avx2", 8, "znver3", "avx2", "vpmaddwd"),
         ("dot_16x4_vnni", 16, "icelake-server", "avx512_vnni", "vpdpbusd"),
     ],
 )
@@ -180,6 +180,7 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
         out_dtype="uint8",
         out_channels=24,
         intrinsic=intrinsic,
+        pair_sums=intrinsic == "dot_8x2x2_avx2",
     )
     func = te.create_prim_func([*placeholders, out])
     target = tvm.target.Target(
@@ -355,8 +356,8 @@ def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli
     out, report = _int8_build(cli, tmp_path, *mcpu)
     intrinsic = report["int8_compute"]["intrinsic"]
     if mcpu:
-        assert intrinsic == "dot_8x4_avx2"
-    instruction = {"dot_16x4_vnni": "vpdpbusd", "dot_8x4_avx2": "vpmaddwd"}.get(intrinsic)
+        assert intrinsic == "dot_8x2x2_avx2"
+    instruction = {"dot_16x4_vnni": "vpdpbusd", "dot_8x2x2_avx2": "vpmaddwd"}.get(intrinsic)
     if instruction and shutil.which("objdump"):
         # The library holds the instruction, not just the packed layout.
         listing = subprocess.run(
