@@ -7,7 +7,7 @@
   LLVM TVM was built with; the description, which the tensorizer matches, is TVM's.
 - `dot_8x2x2_avx2_local`: the dot product for AVX2 CPUs without VNNI, exact. TVM's x86
   intrinsics without VNNI use vpmaddubsw, whose u8 x s8 pair sums saturate at int16 (255 *
-  127 * 2 > 32767). Here the 4 activations are widened to int16 and broadcast, the 8 x 4
+  127 * 2 > 32767). Here the 4 activations (widened to int16 by the pack) are broadcast, the 8 x 4
   weights sign-extended to int16 in two halves, and vpmaddwd forms the exact int32 pair sums,
   which accumulate as they are: C[8, 2] holds each output channel's two pair sums, added once
   in the epilogue (packed_conv2d's pair_sums). Reducing them in the loop (vphaddd and a lane
@@ -90,12 +90,12 @@ def _sdot(scope: str):
 def _avx2_pairs():
     """dot_8x2x2_avx2 with local accumulators (module docstring): C[i, p] += A[2p + j] *
     B[i, 2p + j] over j in 0, 1, the 8 x 2 pair sums left unreduced (the epilogue adds each
-    output channel's two)."""
+    output channel's two). A is 4 activations the pack has widened to int16."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
         B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
         C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
@@ -112,14 +112,14 @@ def _avx2_pairs():
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
         B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
         C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:8, 0:2], A[0:4], B[0:8, 0:4])
             T.writes(C[0:8, 0:2])
-            # [a0 a1 a2 a3] as int16, four times over.
-            a_i64 = T.reinterpret(T.Cast("int16x4", A.vload([0], "uint8x4")), dtype="int64")
+            # [a0 a1 a2 a3] four times over: one 8-byte broadcast load.
+            a_i64 = T.reinterpret(A.vload([0], "int16x4"), dtype="int64")
             a = T.reinterpret(T.broadcast(a_i64, 4), dtype="int16x16")
             for half in T.unroll(2):  # output channels 0-3, then 4-7: C[4h:4h+4, 0:2]
                 w = T.Cast("int16x16", B.vload([half * 4, 0], dtype="int8x16"))

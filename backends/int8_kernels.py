@@ -35,21 +35,24 @@ import numpy as np
 
 DOT_DEPTH = 4  # activations per dot-product term
 QUANT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+# Activations as the kernels read them: 8-bit, or widened to int16 (AVX2, from either)
+ACT_RANGE = {**QUANT_RANGE, "int16": (-128, 255)}
 
 
 @dataclass(frozen=True)
 class DotLayout:
     """What the target's dot-product instruction reads."""
 
-    act_dtype: str  # activations: "uint8" (x86) or "int8" (arm64)
+    act_dtype: str  # activations: "uint8" (x86 VNNI), "int16" (x86 AVX2) or "int8" (arm64)
     lanes: int  # int32 accumulators per instruction (output channels per weight block)
     intrinsic: str | None  # TVM's tensor intrinsic for it, None where the target has none
     pair_sums: bool = False  # accumulators hold pair sums (packed_conv2d)
 
 
 def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
-    """The zero point after moving 8-bit values from `src` into `dst` signedness."""
-    if src == dst:
+    """The zero point after moving 8-bit values from `src` into `dst` (the other signedness,
+    or int16, which holds either as it is)."""
+    if src == dst or dst == "int16":
         return zero_point
     return zero_point - 128 if dst == "int8" else zero_point + 128
 
@@ -75,9 +78,12 @@ def requantize_multiplier(
 
 
 def _convert(value, src: str, dst: str):
-    """An 8-bit value moved into the other signedness (u8 <-> s8: minus or plus 128)."""
+    """An 8-bit value moved into the other signedness (u8 <-> s8: minus or plus 128), or
+    widened to int16."""
     if src == dst:
         return value
+    if dst == "int16":
+        return value.astype("int16")
     offset = -128 if dst == "int8" else 128
     return (value.astype("int32") + offset).astype(dst)
 
@@ -111,7 +117,7 @@ def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str, in_int32: 
 
 def _reach(weight: np.ndarray, act_dtype: str) -> np.ndarray:
     """The largest |sum of x * w| over a layer's window, per output channel."""
-    largest = max(abs(v) for v in QUANT_RANGE[act_dtype])
+    largest = max(abs(v) for v in ACT_RANGE[act_dtype])
     return np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(axis=1) * largest
 
 

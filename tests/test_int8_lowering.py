@@ -80,6 +80,7 @@ def _run_te(outputs_fn, arrays):
         ("uint8", 16, "uint8", 1, 1, "uint8"),  # x86: u8 x s8
         ("int8", 4, "uint8", 2, 1, "uint8"),  # arm64: u8 activations moved to s8
         ("uint8", 8, "int8", 2, 0, "int8"),  # s8 activations moved to u8
+        ("int16", 8, "int8", 1, 1, "uint8"),  # x86 AVX2: s8 activations widened to int16
     ],
 )
 @pytest.mark.parametrize("in_int32", [False, True], ids=["float-saturation", "int-saturation"])
@@ -168,8 +169,11 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
     w[:12], w[12:16] = 127, -128
     bias = rng.integers(-5000, 5000, 24).astype(np.int32)
     multiplier = rng.uniform(1e-5, 1e-4, 24).astype(np.float32)
-    # The packed input (NHWC, padded by 1), as pack_activations would give it.
+    # The packed input (NHWC, padded by 1), as pack_activations would give it: widened to int16
+    # for AVX2's intrinsic.
     xp = np.pad(_nhwc(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    if intrinsic == "dot_8x2x2_avx2":
+        xp = xp.astype(np.int16)
     arrays = [xp, pack_weight(w, lanes), bias, multiplier]
     placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
     out = packed_conv2d(
