@@ -156,13 +156,14 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
     import json
 
     from edgepress.backends.cpu_peak import cpu_peak
-    from edgepress.compiler.kernel_profile import kernel_rows, render
+    from edgepress.compiler.kernel_profile import DOT_PEAK_FACTOR, kernel_rows, render
 
     manifest = read_manifest(artifact)
     runner = get_backend(manifest["target"]["name"]).runner(artifact)
     if isinstance(runner, str) or not hasattr(runner, "profile") or runner.emulated:
         raise UsageError(f"{artifact}: --profile needs an artifact that runs in this process")
-    kernels = json.loads((artifact / "report.json").read_text()).get("kernels") or []
+    report = json.loads((artifact / "report.json").read_text())
+    kernels = report.get("kernels") or []
     if not kernels:
         raise UsageError(f"{artifact}: its report lists no kernels (built by an older edgepress)")
     specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
@@ -170,13 +171,17 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
     use_threads(threads)
     timings = runner.profile([feeds[s.name] for s in specs], repeat)
     peak = cpu_peak()
-    rows = kernel_rows(timings, kernels, peak.gflops * min(threads, peak.cores) / peak.cores)
+    intrinsic = (report.get("int8_compute") or {}).get("intrinsic")
+    dot_factor = DOT_PEAK_FACTOR.get(intrinsic, 1.0)
+    peak_gflops = peak.gflops * min(threads, peak.cores) / peak.cores
+    rows = kernel_rows(timings, kernels, peak_gflops, dot_factor)
     return {
         "threads": threads,
         "repeat": repeat,
         "peak": peak.to_json(),
+        "dot_peak_factor": dot_factor,
         "rows": [r.to_json() for r in rows],
-        "markdown": render(rows, peak, threads),
+        "markdown": render(rows, peak, threads, dot_factor),
     }
 
 

@@ -86,6 +86,25 @@ def test_kernel_rows_rates_and_roofline_from_flops_and_times():
     assert rows[VM_OVERHEAD].calls == 3 and rows[VM_OVERHEAD].ms == pytest.approx(9.0)
 
 
+def test_int8_dot_product_kernels_are_held_to_their_instructions_peak():
+    """vpdpbusd does 4 multiply-adds per lane: at 4x an fp32 FMA's rate an int8 conv is at
+    100% of its peak, not 400%; the float-FMA depthwise kernel keeps the fp32 peak."""
+    from edgepress.compiler.kernel_profile import kernel_rows
+
+    kernels = [
+        {"name": "fused_dequantize_conv2d_int82_add", "flops": 8e9, "schedule": "sampled"},
+        {"name": "depthwise_conv2d_int810", "flops": 2e9, "schedule": "sampled"},
+    ]
+    timings = {
+        "fused_dequantize_conv2d_int82_add": (1, 0.010),
+        "depthwise_conv2d_int810": (1, 0.010),
+    }
+    rows = {r.name: r for r in kernel_rows(timings, kernels, peak_gflops=200.0, dot_factor=4)}
+    assert rows["fused_dequantize_conv2d_int82_add"].peak_fraction == pytest.approx(1.0)
+    assert rows["depthwise_conv2d_int810"].peak_fraction == pytest.approx(1.0)
+    assert rows["fused_dequantize_conv2d_int82_add"].roofline_ms == pytest.approx(10.0)
+
+
 @pytest.mark.parametrize(
     "flags, lanes",
     [("fma avx2 avx512f", 16), ("sse4_2 fma avx2", 8), ("sse4_2 avx", 4)],
