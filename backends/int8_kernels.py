@@ -109,6 +109,9 @@ def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str, in_int32: 
     rounded = tirx.call_llvm_pure_intrin("float32", "llvm.rint", total * multiplier)
     if in_int32:
         q = rounded.astype("int32") + out_zero_point
+        if out_dtype == "uint8":  # an unsigned minimum, which x86 folds into vpmovusdb
+            q = tirx.max(q, 0).astype("uint32")
+            return tirx.min(q, tirx.const(hi, "uint32")).astype(out_dtype)
         return tirx.max(tirx.min(q, hi), lo).astype(out_dtype)
     q = rounded + tirx.const(float(out_zero_point), "float32")
     q = tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
