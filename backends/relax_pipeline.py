@@ -69,8 +69,7 @@ def prepare(mod, target, *, winograd: bool = False):
     if not is_gpu(target):
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
-        mod = tvm.transform.Sequential(passes)(mod)
-    return mod
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def _legalize_map(target, winograd: bool) -> dict | None:
