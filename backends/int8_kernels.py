@@ -146,36 +146,54 @@ def pack_activations(
     padding: tuple[int, int, int, int],
     in_zero_point: int,
     act_dtype: str,
+    upsample: tuple[int, int] = (1, 1),
 ):
     """8-bit NHWC -> NHWC in `act_dtype`, padded with the zero point spatially and up to a
     multiple of 4 channels. A kernel of its own (PACK_RULE), not inlined into
     the convolution: the dot-product intrinsic matches 4 contiguous bytes, which a padding
-    test per read would not be."""
+    test per read would not be.
+
+    `upsample` (sh, sw) puts sh - 1 rows and sw - 1 columns of the zero point between the
+    input's: a transposed convolution is a stride-1 convolution of that, with the window
+    flipped (int8_lowering)."""
     from tvm import te, tirx
 
     n, height, width, channels = (int(d) for d in x.shape)
     top, left, bottom, right = padding
+    sh, sw = upsample
     src = str(x.dtype)
+    rows, cols = (height - 1) * sh + 1, (width - 1) * sw + 1
 
     def pack(b, h, w, c):
         y, z = h - top, w - left
-        inside = tirx.all(c < channels, y >= 0, y < height, z >= 0, z < width)
+        inside = tirx.all(c < channels, y >= 0, y < rows, z >= 0, z < cols)
+        if sh > 1:
+            inside = tirx.all(inside, y % sh == 0)
+        if sw > 1:
+            inside = tirx.all(inside, z % sw == 0)
+        value = x[b, y // sh, z // sw, c] if (sh, sw) != (1, 1) else x[b, y, z, c]
         return tirx.if_then_else(
-            inside, _convert(x[b, y, z, c], src, act_dtype), tirx.const(in_zero_point, act_dtype)
+            inside, _convert(value, src, act_dtype), tirx.const(in_zero_point, act_dtype)
         )
 
     from edgepress.backends.int8_schedules import INTERIOR_ATTR, PACK_RULE
 
     padded = -(-channels // DOT_DEPTH) * DOT_DEPTH
-    shape = (n, height + top + bottom, width + left + right, padded)
-    interior = [top, top + height - 1, left, left + width - 1]
+    shape = (n, rows + top + bottom, cols + left + right, padded)
+    interior = [top, top + rows - 1, left, left + cols - 1]
     attrs = {"schedule_rule": PACK_RULE, INTERIOR_ATTR: interior}
     return te.compute(shape, pack, name="pack", attrs=attrs)
 
 
-def needs_pack(channels: int, padding: tuple[int, int, int, int], src: str, act_dtype: str) -> bool:
+def needs_pack(
+    channels: int,
+    padding: tuple[int, int, int, int],
+    src: str,
+    act_dtype: str,
+    upsample: tuple[int, int] = (1, 1),
+) -> bool:
     """Whether a conv's NHWC input must be copied by pack_activations first."""
-    return any(padding) or channels % DOT_DEPTH != 0 or src != act_dtype
+    return any(padding) or channels % DOT_DEPTH != 0 or src != act_dtype or upsample != (1, 1)
 
 
 def packed_conv2d(

@@ -1,4 +1,5 @@
-"""QDQ -> integer Relax: quantized Conv, Gemm and MatMul run as int8 x int8 -> int32.
+"""QDQ -> integer Relax: quantized Conv, ConvTranspose, Gemm and MatMul run as int8 x int8 ->
+int32.
 
 TVM's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/dequantize, and
 the layer between them stays float: dequantize(x_q), dequantize(W_q) -> conv2d -> + bias ->
@@ -189,7 +190,9 @@ def _dequantized_input(bindings: _Bindings, expr) -> tuple[object, float, int]:
     return x, _scalar(scale, "the input scale"), int(_scalar(zero_point, "the input zero point"))
 
 
-def _dequantized_weight(bindings: _Bindings, expr) -> tuple[np.ndarray, np.ndarray]:
+def _dequantized_weight(bindings: _Bindings, expr, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 weight and its scales, per channel along `axis` (the output channels: 0 in
+    OIHW, 1 in a ConvTranspose's IOHW) or per tensor."""
     dq = bindings.producer(expr, "relax.dequantize")
     if dq is None:
         raise NotLowered("its weight is not dequantized from int8")
@@ -200,8 +203,8 @@ def _dequantized_weight(bindings: _Bindings, expr) -> tuple[np.ndarray, np.ndarr
     if np.any(zero_points != 0):
         raise NotLowered("its weight zero point is not 0")
     scales = _constant(dq.args[1], "the weight scale").astype(np.float32)
-    if scales.size > 1 and int(dq.attrs.axis) != 0:
-        raise NotLowered(f"its weight is quantized along axis {int(dq.attrs.axis)}, not 0")
+    if scales.size > 1 and int(dq.attrs.axis) % weight.ndim != axis:
+        raise NotLowered(f"its weight is quantized along axis {int(dq.attrs.axis)}, not {axis}")
     return weight, scales
 
 
@@ -222,6 +225,37 @@ def _int32_bias(bindings: _Bindings, expr, channels: int, scale: np.ndarray) -> 
     return rescaled.astype(np.int64)
 
 
+def _as_convolution(a, weight: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A ConvTranspose as the stride-1 convolution it equals: over its input with stride - 1
+    zero-point rows and columns put between (pack_activations' `upsample`) and padded by
+    dilation x (kernel - 1) - pad (plus output_padding at the end), with the window flipped
+    and the weight's IOHW read as OIHW. Returns (the OIHW weight, the conv's attrs)."""
+    if a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or a.out_layout not in ("", "NCHW"):
+        raise NotLowered(f"layout {a.data_layout}/{a.kernel_layout}, not NCHW/IOHW")
+    if int(a.groups) != 1:
+        raise NotLowered(f"grouped ConvTranspose (groups={int(a.groups)})")
+    strides = tuple(int(s) for s in a.strides)
+    dilation = tuple(int(d) for d in a.dilation)
+    top, left, bottom, right = (int(p) for p in a.padding)
+    out_h, out_w = (int(p) for p in a.output_padding)
+    reach_h, reach_w = (d * (k - 1) for d, k in zip(dilation, weight.shape[2:]))
+    padding = (reach_h - top, reach_w - left, reach_h - bottom + out_h, reach_w - right + out_w)
+    if min(padding) < 0:
+        raise NotLowered(
+            f"its padding {[top, left, bottom, right]} is more than its window reaches "
+            f"({reach_h}, {reach_w})"
+        )
+    flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    attrs = {
+        "strides": (1, 1),
+        "padding": padding,
+        "dilation": dilation,
+        "groups": 1,
+        "upsample": strides,
+    }
+    return flipped, attrs
+
+
 def _quantize_consumer(bindings: _Bindings, var):
     users = bindings.consumers(var)
     if len(users) != 1 or bindings.uses.get(var, 0) != 1:
@@ -232,8 +266,6 @@ def _quantize_consumer(bindings: _Bindings, var):
 def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object, _Chain]:
     """(the quantize binding's var, the chain) for the compute call bound to `var`."""
     op = _op_name(call)
-    if op == "relax.nn.conv2d_transpose":
-        raise NotLowered("ConvTranspose has no integer kernel yet")
     x, x_scale, x_zp = _dequantized_input(bindings, call.args[0])
     weight_expr = call.args[1]
     transposed = None
@@ -241,7 +273,8 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
         transposed = bindings.producer(weight_expr, "relax.permute_dims")
     if transposed is not None:
         weight_expr = transposed.args[0]
-    weight, weight_scales = _dequantized_weight(bindings, weight_expr)
+    output_axis = 1 if op == "relax.nn.conv2d_transpose" else 0
+    weight, weight_scales = _dequantized_weight(bindings, weight_expr, output_axis)
     attrs: dict = {}
     if op == "relax.matmul":
         if len(x.ty.shape) != 2 or weight.ndim != 2:
@@ -250,6 +283,8 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
             weight = weight.T  # [K, N] -> [N, K]
         weight = np.ascontiguousarray(weight)[:, :, None, None]
         attrs = {"strides": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
+    elif op == "relax.nn.conv2d_transpose":
+        weight, attrs = _as_convolution(call.attrs, weight)
     else:
         a = call.attrs
         if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout not in ("", "NCHW"):
@@ -331,7 +366,8 @@ def _packed(builder, x, chain: _Chain, padding):
     """The kernel's NHWC input: `x` itself where it needs no padding, channel rounding or
     change of signedness, else pack_activations' copy of it."""
     channels = int(x.ty.shape[3])
-    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype):
+    upsample = chain.attrs.get("upsample", (1, 1))
+    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype, upsample):
         return x
     packed = builder.call_te(
         pack_activations,
@@ -339,6 +375,7 @@ def _packed(builder, x, chain: _Chain, padding):
         padding=padding,
         in_zero_point=chain.x_zero_point,
         act_dtype=chain.x_dtype,
+        upsample=upsample,
         primfunc_name_hint="pack_int8",
     )
     return builder.emit(packed)

@@ -457,3 +457,105 @@ def test_spatial_mean_of_nhwc_equals_numpy(keepdims):
     got = _run_te(lambda xt: spatial_mean(xt, keepdims=keepdims), [x])
     want = x.mean(axis=(1, 2), keepdims=keepdims)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _conv_transpose_net(tmp_path):
+    """Conv -> Relu -> ConvTranspose (strides 2 x 3, a 3 x 2 window, uneven pads, output
+    padding) -> Relu -> grouped ConvTranspose -> Relu -> ConvTranspose whose pads crop more
+    than its window reaches; and calibration data."""
+    rng = np.random.default_rng(5)
+
+    def const(name, shape, scale=0.3):
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * scale).astype(np.float32), name
+        )
+
+    inits = [
+        const("wa", (8, 3, 3, 3)),
+        const("ba", (8,)),
+        const("wt", (8, 12, 3, 2)),  # IOHW
+        const("bt", (12,)),
+        const("wg", (12, 6, 3, 3)),
+        const("wc", (12, 4, 2, 2)),
+    ]
+    transpose = "ConvTranspose"
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node(
+            transpose,
+            ["ar", "wt", "bt"],
+            ["t"],
+            strides=[2, 3],
+            pads=[1, 0, 0, 1],
+            output_padding=[1, 2],
+            name="up",
+        ),
+        helper.make_node("Relu", ["t"], ["tr"]),
+        helper.make_node(transpose, ["tr", "wg"], ["g"], pads=[1] * 4, group=2, name="grouped"),
+        helper.make_node("Relu", ["g"], ["gr"]),
+        helper.make_node(transpose, ["gr", "wc"], ["y"], pads=[2] * 4, name="cropped"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_transpose_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14, 21])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = save(model, tmp_path / "up.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
+    return source, cal
+
+
+@pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
+def test_quantized_conv_transpose_runs_integer_kernels_within_one_step_of_onnxruntime(
+    cli, tmp_path, mcpu
+):
+    """A ConvTranspose is the stride-1 conv of its input spread out by its strides, with the
+    window flipped: strides that differ per axis, an uneven window and padding, and output
+    padding all change the result if any of that is wrong."""
+    source, cal = _conv_transpose_net(tmp_path)
+    out = tmp_path / "art"
+    args = ("--target", "x86_64", "-o", out, "-q", "--quantize", "int8", "--calibration", cal)
+    r = cli(source, *args, *mcpu)
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    layers = _layers(report)
+    assert layers["up"] == "dot-product"
+    assert layers["grouped"] == "float: grouped ConvTranspose (groups=2)"
+    assert (
+        layers["cropped"]
+        == "float: its padding [2, 2, 2, 2] is more than its window reaches (1, 1)"
+    )
+
+    x = np.random.default_rng(12).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "out.npz")["y"]
+    (ref,) = ort_outputs(out / "model.onnx", {"x": x})
+    step = report["verification"]["artifact"]["outputs"][0]["step"]
+    assert np.abs(got - ref).max() <= step * 1.001
+    assert report["verification"]["artifact"]["status"] == "ok"
+
+
+def test_pack_spreads_the_input_by_the_upsample_factors():
+    """pack_activations with upsample: the input's pixels at multiples of the factors, after
+    the padding; the zero point everywhere else, channels padded to 4."""
+    from edgepress.backends.int8_kernels import pack_activations
+
+    x = np.random.default_rng(6).integers(0, 256, (1, 3, 4, 5), dtype=np.uint8)  # NHWC
+    padding, zero_point = (2, 1, 1, 3), 7
+    got = _run_te(
+        lambda xt: pack_activations(
+            xt, padding=padding, in_zero_point=zero_point, act_dtype="uint8", upsample=(2, 3)
+        ),
+        [x],
+    )
+    rows, cols = (3 - 1) * 2 + 1, (4 - 1) * 3 + 1
+    want = np.full((1, 2 + rows + 1, 1 + cols + 3, 8), zero_point, np.uint8)
+    want[:, 2 : 2 + rows : 2, 1 : 1 + cols : 3, :5] = x
+    np.testing.assert_array_equal(got, want)
