@@ -12,10 +12,10 @@
   which accumulate as they are: C[8, 2] holds each output channel's two pair sums, added once
   in the epilogue (packed_conv2d's pair_sums). Reducing them in the loop (vphaddd and a lane
   shuffle per instruction) ran ResNet-18 in 72 ms on an AVX2 build timed here.
-- `<name>_local` variants of VNNI's and arm64's sdot: the same instructions with the
-  accumulators in a "local" buffer. TVM's descriptions match only global buffers, and the
-  int8 convolution's schedule (backends/int8_schedules.py) keeps its register tile local, so
-  that LLVM holds it in vector registers.
+- `<name>_local` variants: the same instructions with the accumulators in a "local" buffer.
+  TVM's descriptions match only global buffers. The int8 convolution's schedule
+  (backends/int8_schedules.py) keeps a register tile small enough for the stack in a global
+  buffer (an LLVM alloca, which LLVM turns into registers) and a larger one local.
 """
 
 from __future__ import annotations
@@ -65,11 +65,15 @@ def _implementation(
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
-            a_i32 = T.reinterpret(A.vload([0], f"{act_dtype}x4"), dtype="int32")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(instruction),
                 C.vload([0], dtype=f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a_i32, lanes), dtype=a_type),
+                T.reinterpret(
+                    T.broadcast(
+                        T.reinterpret(A.vload([0], f"{act_dtype}x4"), dtype="int32"), lanes
+                    ),
+                    dtype=a_type,
+                ),
                 T.reinterpret(B.vload([0, 0], dtype=f"int8x{4 * lanes}"), dtype=b_type),
                 dtype=f"int32x{lanes}",
             )
@@ -87,17 +91,19 @@ def _sdot(scope: str):
     return _implementation(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", types, scope)
 
 
-def _avx2_pairs():
-    """dot_8x2x2_avx2 with local accumulators (module docstring): C[i, p] += A[2p + j] *
-    B[i, 2p + j] over j in 0, 1, the 8 x 2 pair sums left unreduced (the epilogue adds each
-    output channel's two). A is 4 activations the pack has widened to int16."""
+def _avx2_pairs(scope: str):
+    """dot_8x2x2_avx2 (module docstring): C[i, p] += A[2p + j] * B[i, 2p + j] over j in 0, 1,
+    the 8 x 2 pair sums left unreduced (the epilogue adds each output channel's two). A is 4
+    activations the pack has widened to int16. The operands are expressions, not named
+    values: TVMScript makes a named value a buffer, which LowerTVMBuiltin turns into a
+    workspace allocation per call site."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int16", offset_factor=1)
         B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:8, 0:2], A[0:4], B[0:8, 0:4])
             T.writes(C[0:8, 0:2])
@@ -114,20 +120,23 @@ def _avx2_pairs():
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int16", offset_factor=1)
         B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (8, 2), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:8, 0:2], A[0:4], B[0:8, 0:4])
             T.writes(C[0:8, 0:2])
-            # [a0 a1 a2 a3] four times over: one 8-byte broadcast load.
-            a_i64 = T.reinterpret(A.vload([0], "int16x4"), dtype="int64")
-            a = T.reinterpret(T.broadcast(a_i64, 4), dtype="int16x16")
             for half in T.unroll(2):  # output channels 0-3, then 4-7: C[4h:4h+4, 0:2]
-                w = T.Cast("int16x16", B.vload([half * 4, 0], dtype="int8x16"))
                 C.vstore(
                     [half * 4, 0],
                     C.vload([half * 4, 0], dtype="int32x8")
                     + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, w, dtype="int32x8"
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        # [a0 a1 a2 a3] four times over: one 8-byte broadcast load.
+                        T.reinterpret(
+                            T.broadcast(T.reinterpret(A.vload([0], "int16x4"), dtype="int64"), 4),
+                            dtype="int16x16",
+                        ),
+                        T.Cast("int16x16", B.vload([half * 4, 0], dtype="int8x16")),
+                        dtype="int32x8",
                     ),
                 )
 
@@ -135,14 +144,16 @@ def _avx2_pairs():
 
 
 def register_x86() -> None:
-    """TVM's VNNI intrinsic fixed for this LLVM, and its local-accumulator variant."""
+    """TVM's VNNI intrinsic fixed for this LLVM, AVX2's exact one, and their local-accumulator
+    variants."""
     from tvm.s_tir import TensorIntrin
     from tvm.target.codegen import llvm_version_major
 
     byte_operands = llvm_version_major() >= LLVM_WITH_BYTE_OPERANDS
     TensorIntrin.register(VNNI_16x4, *_vnni("global", byte_operands), override=True)
     TensorIntrin.register(VNNI_16x4 + LOCAL, *_vnni("local", byte_operands), override=True)
-    TensorIntrin.register(AVX2_8x2x2 + LOCAL, *_avx2_pairs(), override=True)
+    TensorIntrin.register(AVX2_8x2x2, *_avx2_pairs("global"), override=True)
+    TensorIntrin.register(AVX2_8x2x2 + LOCAL, *_avx2_pairs("local"), override=True)
 
 
 def register_arm() -> None:

@@ -17,7 +17,7 @@ MetaSchedule's ApplyCustomRule through the global function registered here.
 
 from __future__ import annotations
 
-from edgepress.backends.dot_intrinsics import AVX2_8x2x2, LOCAL, VNNI_16x4
+from edgepress.backends.dot_intrinsics import AVX2_8x2x2, LOCAL, SDOT_4x4, VNNI_16x4
 
 RULE = "edgepress.conv2d_int8"
 PACK_RULE = "edgepress.pack_int8"
@@ -37,6 +37,17 @@ MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX
 # 7 x 1 spills a little and still ran fastest (ResNet-18's 56x56x64 and 14x14x256 convs,
 # AVX2 code on this CPU: 2.47 ms against 2.64 for 4 x 1 and 3.03 for 2 x 1).
 ACCUMULATORS = {AVX2_8x2x2: 7}
+# The conv's weights are prefetched one ob_o step ahead (inject_weight_prefetch) where they
+# outgrow L2's share of one step: ResNet-18's 7x7x512 conv took 0.46 ms with its 2.4 MB of
+# weights out of the caches, 0.33 ms with them in L2 (1 thread, the same kernel).
+PREFETCH_ATTR = "edgepress.prefetch_weights"
+# A register tile's accumulators in a "global" buffer under TVM's stack-allocation limit
+# (runtime::kMaxStackAlloca) become an LLVM alloca, which LLVM turns into registers; "local"
+# buffers, whatever their size, are TVMBackendAllocWorkspace calls per tile, whose memory LLVM
+# must keep up to date around any call that may read memory (the weight prefetch is one).
+STACK_ALLOCA_BYTES = 1024
+STACK_INTRINSICS = (VNNI_16x4, SDOT_4x4, AVX2_8x2x2)
+PREFETCH_MIN_BYTES = 128 * 1024
 TILE_PIXELS = 12  # pixels per register tile that each loaded weight vector serves, at most
 
 
@@ -59,35 +70,40 @@ def default_tile(width: int, blocks: int, accumulators: int = MAX_ACCUMULATORS) 
     return best
 
 
-SHALLOW_DEPTH = 36  # dot-product instructions per output vector below which a conv is "shallow"
-
-
 def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
-    """(pixels, channel blocks) of the register tile for AVX-512 VNNI, from a sweep of every
-    tile on the 18 conv shapes of int8 ResNet-18 and MobileNetV2 (1 thread, interleaved runs).
-    `depth` is the vpdpbusd count per output vector (input channels / 4 x window).
+    """(pixels, channel blocks) of the register tile for AVX-512 VNNI, from sweeps of the tiles
+    of int8 ResNet-18's and MobileNetV2's conv shapes (1 thread, interleaved runs). `depth` is
+    the vpdpbusd count per output vector (input channels / 4 x window).
 
-    Deep convs (3x3, and 1x1 over 144 channels or more) run best on 7-8 pixels x 2-3 blocks:
-    fewer broadcasts per instruction than 14 x 1, 4-6% faster on the 3x3 layers and up to 30%
-    on MobileNetV2's projections (56x56x144 -> 24: 0.054 against 0.079 ms). Shallow convs
-    (MobileNetV2's expansions, 16-160 input channels) are bound by their epilogue and run best
-    with many blocks per pixel: 12 accumulators where each output takes 8 instructions or
-    fewer, 24 above that, blocks first (14x14x96 -> 576: 2 x 12 ran 0.041 ms, 14 x 1 0.061)."""
-
-    def divisors(n: int, most: int) -> list[int]:
-        return [d for d in range(1, min(n, most) + 1) if n % d == 0]
-
-    if depth >= SHALLOW_DEPTH:
-        z = max(divisors(width, 8))
-        return z, max(b for b in divisors(blocks, 3) if z * b <= MAX_ACCUMULATORS)
-    target = 12 if depth <= 8 else 24
+    Convs with 16 instructions or more per output (3x3, and 1x1 over 64 channels or more) run
+    best on 7-8 pixels x 2 blocks: fewer broadcasts per instruction than 14 x 1 (4-6% on the
+    3x3 layers, up to 30% on MobileNetV2's projections: 56x56x144 -> 24 0.054 against 0.079
+    ms), and 16 accumulators at most, which stay on the stack (STACK_ALLOCA_BYTES). The
+    shallow expansions of 16-32 channels are bound by their epilogue; they ran best on few
+    pixels and more blocks: 2 x 3 over 16-24 channels (112x112x16 -> 96: 0.147 ms against
+    0.168 for 2 x 6), 1 x 12 over 32 (28x28x32 -> 192: 0.027 against 0.033 for 2 x 3). A
+    single pixel (a matmul) takes up to 12 blocks, independent accumulations to hide the
+    instruction's latency; where there are too few blocks for that (16 output channels),
+    pixels make up the tile instead (112x112x32 -> 16: 14 x 1)."""
+    if width == 1:
+        most = (1, 12)
+    elif depth >= 16:
+        most = (8, 2)
+    elif depth <= 6:
+        most = (2, 3)
+    else:
+        most = (1, 12)
     tiles = [
         (z, b)
-        for z in divisors(width, 16)
-        for b in divisors(blocks, MAX_ACCUMULATORS)
-        if z * b <= max(target, 16)
+        for z in range(1, min(width, most[0]) + 1)
+        if width % z == 0
+        for b in range(1, min(blocks, most[1]) + 1)
+        if blocks % b == 0
     ]
-    return max(tiles, key=lambda t: (min(t[0] * t[1], target), t[1], t[0] * t[1]))
+    z, b = max(tiles, key=lambda t: (t[0] * t[1], t[1]))
+    if z * b < 6:  # few blocks (a 16-channel output): more pixels instead
+        z = max(d for d in range(1, width + 1) if width % d == 0 and d * b <= 15)
+    return z, b
 
 
 def _inline_between(sch, conv, output) -> None:
@@ -127,6 +143,107 @@ def _unroll_epilogue(sch, block, lanes: int) -> None:
     sch.unroll(pixels)
 
 
+def _weight_bytes(sch, block) -> int:
+    """Bytes of the conv's packed int8 weight (the 6-d buffer it reads)."""
+    for region in sch.get(block).reads:
+        buffer = region.source
+        if len(buffer.shape) == 6 and str(buffer.dtype) == "int8":
+            size = 1
+            for extent in buffer.shape:
+                size *= int(extent)
+            return size
+    return 0
+
+
+def inject_weight_prefetch(func):
+    """The conv's weight prefetch (PREFETCH_ATTR on its innermost reduction loop), put into the
+    tensorized update block: `prefetcht1` of the weight vector it reads plus the annotated
+    distance, the same place one ob_o step on, in the first pixel of each tile only (the
+    test folds away after unrolling). While a tile's rows reuse one step's weights from L2,
+    the next step's weights come in from L3 or memory. TVM 0.27 has no schedule primitive
+    for a prefetch, nor a Python IR mutator; this rebuilds the loop nest's path down to the
+    annotated loop. Functions without the annotation come back as they are."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    def update_block(block, ahead: int, pixels: int):
+        weights = [m.buffer for m in block.match_buffers if len(m.buffer.shape) >= 2]
+        if not weights or str(weights[0].dtype) != "int8" or len(block.iter_vars) < 4:
+            return block
+        weight = weights[0]
+        address = tirx.call_intrin(
+            "handle",
+            "tirx.handle_add_byte_offset",
+            tirx.address_of(tirx.BufferLoad(weight, [0] * len(weight.shape))),
+            tvm.tirx.const(ahead, "int32"),
+        )
+        prefetch = tirx.Evaluate(
+            tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 2, 1)
+        )
+        first_pixel = tirx.floormod(block.iter_vars[3].var, pixels) == 0
+        body = tirx.SeqStmt([tirx.IfThenElse(first_pixel, prefetch, None), block.body])
+        return s_tir.SBlock(
+            block.iter_vars,
+            block.reads,
+            block.writes,
+            block.name_hint,
+            body,
+            block.init,
+            block.alloc_buffers,
+            block.match_buffers,
+            block.annotations,
+        )
+
+    def rebuild(stmt, ahead: int | None, pixels: int):
+        if isinstance(stmt, tirx.For):
+            if PREFETCH_ATTR in stmt.annotations:
+                ahead = int(stmt.annotations[PREFETCH_ATTR])
+            inner = stmt.extent if isinstance(stmt.body, s_tir.SBlockRealize) else pixels
+            body = rebuild(stmt.body, ahead, int(inner) if ahead else pixels)
+            if body.same_as(stmt.body):
+                return stmt
+            return tirx.For(
+                stmt.loop_var,
+                stmt.min,
+                stmt.extent,
+                stmt.kind,
+                body,
+                stmt.thread_binding,
+                stmt.annotations,
+            )
+        if isinstance(stmt, tirx.SeqStmt):
+            parts = [rebuild(s, ahead, pixels) for s in stmt.seq]
+            if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
+                return stmt
+            return tirx.SeqStmt(parts)
+        if isinstance(stmt, s_tir.SBlockRealize):
+            block = stmt.block
+            if ahead is not None and block.match_buffers:
+                new = update_block(block, ahead, pixels)
+            else:
+                body = rebuild(block.body, ahead, pixels)
+                if body.same_as(block.body):
+                    return stmt
+                new = s_tir.SBlock(
+                    block.iter_vars,
+                    block.reads,
+                    block.writes,
+                    block.name_hint,
+                    body,
+                    block.init,
+                    block.alloc_buffers,
+                    block.match_buffers,
+                    block.annotations,
+                )
+            if new.same_as(block):
+                return stmt
+            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
+        return stmt
+
+    body = rebuild(func.body, None, 1)
+    return func if body.same_as(func.body) else func.with_body(body)
+
+
 def schedule_conv2d_int8(sch, block):
     """Tile, tensorize-annotate and fuse the epilogue of one conv_int8 block."""
     annotations = sch.get(block).annotations
@@ -154,12 +271,19 @@ def schedule_conv2d_int8(sch, block):
         ),
     )
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, *pair, r4)
-    sch.set_scope(block, 0, "local")
+    lanes = int(sch.get(oi).extent)
+    tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * lanes * 4 * (1 + len(pair))
+    on_stack = intrinsic in STACK_INTRINSICS and tile_bytes < STACK_ALLOCA_BYTES
+    weight_bytes = _weight_bytes(sch, block)
+    if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
+        ahead = weight_bytes * int(sch.get(ob_i).extent) // blocks  # one ob_o step of weights
+        sch.annotate(rx, PREFETCH_ATTR, ahead)
+    sch.set_scope(block, 0, "global" if on_stack else "local")
     start = block
     if pair:  # the pair sums' own reduction, per tile, over vectors of output channels
         start = sch.get_consumers(block)[0]
         sch.reverse_compute_at(start, z_o, preserve_unit_loops=True)
-        sch.set_scope(start, 0, "local")
+        sch.set_scope(start, 0, "global" if on_stack else "local")
         *_, lanes, pairs = sch.get_loops(start)
         sch.reorder(pairs, lanes)
         sch.vectorize(lanes)
@@ -176,7 +300,8 @@ def schedule_conv2d_int8(sch, block):
     if intrinsic:
         inner = sch.blockize(oi)
         # The accumulators are local: the intrinsic's variant for local buffers.
-        sch.annotate(inner, "meta_schedule.auto_tensorize", f"{intrinsic}{LOCAL}")
+        suffix = "" if on_stack else LOCAL
+        sch.annotate(inner, "meta_schedule.auto_tensorize", f"{intrinsic}{suffix}")
     else:
         sch.reorder(r4, oi)
         sch.vectorize(oi)

@@ -564,3 +564,54 @@ def test_pack_spreads_the_input_by_the_upsample_factors():
     want = np.full((1, 2 + rows + 1, 1 + cols + 3, 8), zero_point, np.uint8)
     want[:, 2 : 2 + rows : 2, 1 : 1 + cols : 3, :5] = x
     np.testing.assert_array_equal(got, want)
+
+
+def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
+    """A conv whose weights pass PREFETCH_MIN_BYTES (256 -> 64 channels, 3x3: 147 KB) gets the
+    weight prefetch put into its tensorized loop (inject_weight_prefetch, as a build does),
+    and its results stay those of numpy's integer arithmetic. Its tile's accumulators fit the
+    stack: the tile does not allocate a workspace."""
+    if "avx512_vnni" not in _host_flags():
+        pytest.skip("this CPU has no avx512_vnni")
+    import tvm
+    from tvm import te
+
+    from edgepress.backends import int8_schedules, tensor_intrinsics
+    from edgepress.backends.int8_kernels import pack_weight, packed_conv2d
+    from edgepress.backends.relax_pipeline import sample_schedules
+
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (1, 256, 7, 7)).astype(np.uint8)
+    w = rng.integers(-128, 128, (64, 256, 3, 3)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 64).astype(np.int32)
+    multiplier = rng.uniform(1e-6, 1e-5, 64).astype(np.float32)
+    arrays = [np.pad(_nhwc(x), ((0, 0), (1, 1), (1, 1), (0, 0))), pack_weight(w, 16)]
+    arrays += [bias, multiplier]
+    assert arrays[1].nbytes >= int8_schedules.PREFETCH_MIN_BYTES
+    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
+    out = packed_conv2d(
+        *placeholders,
+        strides=(1, 1),
+        dilation=(1, 1),
+        out_zero_point=3,
+        out_dtype="uint8",
+        out_channels=64,
+        intrinsic="dot_16x4_vnni",
+    )
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server", "num-cores": 1}
+    )
+    tensor_intrinsics.load(("x86",))
+    int8_schedules.register()
+    mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
+    mod, done = sample_schedules(mod, target, {"main"})
+    assert done == {"main"}
+    mod["main"] = int8_schedules.inject_weight_prefetch(mod["main"])
+    lib = tvm.compile(mod, target=target)
+    assert "prefetcht1" in lib.mod.inspect_source("asm")
+    assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")
+    got = tvm.runtime.empty([int(d) for d in out.shape], "uint8", tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], got)
+    acc = _conv_reference(x, 0, w, 1, 1)
+    want = _requantize_reference(acc, bias.astype(np.int64), multiplier, 3, "uint8")
+    np.testing.assert_array_equal(_nchw(got.numpy()), want)
