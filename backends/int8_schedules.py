@@ -326,7 +326,9 @@ def schedule_pack(sch, block):
     return [sch]
 
 
-DEPTHWISE_ACCUMULATORS = 16  # of 32 vector registers: the rest hold converted inputs, weights
+# Of 32 vector registers (the rest hold converted inputs and weights); 15 of 16 lanes keep
+# the tile under STACK_ALLOCA_BYTES, so that it lives in registers, not in a workspace.
+DEPTHWISE_ACCUMULATORS = 15
 
 
 def depthwise_tile(width: int, channels: int, lanes: int) -> tuple[int, int]:
@@ -366,7 +368,8 @@ def schedule_depthwise(sch, block):
         ),
     )
     sch.reorder(b, y, z_o, c_o, ry, rx, z_i, c_i)
-    sch.set_scope(block, 0, "local")
+    tile_bytes = int(sch.get(z_i).extent) * int(sch.get(c_i).extent) * 4  # float32 sums
+    sch.set_scope(block, 0, "global" if tile_bytes < STACK_ALLOCA_BYTES else "local")
     final = _last_consumer(sch, block)
     _inline_between(sch, block, final)
     sch.reverse_compute_at(final, c_o, preserve_unit_loops=True)
