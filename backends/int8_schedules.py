@@ -38,8 +38,9 @@ MAX_ACCUMULATORS = 24  # vector registers for the tile's accumulators (32 on AVX
 # AVX2 code on this CPU: 2.47 ms against 2.64 for 4 x 1 and 3.03 for 2 x 1).
 ACCUMULATORS = {AVX2_8x2x2: 7}
 # The conv's weights are prefetched one ob_o step ahead (inject_weight_prefetch) where they
-# outgrow L2's share of one step: ResNet-18's 7x7x512 conv took 0.46 ms with its 2.4 MB of
-# weights out of the caches, 0.33 ms with them in L2 (1 thread, the same kernel).
+# are 128 KB or more: ResNet-18's 7x7x512 conv took 0.44 ms with its 2.4 MB of weights out of
+# the caches and 0.33 ms with them in L2; with the prefetch and the weights out of the caches,
+# 0.41 ms (1 thread, the same kernel). ResNet-18: 6.60 -> 6.38 ms (minimums of 9 rounds).
 PREFETCH_ATTR = "edgepress.prefetch_weights"
 # A register tile's accumulators in a "global" buffer under TVM's stack-allocation limit
 # (runtime::kMaxStackAlloca) become an LLVM alloca, which LLVM turns into registers; "local"
@@ -156,32 +157,63 @@ def _weight_bytes(sch, block) -> int:
 
 
 def inject_weight_prefetch(func):
-    """The conv's weight prefetch (PREFETCH_ATTR on its innermost reduction loop), put into the
-    tensorized update block: `prefetcht1` of the weight vector it reads plus the annotated
-    distance, the same place one ob_o step on, in the first pixel of each tile only (the
-    test folds away after unrolling). While a tile's rows reuse one step's weights from L2,
-    the next step's weights come in from L3 or memory. TVM 0.27 has no schedule primitive
-    for a prefetch, nor a Python IR mutator; this rebuilds the loop nest's path down to the
-    annotated loop. Functions without the annotation come back as they are."""
-    import tvm
+    """The conv's weight prefetch (PREFETCH_ATTR on its innermost reduction loop: [bytes of
+    one ob_o step of weights, blocks per step]), put into the tensorized update block. The
+    weights of step ob_o + 1 are prefetched (`prefetcht1`, one 64-byte line per reduction
+    step) while the first rows of step ob_o run, spread over as many rows as the step has
+    blocks, so that the fetch from L3 or memory runs at a rate the core's bandwidth allows
+    and is done before those weights are read. Only the tile's first pixel and first block
+    prefetch (the tests fold away after unrolling). Every weight layout here (pack_weight's,
+    MetaSchedule's rewritten one) stores each ob_o step's weights contiguously, so the line
+    is the weight buffer's start plus (ob_o + 1) steps plus row x reduction step lines. TVM
+    0.27 has no schedule primitive for a prefetch, nor a Python IR mutator; this rebuilds the
+    loop nest's path down to the annotated loop. Functions without the annotation come back
+    as they are."""
     from tvm import s_tir, tirx
 
-    def update_block(block, ahead: int, pixels: int):
-        weights = [m.buffer for m in block.match_buffers if len(m.buffer.shape) >= 2]
-        if not weights or str(weights[0].dtype) != "int8" or len(block.iter_vars) < 4:
+    def update_block(block, ahead: int, tile_blocks: int, pixels: int):
+        weights = [m for m in block.match_buffers if len(m.buffer.shape) >= 2]
+        axes = {iv.var.name: iv for iv in block.iter_vars}
+        names = ("v_ob_o", "v_y_o", "v_z_o", "v_rc_o", "v_ry_o", "v_rx_o")
+        if (
+            not weights
+            or str(weights[0].buffer.dtype) != "int8"
+            or any(n not in axes for n in names)
+        ):
             return block
-        weight = weights[0]
+        source = weights[0].source.source
+
+        def var(name):
+            return tirx.Cast("int64", axes[name].var)
+
+        def extent(name):
+            return int(axes[name].dom.extent)
+
+        steps = extent("v_rc_o") * extent("v_ry_o") * extent("v_rx_o")
+        step = (var("v_rc_o") * extent("v_ry_o") + var("v_ry_o")) * extent("v_rx_o") + var("v_rx_o")
+        line = var("v_y_o") * steps + step
+        offset = (tirx.floordiv(var("v_ob_o"), tile_blocks) + 1) * ahead + line * 64
         address = tirx.call_intrin(
             "handle",
             "tirx.handle_add_byte_offset",
-            tirx.address_of(tirx.BufferLoad(weight, [0] * len(weight.shape))),
-            tvm.tirx.const(ahead, "int32"),
+            tirx.address_of(tirx.BufferLoad(source, [0] * len(source.shape))),
+            offset,
         )
         prefetch = tirx.Evaluate(
             tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 2, 1)
         )
-        first_pixel = tirx.floormod(block.iter_vars[3].var, pixels) == 0
-        body = tirx.SeqStmt([tirx.IfThenElse(first_pixel, prefetch, None), block.body])
+        first = tirx.all(
+            tirx.floormod(axes["v_z_o"].var, pixels) == 0,
+            tirx.floormod(axes["v_ob_o"].var, tile_blocks) == 0,
+        )
+        body = tirx.SeqStmt(
+            [
+                tirx.IfThenElse(
+                    first, tirx.IfThenElse(axes["v_y_o"].var < tile_blocks, prefetch, None), None
+                ),
+                block.body,
+            ]
+        )
         return s_tir.SBlock(
             block.iter_vars,
             block.reads,
@@ -194,10 +226,10 @@ def inject_weight_prefetch(func):
             block.annotations,
         )
 
-    def rebuild(stmt, ahead: int | None, pixels: int):
+    def rebuild(stmt, ahead, pixels: int):
         if isinstance(stmt, tirx.For):
             if PREFETCH_ATTR in stmt.annotations:
-                ahead = int(stmt.annotations[PREFETCH_ATTR])
+                ahead = [int(v) for v in stmt.annotations[PREFETCH_ATTR]]
             inner = stmt.extent if isinstance(stmt.body, s_tir.SBlockRealize) else pixels
             body = rebuild(stmt.body, ahead, int(inner) if ahead else pixels)
             if body.same_as(stmt.body):
@@ -219,7 +251,7 @@ def inject_weight_prefetch(func):
         if isinstance(stmt, s_tir.SBlockRealize):
             block = stmt.block
             if ahead is not None and block.match_buffers:
-                new = update_block(block, ahead, pixels)
+                new = update_block(block, ahead[0], ahead[1], pixels)
             else:
                 body = rebuild(block.body, ahead, pixels)
                 if body.same_as(block.body):
@@ -276,8 +308,8 @@ def schedule_conv2d_int8(sch, block):
     on_stack = intrinsic in STACK_INTRINSICS and tile_bytes < STACK_ALLOCA_BYTES
     weight_bytes = _weight_bytes(sch, block)
     if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
-        ahead = weight_bytes * int(sch.get(ob_i).extent) // blocks  # one ob_o step of weights
-        sch.annotate(rx, PREFETCH_ATTR, ahead)
+        tile_blocks = int(sch.get(ob_i).extent)
+        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_blocks // blocks, tile_blocks])
     sch.set_scope(block, 0, "global" if on_stack else "local")
     start = block
     if pair:  # the pair sums' own reduction, per tile, over vectors of output channels
