@@ -79,7 +79,8 @@ def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
     Convs with 16 instructions or more per output (3x3, and 1x1 over 64 channels or more) run
     best on 7-8 pixels x 2 blocks: fewer broadcasts per instruction than 14 x 1 (4-6% on the
     3x3 layers, up to 30% on MobileNetV2's projections: 56x56x144 -> 24 0.054 against 0.079
-    ms), and 16 accumulators at most, which stay on the stack (STACK_ALLOCA_BYTES). The
+    ms); 7 x 2, because its 14 accumulators stay on the stack (STACK_ALLOCA_BYTES) and 8 x 2's
+    16 do not. The
     shallow expansions of 16-32 channels are bound by their epilogue; they ran best on few
     pixels and more blocks: 2 x 3 over 16-24 channels (112x112x16 -> 96: 0.147 ms against
     0.168 for 2 x 6), 1 x 12 over 32 (28x28x32 -> 192: 0.027 against 0.033 for 2 x 3). A
@@ -89,7 +90,7 @@ def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
     if width == 1:
         most = (1, 12)
     elif depth >= 16:
-        most = (8, 2)
+        most = (7, 2)  # 14 accumulators: under STACK_ALLOCA_BYTES
     elif depth <= 6:
         most = (2, 3)
     else:
