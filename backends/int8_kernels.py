@@ -118,6 +118,57 @@ def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str, in_int32: 
     return q.astype(out_dtype)
 
 
+def quantized_add(
+    a,
+    b,
+    *,
+    a_ratio: float,
+    b_ratio: float,
+    constant: float,
+    out_dtype: str,
+):
+    """quantize(dequantize(a) + dequantize(b)) on 8-bit a and b of the same shape, as
+    onnxruntime's QLinearAdd computes it (MLAS): a * (sa / sc) + b * (sb / sc) + (zc - za *
+    sa / sc - zb * sb / sc) in float32, rounded half to even, saturated. `a_ratio`, `b_ratio`
+    and `constant` are those float32 values (quantized_add_terms). TVM's chain of
+    dequantize, add and quantize divides by sc (a vector division) and rounds the sum once
+    more."""
+    from tvm import te, tirx
+
+    def add(*i):
+        total = a(*i).astype("float32") * tirx.const(a_ratio, "float32") + b(*i).astype(
+            "float32"
+        ) * tirx.const(b_ratio, "float32")
+        return _scale_to(
+            total + tirx.const(constant, "float32"),
+            tirx.const(1.0, "float32"),
+            0,
+            out_dtype,
+            False,
+        )
+
+    return te.compute(a.shape, add, name="quantized_add")
+
+
+def quantized_add_terms(
+    a_scale: float,
+    a_zero_point: int,
+    b_scale: float,
+    b_zero_point: int,
+    out_scale: float,
+    out_zero_point: int,
+) -> tuple[float, float, float]:
+    """(a_ratio, b_ratio, constant) of quantized_add, in float32 as MLAS forms them."""
+    a_ratio = np.float32(a_scale) / np.float32(out_scale)
+    b_ratio = np.float32(b_scale) / np.float32(out_scale)
+    constant = (
+        np.float32(out_zero_point)
+        - a_ratio * np.float32(a_zero_point)
+        - b_ratio * np.float32(b_zero_point)
+    )
+    return float(a_ratio), float(b_ratio), float(np.float32(constant))
+
+
 def _reach(weight: np.ndarray, act_dtype: str) -> np.ndarray:
     """The largest |sum of x * w| over a layer's window, per output channel."""
     largest = max(abs(v) for v in ACT_RANGE[act_dtype])

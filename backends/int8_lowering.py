@@ -34,6 +34,8 @@ from edgepress.backends.int8_kernels import (
     pack_weight,
     packed_conv2d,
     per_channel,
+    quantized_add,
+    quantized_add_terms,
     requantize_multiplier,
     scaled_in_int32,
     shift_zero_point,
@@ -502,6 +504,15 @@ ELEMENTWISE_OPS = (
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
+def _static_shape(expr) -> tuple[int, ...] | None:
+    """The tensor's shape, if every dimension is a constant."""
+    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
+    try:
+        return None if dims is None else tuple(int(d) for d in dims)
+    except TypeError:  # a symbolic dimension
+        return None
+
+
 def _is_scalar(expr) -> bool:
     """A per-tensor operand: a value that is not a tensor (clip's bounds) or a tensor of one
     element (a scale, a zero point), which broadcasts the same in any layout."""
@@ -550,6 +561,7 @@ def lower_qdq(mod, layout: DotLayout):
     int8_schedules.register()
 
     chains, layers = plan(mod["main"], layout)
+    bindings = _Bindings(mod["main"])
     if not chains:
         return mod, layers
 
@@ -586,6 +598,55 @@ def lower_qdq(mod, layout: DotLayout):
             self.bind(binding.var, relax.Call(value.op, args, value.attrs))
             return True
 
+        def quantized_add(self, binding) -> bool:
+            """quantize(add(dequantize(a), dequantize(b))) with per-tensor scales (a residual
+            add) as one kernel of onnxruntime's arithmetic (int8_kernels.quantized_add), on
+            the NHWC values where both 8-bit inputs have them."""
+            value = binding.value
+            if _op_name(value) != "relax.quantize":
+                return False
+            add = bindings.producer(value.args[0], "relax.add")
+            if add is None:
+                return False
+            dqs = [bindings.producer(arg, "relax.dequantize") for arg in add.args]
+            if any(dq is None for dq in dqs) or str(value.attrs.out_dtype) not in QUANT_TYPES:
+                return False
+            try:
+                terms = quantized_add_terms(
+                    *(
+                        f(dq.args[i], "")
+                        for dq in dqs
+                        for i, f in ((1, _scalar), (2, lambda e, w: int(_scalar(e, w))))
+                    ),
+                    _scalar(value.args[1], ""),
+                    int(_scalar(value.args[2], "")),
+                )
+            except NotLowered:
+                return False
+            a, b = (self.visit_expr(dq.args[0]) for dq in dqs)
+            if _static_shape(a) is None or _static_shape(a) != _static_shape(b):
+                return False
+            if len(_static_shape(a)) != 4:
+                return False
+            nhwc = a in self.nhwc and b in self.nhwc
+            if not nhwc and (a in self.nhwc or b in self.nhwc):
+                return False
+            inputs = (self.nhwc[a], self.nhwc[b]) if nhwc else (a, b)
+            call = self.builder_.call_te(
+                quantized_add,
+                *inputs,
+                a_ratio=terms[0],
+                b_ratio=terms[1],
+                constant=terms[2],
+                out_dtype=str(value.attrs.out_dtype),
+                primfunc_name_hint="quantized_add",
+            )
+            if nhwc:
+                self.bind(binding.var, call)
+            else:
+                self.set_var_remap(binding.var, self.builder_.emit(call))
+            return True
+
         def spatial_mean_in_nhwc(self, binding) -> bool:
             """A global average pool (mean over H and W) of a value the kernels have in NHWC:
             the mean over its rows and columns, no transpose. With keepdims, [N, 1, 1, C]
@@ -614,7 +675,11 @@ def lower_qdq(mod, layout: DotLayout):
         def visit_var_binding_(self, binding) -> None:
             chain = chains.get(binding.var)
             if chain is None:
-                if not (self.elementwise_in_nhwc(binding) or self.spatial_mean_in_nhwc(binding)):
+                if not (
+                    self.quantized_add(binding)
+                    or self.elementwise_in_nhwc(binding)
+                    or self.spatial_mean_in_nhwc(binding)
+                ):
                     super().visit_var_binding_(binding)
                 return
             x = self.visit_expr(chain.x)

@@ -615,3 +615,29 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
     acc = _conv_reference(x, 0, w, 1, 1)
     want = _requantize_reference(acc, bias.astype(np.int64), multiplier, 3, "uint8")
     np.testing.assert_array_equal(_nchw(got.numpy()), want)
+
+
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+def test_quantized_add_follows_onnxruntimes_qlinearadd_arithmetic(out_dtype):
+    """A residual add's quantize(dequantize(a) + dequantize(b)) as one kernel: a * sa/sc +
+    b * sb/sc + (zc - za sa/sc - zb sb/sc) in float32, rounded half to even, saturated (MLAS's
+    QLinearAdd), against numpy; within one step where the compiler contracts to an FMA."""
+    from edgepress.backends.int8_kernels import quantized_add, quantized_add_terms
+
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 256, (1, 5, 6, 32)).astype(np.uint8)
+    b = rng.integers(0, 256, (1, 5, 6, 32)).astype(np.uint8)
+    terms = quantized_add_terms(0.031, 131, 0.017, 90, 0.02, 7 if out_dtype == "uint8" else -3)
+    got = _run_te(
+        lambda at, bt: quantized_add(
+            at, bt, a_ratio=terms[0], b_ratio=terms[1], constant=terms[2], out_dtype=out_dtype
+        ),
+        [a, b],
+    )
+    ra, rb, c = (np.float32(t) for t in terms)
+    total = a.astype(np.float32) * ra + b.astype(np.float32) * rb + c
+    info = np.iinfo(out_dtype)
+    want = np.clip(np.rint(total), info.min, info.max).astype(out_dtype)
+    diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert got.dtype == np.dtype(out_dtype) and (got == info.max).any() and (got == info.min).any()
