@@ -22,6 +22,7 @@ from __future__ import annotations
 
 VNNI_16x4 = "dot_16x4_vnni"
 SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
+USDOT_4x4 = "dot_4x4_u8i8s32_usdot"  # arm64 +i8mm: u8 activations x s8 weights
 AVX2_8x2x2 = "dot_8x2x2_avx2"
 LOCAL = "_local"
 LLVM_WITH_BYTE_OPERANDS = 22  # first LLVM whose vpdpbusd takes <64 x i8> operands
@@ -91,6 +92,11 @@ def _sdot(scope: str):
     return _implementation(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", types, scope)
 
 
+def _usdot(scope: str):
+    types = ("uint8x16", "int8x16")
+    return _implementation(4, "uint8", "llvm.aarch64.neon.usdot.v4i32.v16i8", types, scope)
+
+
 def _avx2_pairs(scope: str):
     """dot_8x2x2_avx2 (module docstring): C[i, p] += A[2p + j] * B[i, 2p + j] over j in 0, 1,
     the 8 x 2 pair sums left unreduced (the epilogue adds each output channel's two). A is 4
@@ -157,7 +163,9 @@ def register_x86() -> None:
 
 
 def register_arm() -> None:
-    """sdot with local accumulators (TVM's own global one stays as it is)."""
+    """sdot with local accumulators (TVM's own global one stays as it is); usdot (i8mm)."""
     from tvm.s_tir import TensorIntrin
 
     TensorIntrin.register(SDOT_4x4 + LOCAL, *_sdot("local"), override=True)
+    TensorIntrin.register(USDOT_4x4, *_usdot("global"), override=True)
+    TensorIntrin.register(USDOT_4x4 + LOCAL, *_usdot("local"), override=True)

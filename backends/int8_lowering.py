@@ -87,16 +87,18 @@ def layout_for(target) -> DotLayout | None:
     timed on an AVX-512 CPU), 8 lanes, exact int32 pair sums (dot_intrinsics.AVX2_8x2x2:
     vpmaddwd; TVM's own x86 intrinsics use vpmaddubsw, which saturates in int16 and would
     break exactness). Older x86: 8 lanes, no intrinsic (LLVM vectorizes the int32
-    arithmetic). arm64: s8 x s8, 4 lanes (sdot with +dotprod;
-    without it, no intrinsic either).
+    arithmetic). arm64: u8 x s8, 4 lanes, with +i8mm (usdot: uint8 activations read as they
+    are); else s8 x s8 (sdot with +dotprod; without it, no intrinsic either).
     """
     from tvm.target import codegen
 
-    from edgepress.backends.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, VNNI_16x4
+    from edgepress.backends.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, USDOT_4x4, VNNI_16x4
 
     if target.kind.name != "llvm":
         return None
     if "aarch64" in str(target.attrs.get("mtriple", "")):
+        if codegen.target_has_features("i8mm", target):
+            return DotLayout("uint8", 4, USDOT_4x4)
         dotprod = codegen.target_has_features("dotprod", target)
         return DotLayout("int8", 4, SDOT_4x4 if dotprod else None)
     if codegen.target_has_features("avx512vnni", target):

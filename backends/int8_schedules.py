@@ -17,7 +17,13 @@ MetaSchedule's ApplyCustomRule through the global function registered here.
 
 from __future__ import annotations
 
-from edgepress.backends.dot_intrinsics import AVX2_8x2x2, LOCAL, SDOT_4x4, VNNI_16x4
+from edgepress.backends.dot_intrinsics import (
+    AVX2_8x2x2,
+    LOCAL,
+    SDOT_4x4,
+    USDOT_4x4,
+    VNNI_16x4,
+)
 
 RULE = "edgepress.conv2d_int8"
 PACK_RULE = "edgepress.pack_int8"
@@ -47,7 +53,7 @@ PREFETCH_ATTR = "edgepress.prefetch_weights"
 # buffers, whatever their size, are TVMBackendAllocWorkspace calls per tile, whose memory LLVM
 # must keep up to date around any call that may read memory (the weight prefetch is one).
 STACK_ALLOCA_BYTES = 1024
-STACK_INTRINSICS = (VNNI_16x4, SDOT_4x4, AVX2_8x2x2)
+STACK_INTRINSICS = (VNNI_16x4, SDOT_4x4, USDOT_4x4, AVX2_8x2x2)
 PREFETCH_MIN_BYTES = 128 * 1024
 TILE_PIXELS = 12  # pixels per register tile that each loaded weight vector serves, at most
 

@@ -36,6 +36,7 @@ INSTRUCTIONS = {
     "dot_16x4_vnni": ("objdump", "vpdpbusd"),
     "dot_8x2x2_avx2": ("objdump", "vpmaddwd"),
     "dot_4x4_i8i8s32_sdot": ("aarch64-linux-gnu-objdump", "sdot"),
+    "dot_4x4_u8i8s32_usdot": ("aarch64-linux-gnu-objdump", "usdot"),
 }
 AVX2_CPU = "znver3"
 

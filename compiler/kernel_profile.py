@@ -18,7 +18,12 @@ from edgepress.backends.cpu_peak import CpuPeak
 VM_OVERHEAD = "(VM: allocation, shape checks, reshapes)"
 # Multiply-adds per instruction and lane, over an fp32 FMA's, of each int8 intrinsic
 # (backends/dot_intrinsics.py); on the same vector ports as the FMAs.
-DOT_PEAK_FACTOR = {"dot_16x4_vnni": 4, "dot_4x4_i8i8s32_sdot": 4, "dot_8x2x2_avx2": 2}
+DOT_PEAK_FACTOR = {
+    "dot_16x4_vnni": 4,
+    "dot_4x4_i8i8s32_sdot": 4,
+    "dot_4x4_u8i8s32_usdot": 4,
+    "dot_8x2x2_avx2": 2,
+}
 DOT_KERNELS = ("conv2d_int8", "matmul_int8")  # names the int8 lowering gives them
 
 

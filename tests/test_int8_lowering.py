@@ -404,23 +404,32 @@ def test_int8_compute_float_keeps_tvms_float_qdq(cli, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
-def test_arm64_int8_artifact_uses_sdot_and_matches_onnxruntime_under_qemu(cli, tmp_path):
+@pytest.mark.parametrize(
+    ("mattr", "intrinsic", "instruction"),
+    [
+        ("+dotprod", "dot_4x4_i8i8s32_sdot", "sdot"),
+        ("+dotprod,+i8mm", "dot_4x4_u8i8s32_usdot", "usdot"),  # uint8 activations as they are
+    ],
+)
+def test_arm64_int8_artifact_uses_dot_products_and_matches_onnxruntime_under_qemu(
+    cli, tmp_path, mattr, intrinsic, instruction
+):
     _, report = _int8_build(cli, tmp_path)  # x86 first: the same model.onnx for both
     source = tmp_path / "art" / "model.onnx"
     out = tmp_path / "arm"
-    r = cli(source, "--target", "arm64", "--mattr=+dotprod", "-o", out, "-q")
+    r = cli(source, "--target", "arm64", f"--mattr={mattr}", "-o", out, "-q")
     assert r.code == 0, r.err
     report = json.loads((out / "report.json").read_text())
     check = report["verification"]["artifact"]
     assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
-    assert report["int8_compute"]["intrinsic"] == "dot_4x4_i8i8s32_sdot"
+    assert report["int8_compute"]["intrinsic"] == intrinsic
     disassembly = subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert len(re.findall(r"\bsdot\b", disassembly)) > 0
+    assert len(re.findall(rf"\b{instruction}\b", disassembly)) > 0
 
 
 def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
