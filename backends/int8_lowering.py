@@ -611,20 +611,18 @@ def lower_qdq(mod, layout: DotLayout):
             if add is None:
                 return False
             dqs = [bindings.producer(arg, "relax.dequantize") for arg in add.args]
-            if any(dq is None for dq in dqs) or str(value.attrs.out_dtype) not in QUANT_TYPES:
+            if any(dq is None or _dtype(dq.args[0]) not in QUANT_TYPES for dq in dqs):
                 return False
-            try:
-                terms = quantized_add_terms(
-                    *(
-                        f(dq.args[i], "")
-                        for dq in dqs
-                        for i, f in ((1, _scalar), (2, lambda e, w: int(_scalar(e, w))))
-                    ),
-                    _scalar(value.args[1], ""),
-                    int(_scalar(value.args[2], "")),
+            if str(value.attrs.out_dtype) not in QUANT_TYPES:
+                return False
+            try:  # (scale, zero point) of a, b and the output, each per tensor
+                (sa, za), (sb, zb), (sc, zc) = (
+                    (_scalar(scale, "scale"), int(_scalar(zero_point, "zero point")))
+                    for scale, zero_point in (*(dq.args[1:] for dq in dqs), value.args[1:])
                 )
             except NotLowered:
                 return False
+            terms = quantized_add_terms(sa, za, sb, zb, sc, zc)
             a, b = (self.visit_expr(dq.args[0]) for dq in dqs)
             if _static_shape(a) is None or _static_shape(a) != _static_shape(b):
                 return False

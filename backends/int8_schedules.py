@@ -86,11 +86,10 @@ def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
     best on 7-8 pixels x 2 blocks: fewer broadcasts per instruction than 14 x 1 (4-6% on the
     3x3 layers, up to 30% on MobileNetV2's projections: 56x56x144 -> 24 0.054 against 0.079
     ms); 7 x 2, because its 14 accumulators stay on the stack (STACK_ALLOCA_BYTES) and 8 x 2's
-    16 do not. The
-    shallow expansions of 16-32 channels are bound by their epilogue; they ran best on few
-    pixels and more blocks: 2 x 3 over 16-24 channels (112x112x16 -> 96: 0.147 ms against
-    0.168 for 2 x 6), 1 x 12 over 32 (28x28x32 -> 192: 0.027 against 0.033 for 2 x 3). A
-    single pixel (a matmul) takes up to 12 blocks, independent accumulations to hide the
+    16 do not. The shallow expansions of 16-32 channels are bound by their epilogue; they ran
+    best on few pixels and more blocks: 2 x 3 over 16-24 channels (112x112x16 -> 96: 0.147 ms
+    against 0.168 for 2 x 6), 1 x 12 over 32 (28x28x32 -> 192: 0.027 against 0.033 for 2 x 3).
+    A single pixel (a matmul) takes up to 12 blocks, independent accumulations to hide the
     instruction's latency; where there are too few blocks for that (16 output channels),
     pixels make up the tile instead (112x112x32 -> 16: 14 x 1)."""
     if width == 1:
@@ -142,8 +141,9 @@ def _unroll_epilogue(sch, block, lanes: int) -> None:
     """The tile's epilogue as straight-line code: one vector of `lanes` output channels per
     pixel and channel block. Vectorized across blocks, each vector read the accumulators
     at c // lanes, c % lanes, which LLVM gathered lane by lane (ResNet-18's and MobileNetV2's
-    7x7 layers, whose tiles hold 2-3 blocks); and with every index constant the accumulators
-    stay in registers, so the tile no longer zeroes (memset) and stores them in memory."""
+    7x7 layers, whose tiles hold 2-3 blocks). With every index constant, accumulators on the
+    stack (STACK_ALLOCA_BYTES) become registers: the tile neither zeroes (memset) nor stores
+    them."""
     *_, pixels, channels = sch.get_loops(block)
     blocks, vector = sch.split(channels, [None, lanes])
     sch.vectorize(vector)
@@ -310,8 +310,8 @@ def schedule_conv2d_int8(sch, block):
         ),
     )
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, *pair, r4)
-    lanes = int(sch.get(oi).extent)
-    tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * lanes * 4 * (1 + len(pair))
+    vector_bytes = int(sch.get(oi).extent) * 4 * (1 + len(pair))  # int32 (pair) sums
+    tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * vector_bytes
     on_stack = intrinsic in STACK_INTRINSICS and tile_bytes < STACK_ALLOCA_BYTES
     weight_bytes = _weight_bytes(sch, block)
     if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
@@ -338,7 +338,7 @@ def schedule_conv2d_int8(sch, block):
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     if intrinsic:
         inner = sch.blockize(oi)
-        # The accumulators are local: the intrinsic's variant for local buffers.
+        # Accumulators in a local buffer take the intrinsic's variant for local buffers.
         suffix = "" if on_stack else LOCAL
         sch.annotate(inner, "meta_schedule.auto_tensorize", f"{intrinsic}{suffix}")
     else:
@@ -365,8 +365,9 @@ def schedule_pack(sch, block):
     return [sch]
 
 
-# Of 32 vector registers (the rest hold converted inputs and weights); 15 of 16 lanes keep
-# the tile under STACK_ALLOCA_BYTES, so that it lives in registers, not in a workspace.
+# Of 32 vector registers (the rest hold converted inputs and weights). 15 vectors of 16
+# float32 lanes (960 bytes) keep the tile under STACK_ALLOCA_BYTES, so that it lives in
+# registers, not in a workspace.
 DEPTHWISE_ACCUMULATORS = 15
 
 
