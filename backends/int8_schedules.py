@@ -221,6 +221,9 @@ def inject_weight_prefetch(func):
                 block.body,
             ]
         )
+        return with_body(block, body)
+
+    def with_body(block, body):
         return s_tir.SBlock(
             block.iter_vars,
             block.reads,
@@ -263,17 +266,7 @@ def inject_weight_prefetch(func):
                 body = rebuild(block.body, ahead, pixels)
                 if body.same_as(block.body):
                     return stmt
-                new = s_tir.SBlock(
-                    block.iter_vars,
-                    block.reads,
-                    block.writes,
-                    block.name_hint,
-                    body,
-                    block.init,
-                    block.alloc_buffers,
-                    block.match_buffers,
-                    block.annotations,
-                )
+                new = with_body(block, body)
             if new.same_as(block):
                 return stmt
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)

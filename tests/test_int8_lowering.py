@@ -140,6 +140,38 @@ def _host_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def _scheduled_conv(arrays, mcpu: str, intrinsic: str, out_zero_point: int):
+    """packed_conv2d (stride 1, uint8 out) over `arrays` (padded input, packed weight, bias,
+    multiplier), scheduled as a build does it for an x86 CPU: (module, target, output)."""
+    import tvm
+    from tvm import te
+
+    from edgepress.backends import int8_schedules, tensor_intrinsics
+    from edgepress.backends.int8_kernels import packed_conv2d
+    from edgepress.backends.relax_pipeline import sample_schedules
+
+    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
+    out = packed_conv2d(
+        *placeholders,
+        strides=(1, 1),
+        dilation=(1, 1),
+        out_zero_point=out_zero_point,
+        out_dtype="uint8",
+        out_channels=arrays[2].shape[0],
+        intrinsic=intrinsic,
+        pair_sums=intrinsic == "dot_8x2x2_avx2",
+    )
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": 1}
+    )
+    tensor_intrinsics.load(("x86",))
+    int8_schedules.register()
+    mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
+    mod, done = sample_schedules(mod, target, {"main"})
+    assert done == {"main"}
+    return mod, target, out
+
+
 @pytest.mark.parametrize(
     ("intrinsic", "lanes", "mcpu", "flag", "instruction"),
     [
@@ -156,11 +188,8 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
     if flag not in _host_flags():
         pytest.skip(f"this CPU has no {flag}")
     import tvm
-    from tvm import te
 
-    from edgepress.backends import int8_schedules, tensor_intrinsics
-    from edgepress.backends.int8_kernels import pack_weight, packed_conv2d
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends.int8_kernels import pack_weight
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 9, 9)).astype(np.uint8)
@@ -175,25 +204,7 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
     if intrinsic == "dot_8x2x2_avx2":
         xp = xp.astype(np.int16)
     arrays = [xp, pack_weight(w, lanes), bias, multiplier]
-    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
-    out = packed_conv2d(
-        *placeholders,
-        strides=(1, 1),
-        dilation=(1, 1),
-        out_zero_point=0,
-        out_dtype="uint8",
-        out_channels=24,
-        intrinsic=intrinsic,
-        pair_sums=intrinsic == "dot_8x2x2_avx2",
-    )
-    func = te.create_prim_func([*placeholders, out])
-    target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": 1}
-    )
-    tensor_intrinsics.load(("x86",))
-    int8_schedules.register()
-    mod, done = sample_schedules(tvm.IRModule({"main": func}), target, {"main"})
-    assert done == {"main"}
+    mod, target, out = _scheduled_conv(arrays, mcpu, intrinsic, out_zero_point=0)
     asm = tvm.compile(mod, target=target).mod.inspect_source("asm")
     assert instruction in asm
     if instruction == "vpdpbusd":
@@ -293,28 +304,44 @@ def test_integer_max_pool_equals_numpy(dtype, padding, strides):
     np.testing.assert_array_equal(got, np.max(windows, axis=0).astype(dtype))
 
 
+def _random_initializer(rng, name: str, shape: tuple, scale: float = 0.3):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _saved_with_calibration(path, nodes, inits, y_shape: list, rng):
+    """The graph (input x: 1x3x16x16, output y) saved at `path` with opset 17, and 24
+    calibration inputs beside it: (model path, calibration path)."""
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = save(model, path)
+    cal = path.parent / "cal.npz"
+    np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
+    return source, cal
+
+
 def _qdq_net(tmp_path):
     """Conv -> Relu -> depthwise Conv -> Relu -> 1x1 Conv (+ the depthwise output) ->
     grouped Conv (groups 2) -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm, and
     calibration data for it."""
     rng = np.random.default_rng(3)
 
-    def const(name, shape, scale=0.3):
-        return numpy_helper.from_array(
-            (rng.standard_normal(shape) * scale).astype(np.float32), name
-        )
-
     inits = [
-        const("wa", (16, 3, 3, 3)),
-        const("ba", (16,)),
-        const("wd", (16, 1, 3, 3)),
-        const("bd", (16,)),
-        const("wb", (16, 16, 1, 1)),
-        const("bb", (16,)),
-        const("wg", (16, 8, 3, 3)),
-        const("bg", (16,)),
-        const("wf", (10, 16)),
-        const("bf", (10,)),
+        _random_initializer(rng, "wa", (16, 3, 3, 3)),
+        _random_initializer(rng, "ba", (16,)),
+        _random_initializer(rng, "wd", (16, 1, 3, 3)),
+        _random_initializer(rng, "bd", (16,)),
+        _random_initializer(rng, "wb", (16, 16, 1, 1)),
+        _random_initializer(rng, "bb", (16,)),
+        _random_initializer(rng, "wg", (16, 8, 3, 3)),
+        _random_initializer(rng, "bg", (16,)),
+        _random_initializer(rng, "wf", (10, 16)),
+        _random_initializer(rng, "bf", (10,)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, name="conv_a"),
@@ -331,18 +358,7 @@ def _qdq_net(tmp_path):
         helper.make_node("Flatten", ["gp"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "qdq_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    source = save(model, tmp_path / "net.onnx")
-    cal = tmp_path / "cal.npz"
-    np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
-    return source, cal
+    return _saved_with_calibration(tmp_path / "net.onnx", nodes, inits, [1, 10], rng)
 
 
 def _int8_build(cli, tmp_path, *extra):
@@ -357,6 +373,20 @@ def _int8_build(cli, tmp_path, *extra):
 def _layers(report) -> dict[str, str]:
     layers = report["int8_compute"]["layers"]
     return {layer["node"]: layer["kernel"] or f"float: {layer['reason']}" for layer in layers}
+
+
+def _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed: int) -> None:
+    """Independently of the build's own check: `compress run` of the artifact against
+    onnxruntime's run of its QDQ model.onnx, within one output step, on a fresh input."""
+    x = np.random.default_rng(seed).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "out.npz")["y"]
+    (ref,) = ort_outputs(out / "model.onnx", {"x": x})
+    step = report["verification"]["artifact"]["outputs"][0]["step"]
+    assert np.abs(got - ref).max() <= step * 1.001
+    assert report["verification"]["artifact"]["status"] == "ok"
 
 
 # This machine's CPU (VNNI where it has it) and an AVX2 CPU without VNNI (exact vpmaddwd).
@@ -385,16 +415,7 @@ def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli
     assert layers["grouped"] == "float: grouped convolution (groups=2), not depthwise"
     assert "grouped convolution (groups=2)" in (out / "report.md").read_text()
 
-    # Independently of the build's own check: the artifact against onnxruntime's QDQ run.
-    x = np.random.default_rng(11).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
-    assert r.code == 0, r.err
-    got = np.load(tmp_path / "out.npz")["y"]
-    (ref,) = ort_outputs(out / "model.onnx", {"x": x})
-    step = report["verification"]["artifact"]["outputs"][0]["step"]
-    assert np.abs(got - ref).max() <= step * 1.001
-    assert report["verification"]["artifact"]["status"] == "ok"
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=11)
 
 
 def test_int8_compute_float_keeps_tvms_float_qdq(cli, tmp_path):
@@ -479,18 +500,13 @@ def _conv_transpose_net(tmp_path):
     than its window reaches; and calibration data."""
     rng = np.random.default_rng(5)
 
-    def const(name, shape, scale=0.3):
-        return numpy_helper.from_array(
-            (rng.standard_normal(shape) * scale).astype(np.float32), name
-        )
-
     inits = [
-        const("wa", (8, 3, 3, 3)),
-        const("ba", (8,)),
-        const("wt", (8, 12, 3, 2)),  # IOHW
-        const("bt", (12,)),
-        const("wg", (12, 6, 3, 3)),
-        const("wc", (12, 4, 2, 2)),
+        _random_initializer(rng, "wa", (8, 3, 3, 3)),
+        _random_initializer(rng, "ba", (8,)),
+        _random_initializer(rng, "wt", (8, 12, 3, 2)),  # IOHW
+        _random_initializer(rng, "bt", (12,)),
+        _random_initializer(rng, "wg", (12, 6, 3, 3)),
+        _random_initializer(rng, "wc", (12, 4, 2, 2)),
     ]
     transpose = "ConvTranspose"
     nodes = [
@@ -510,18 +526,7 @@ def _conv_transpose_net(tmp_path):
         helper.make_node("Relu", ["g"], ["gr"]),
         helper.make_node(transpose, ["gr", "wc"], ["y"], pads=[2] * 4, name="cropped"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "conv_transpose_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14, 21])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    source = save(model, tmp_path / "up.onnx")
-    cal = tmp_path / "cal.npz"
-    np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
-    return source, cal
+    return _saved_with_calibration(tmp_path / "up.onnx", nodes, inits, [1, 4, 14, 21], rng)
 
 
 @pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
@@ -544,16 +549,7 @@ def test_quantized_conv_transpose_runs_integer_kernels_within_one_step_of_onnxru
         layers["cropped"]
         == "float: its padding [2, 2, 2, 2] is more than its window reaches (1, 1)"
     )
-
-    x = np.random.default_rng(12).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
-    assert r.code == 0, r.err
-    got = np.load(tmp_path / "out.npz")["y"]
-    (ref,) = ort_outputs(out / "model.onnx", {"x": x})
-    step = report["verification"]["artifact"]["outputs"][0]["step"]
-    assert np.abs(got - ref).max() <= step * 1.001
-    assert report["verification"]["artifact"]["status"] == "ok"
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=12)
 
 
 def test_pack_spreads_the_input_by_the_upsample_factors():
@@ -583,11 +579,9 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
     if "avx512_vnni" not in _host_flags():
         pytest.skip("this CPU has no avx512_vnni")
     import tvm
-    from tvm import te
 
-    from edgepress.backends import int8_schedules, tensor_intrinsics
-    from edgepress.backends.int8_kernels import pack_weight, packed_conv2d
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends import int8_schedules
+    from edgepress.backends.int8_kernels import pack_weight
 
     rng = np.random.default_rng(8)
     x = rng.integers(0, 256, (1, 256, 7, 7)).astype(np.uint8)
@@ -597,24 +591,7 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
     arrays = [np.pad(_nhwc(x), ((0, 0), (1, 1), (1, 1), (0, 0))), pack_weight(w, 16)]
     arrays += [bias, multiplier]
     assert arrays[1].nbytes >= int8_schedules.PREFETCH_MIN_BYTES
-    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
-    out = packed_conv2d(
-        *placeholders,
-        strides=(1, 1),
-        dilation=(1, 1),
-        out_zero_point=3,
-        out_dtype="uint8",
-        out_channels=64,
-        intrinsic="dot_16x4_vnni",
-    )
-    target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server", "num-cores": 1}
-    )
-    tensor_intrinsics.load(("x86",))
-    int8_schedules.register()
-    mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
-    mod, done = sample_schedules(mod, target, {"main"})
-    assert done == {"main"}
+    mod, target, out = _scheduled_conv(arrays, "icelake-server", "dot_16x4_vnni", out_zero_point=3)
     mod["main"] = int8_schedules.inject_weight_prefetch(mod["main"])
     lib = tvm.compile(mod, target=target)
     assert "prefetcht1" in lib.mod.inspect_source("asm")
