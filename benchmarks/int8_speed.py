@@ -1,7 +1,7 @@
 """int8 artifacts of the bundled models against onnxruntime's int8 and fp32, in one run.
 
     .venv/bin/python benchmarks/int8_speed.py [--models resnet18,mobilenetv2] [--threads 1]
-        [--repeat 20] [--out build/int8] [--tuning-db PATH] [--no-arm64]
+        [--repeat 20] [--runs 3] [--out build/int8] [--tuning-db PATH] [--no-arm64]
 
 Per model, quantized with `--quantize int8` on the sample photos (benchmarks/photos.py):
 - x86_64 int8 artifacts: "untuned" (no tuning record: edgepress's schedule rules for the int8
@@ -11,12 +11,16 @@ Per model, quantized with `--quantize int8` on the sample photos (benchmarks/pho
 - "untuned, --mcpu znver3": the int8 artifact for an AVX2 CPU without VNNI (exact vpmaddwd
   kernels), timed on this CPU (only where it runs AVX2 code);
 - the fp32 artifact, for the size ratio (the library's bytes; the weights dominate it);
-- arm64 (`--mattr=+dotprod`) int8 artifact: its outputs checked against onnxruntime under qemu
-  by the build, and the sdot instructions in its disassembly counted (qemu times mean nothing).
+- arm64 int8 artifacts, `--mattr=+dotprod` (sdot) and `+dotprod,+i8mm` (usdot): their outputs
+  checked against onnxruntime under qemu by the build, and the dot-product instructions in
+  their disassembly counted (qemu times mean nothing).
 Each x86 artifact's dot-product instructions (vpdpbusd, vpmaddwd) are counted the same way.
 
 Times come from `compress bench` (artifact, onnxruntime on the float source and onnxruntime on
-the int8 model.onnx, alternating rounds, same inputs and threads). Exactness comes from each
+the int8 model.onnx, alternating rounds, same inputs and threads), run --runs times: the table
+shows the run with the median ratio against onnxruntime's int8 and the range of that ratio over
+the runs (this machine's timings drift between runs; each run's ratio is from one set of
+alternating rounds). Exactness comes from each
 build's verification: elements one int8 step off onnxruntime's QDQ run, and beyond one step.
 Writes OUT/int8.md and OUT/int8.json and prints the table.
 """
@@ -39,6 +43,7 @@ INSTRUCTIONS = {
     "dot_4x4_u8i8s32_usdot": ("aarch64-linux-gnu-objdump", "usdot"),
 }
 AVX2_CPU = "znver3"
+ARM64_MATTRS = ("+dotprod", "+dotprod,+i8mm")  # sdot; usdot
 
 
 def _count_instructions(library: Path, report: dict) -> str:
@@ -69,6 +74,7 @@ def main() -> int:
     parser.add_argument("--models", default="resnet18,mobilenetv2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="compress bench runs per artifact")
     parser.add_argument("--out", type=Path, default=Path("build/int8"))
     parser.add_argument("--tuning-db", type=Path, help="a tuning database to apply as well")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 builds (qemu)")
@@ -113,7 +119,11 @@ def main() -> int:
         for kind, flags in kinds.items():
             folder = args.out / f"{name}-int8-{kind.replace(' ', '-')}"
             report = build(folder, "--target", "x86_64", *quantize, *flags)
-            timing = bench(folder, threads=args.threads, repeat=args.repeat)
+            runs = [
+                bench(folder, threads=args.threads, repeat=args.repeat) for _ in range(args.runs)
+            ]
+            runs.sort(key=lambda t: t.speedup_vs_onnxruntime_int8)
+            timing = runs[len(runs) // 2]
             one, beyond, total = _exactness(report)
             lowered = report["int8_compute"]["layers"]
             row["x86_64"][kind] = {
@@ -121,6 +131,7 @@ def main() -> int:
                 "onnxruntime_fp32_ms": timing.onnxruntime_ms,
                 "onnxruntime_int8_ms": timing.onnxruntime_int8_ms,
                 "vs_onnxruntime_int8": timing.speedup_vs_onnxruntime_int8,
+                "vs_onnxruntime_int8_runs": [t.speedup_vs_onnxruntime_int8 for t in runs],
                 "vs_onnxruntime_fp32": timing.speedup,
                 "size_vs_fp32_artifact": report["sizes"]["model.so"] / fp32_bytes,
                 "off_by_one": one,
@@ -129,11 +140,11 @@ def main() -> int:
                 "integer_layers": f"{sum(1 for x in lowered if x['kernel'])}/{len(lowered)}",
                 "dot_instructions": _count_instructions(folder / "model.so", report),
             }
-        if not args.no_arm64:
-            folder = args.out / f"{name}-int8-arm64"
-            report = build(folder, "--target", "arm64", "--mattr=+dotprod", *quantize)
+        for mattr in () if args.no_arm64 else ARM64_MATTRS:
+            folder = args.out / f"{name}-int8-arm64{mattr.replace(',', '').replace('+', '-')}"
+            report = build(folder, "--target", "arm64", f"--mattr={mattr}", *quantize)
             one, beyond, total = _exactness(report)
-            row["arm64"] = {
+            row.setdefault("arm64", {})[mattr] = {
                 "verified_by": report["verification"]["artifact"]["reference"],
                 "status": report["verification"]["artifact"]["status"],
                 "off_by_one": one,
@@ -145,7 +156,8 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     lines = [
-        f"# int8 artifacts, x86_64, {args.threads} thread(s), median of {args.repeat}",
+        f"# int8 artifacts, x86_64, {args.threads} thread(s), median of {args.repeat}, "
+        f"{args.runs} runs",
         "",
         "Ratios: onnxruntime ms / artifact ms from the same `compress bench` rounds (above 1: "
         "the artifact is faster). Size: the int8 library over the fp32 library. Exactness: "
@@ -153,33 +165,35 @@ def main() -> int:
         "one step / all.",
         "",
         "| model | artifact | ms | onnxruntime int8 ms | onnxruntime fp32 ms | vs ort int8 | "
-        "vs ort fp32 | size vs fp32 | one step off / beyond / elements | integer layers | "
-        "dot-product instructions |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "vs ort int8 over the runs | vs ort fp32 | size vs fp32 | "
+        "one step off / beyond / elements | integer layers | dot-product instructions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for kind, a in r["x86_64"].items():
             lines.append(
                 f"| {r['model']} | {kind} | {a['ms']:.2f} | {a['onnxruntime_int8_ms']:.2f} | "
                 f"{a['onnxruntime_fp32_ms']:.2f} | {a['vs_onnxruntime_int8']:.3f} | "
-                f"{a['vs_onnxruntime_fp32']:.3f} | {a['size_vs_fp32_artifact']:.3f} | "
+                f"{min(a['vs_onnxruntime_int8_runs']):.3f}-{max(a['vs_onnxruntime_int8_runs']):.3f}"
+                f" | {a['vs_onnxruntime_fp32']:.3f} | {a['size_vs_fp32_artifact']:.3f} | "
                 f"{a['off_by_one']} / {a['beyond_one']} / {a['elements']} | "
                 f"{a['integer_layers']} | {a['dot_instructions']} |"
             )
     if any("arm64" in r for r in rows):
         lines += [
             "",
-            "arm64 (`--mattr=+dotprod`), verified by the build against onnxruntime:",
+            "arm64, verified by the build against onnxruntime:",
             "",
-            "| model | status | one step off / beyond / elements | dot-product instructions |",
-            "|---|---|---|---|",
+            "| model | --mattr | status | one step off / beyond / elements | "
+            "dot-product instructions |",
+            "|---|---|---|---|---|",
         ]
         for r in rows:
-            if "arm64" in r:
-                a = r["arm64"]
+            for mattr, a in r.get("arm64", {}).items():
                 lines.append(
-                    f"| {r['model']} | {a['status']} ({a['verified_by']}) | {a['off_by_one']} / "
-                    f"{a['beyond_one']} / {a['elements']} | {a['dot_instructions']} |"
+                    f"| {r['model']} | {mattr} | {a['status']} ({a['verified_by']}) | "
+                    f"{a['off_by_one']} / {a['beyond_one']} / {a['elements']} | "
+                    f"{a['dot_instructions']} |"
                 )
     text = "\n".join(lines) + "\n"
     (args.out / "int8.md").write_text(text)
