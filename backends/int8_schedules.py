@@ -67,7 +67,12 @@ def default_tile(width: int, blocks: int, accumulators: int = MAX_ACCUMULATORS) 
     pixel in it, while activation words are broadcast from L1 either way. The former rule (the
     most accumulators first) gave ResNet-18's 14x14 and 7x7 layers 1-pixel x 16-block tiles that
     streamed every weight from L2 per pixel: those layers ran at half the rate of the 56x56
-    ones, and the whole model 15.6 ms against 10.1 ms with this rule (1 thread, best of 5)."""
+    ones, and the whole model 15.6 ms against 10.1 ms with this rule (1 thread, best of 5).
+
+    This is the rule for the targets whose tiles have not been re-swept (AVX2, arm64, x86
+    without an intrinsic); VNNI takes vnni_tile. Its measurements predate the epilogue fix
+    (_unroll_epilogue), which made tiles of several blocks much cheaper on VNNI; arm64's
+    cannot be timed here (qemu)."""
     best, best_key = (1, 1), (0, 0, 0)
     for z in (d for d in range(1, width + 1) if width % d == 0):
         for b in (d for d in range(1, blocks + 1) if blocks % d == 0):

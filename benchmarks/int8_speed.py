@@ -20,8 +20,8 @@ Times come from `compress bench` (artifact, onnxruntime on the float source and 
 the int8 model.onnx, alternating rounds, same inputs and threads), run --runs times: the table
 shows the run with the median ratio against onnxruntime's int8 and the range of that ratio over
 the runs (this machine's timings drift between runs; each run's ratio is from one set of
-alternating rounds). Exactness comes from each
-build's verification: elements one int8 step off onnxruntime's QDQ run, and beyond one step.
+alternating rounds). Exactness comes from each build's verification: elements one int8 step
+off onnxruntime's QDQ run, and beyond one step.
 Writes OUT/int8.md and OUT/int8.json and prints the table.
 """
 
@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--tuning-db", type=Path, help="a tuning database to apply as well")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 builds (qemu)")
     args = parser.parse_args()
+    if args.runs < 1 or args.repeat < 1 or args.threads < 1:
+        parser.error("--runs, --repeat and --threads must be at least 1")
 
     from edgepress.backends.threads import size_pool_to_all_cores
 
