@@ -39,8 +39,10 @@ from edgepress.backends.int8_kernels import (
     requantize_multiplier,
     scaled_in_int32,
     shift_zero_point,
-    spatial_mean,
 )
+
+from edgepress.backends.nhwc_rewriter import op_name as _op_name
+from edgepress.backends.nhwc_rewriter import rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
 INT8_COMPUTE = ("integer", "float")  # --int8-compute: this rewrite, or TVM's float QDQ
@@ -115,11 +117,6 @@ def has_qdq(mod) -> bool:
 
 class NotLowered(Exception):
     """Why a chain stays float (the message goes into the report)."""
-
-
-def _op_name(expr) -> str | None:
-    op = getattr(expr, "op", None)
-    return getattr(op, "name", None)
 
 
 def _constant(expr, what: str) -> np.ndarray:
@@ -489,46 +486,6 @@ def _emit_pool(builder, call, x_nhwc):
     )
 
 
-# Elementwise ops between the kernels (a residual add's dequantize, add, relu, quantize) that
-# run on the NHWC values where their tensor operands all have them, so that no transpose
-# sits between two int8 kernels.
-ELEMENTWISE_OPS = (
-    "relax.dequantize",
-    "relax.quantize",
-    "relax.add",
-    "relax.subtract",
-    "relax.multiply",
-    "relax.maximum",
-    "relax.minimum",
-    "relax.nn.relu",
-    "relax.clip",
-)
-TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
-
-
-def _static_shape(expr) -> tuple[int, ...] | None:
-    """The tensor's shape, if every dimension is a constant."""
-    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
-    try:
-        return None if dims is None else tuple(int(d) for d in dims)
-    except TypeError:  # a symbolic dimension
-        return None
-
-
-def _is_scalar(expr) -> bool:
-    """A per-tensor operand: a value that is not a tensor (clip's bounds) or a tensor of one
-    element (a scale, a zero point), which broadcasts the same in any layout."""
-    import tvm
-
-    if isinstance(expr.ty, tvm.ir.PrimType):
-        return True
-    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
-    try:
-        return dims is not None and all(int(d) == 1 for d in dims)
-    except TypeError:  # a symbolic dimension
-        return False
-
-
 def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
     """{quantize var: chain} for the function's lowerable chains, and every compute op's fate."""
     bindings = _Bindings(func)
@@ -567,139 +524,70 @@ def lower_qdq(mod, layout: DotLayout):
     if not chains:
         return mod, layers
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        """Emits the kernels on NHWC values. Each rewritten binding stays NCHW (a transpose of
-        the kernel's result) for whatever else reads it; `nhwc` maps it to the NHWC value,
-        which the next kernel reads instead. Transposes nothing reads are dead code."""
-
-        nhwc: dict = {}
-
-        def to_nhwc(self, x):
-            if x not in self.nhwc:
-                self.nhwc[x] = self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
-            return self.nhwc[x]
-
-        def bind(self, var, value_nhwc) -> None:
-            nhwc = self.builder_.emit(value_nhwc)
-            nchw = self.builder_.emit(relax.op.permute_dims(nhwc, TO_NCHW))
-            self.nhwc[nchw] = nhwc
-            self.set_var_remap(var, nchw)
-
-        def elementwise_in_nhwc(self, binding) -> bool:
-            value = binding.value
-            shape = getattr(binding.var.ty, "shape", None)
-            if _op_name(value) not in ELEMENTWISE_OPS or len(shape or ()) != 4:
-                return False
-            args = [self.visit_expr(a) for a in value.args]
-            if not any(a in self.nhwc for a in args):
-                return False
-            if not all(a in self.nhwc or _is_scalar(a) for a in args):
-                return False
-            args = [self.nhwc.get(a, a) for a in args]
-            self.bind(binding.var, relax.Call(value.op, args, value.attrs))
-            return True
-
-        def quantized_add(self, binding) -> bool:
-            """quantize(add(dequantize(a), dequantize(b))) with per-tensor scales (a residual
-            add) as one kernel of onnxruntime's arithmetic (int8_kernels.quantized_add), on
-            the NHWC values where both 8-bit inputs have them."""
-            value = binding.value
-            if _op_name(value) != "relax.quantize":
-                return False
-            add = bindings.producer(value.args[0], "relax.add")
-            if add is None:
-                return False
-            dqs = [bindings.producer(arg, "relax.dequantize") for arg in add.args]
-            if any(dq is None or _dtype(dq.args[0]) not in QUANT_TYPES for dq in dqs):
-                return False
-            if str(value.attrs.out_dtype) not in QUANT_TYPES:
-                return False
-            try:  # (scale, zero point) of a, b and the output, each per tensor
-                (sa, za), (sb, zb), (sc, zc) = (
-                    (_scalar(scale, "scale"), int(_scalar(zero_point, "zero point")))
-                    for scale, zero_point in (*(dq.args[1:] for dq in dqs), value.args[1:])
-                )
-            except NotLowered:
-                return False
-            terms = quantized_add_terms(sa, za, sb, zb, sc, zc)
-            a, b = (self.visit_expr(dq.args[0]) for dq in dqs)
-            if _static_shape(a) is None or _static_shape(a) != _static_shape(b):
-                return False
-            if len(_static_shape(a)) != 4:
-                return False
-            nhwc = a in self.nhwc and b in self.nhwc
-            if not nhwc and (a in self.nhwc or b in self.nhwc):
-                return False
-            inputs = (self.nhwc[a], self.nhwc[b]) if nhwc else (a, b)
-            call = self.builder_.call_te(
-                quantized_add,
-                *inputs,
-                a_ratio=terms[0],
-                b_ratio=terms[1],
-                constant=terms[2],
-                out_dtype=str(value.attrs.out_dtype),
-                primfunc_name_hint="quantized_add",
+    def quantized_add_in_nhwc(rewriter, binding) -> bool:
+        """quantize(add(dequantize(a), dequantize(b))) with per-tensor scales (a residual
+        add) as one kernel of onnxruntime's arithmetic (int8_kernels.quantized_add), on the
+        NHWC values where both 8-bit inputs have them."""
+        value = binding.value
+        if _op_name(value) != "relax.quantize":
+            return False
+        add = bindings.producer(value.args[0], "relax.add")
+        if add is None:
+            return False
+        dqs = [bindings.producer(arg, "relax.dequantize") for arg in add.args]
+        if any(dq is None or _dtype(dq.args[0]) not in QUANT_TYPES for dq in dqs):
+            return False
+        if str(value.attrs.out_dtype) not in QUANT_TYPES:
+            return False
+        try:  # (scale, zero point) of a, b and the output, each per tensor
+            (sa, za), (sb, zb), (sc, zc) = (
+                (_scalar(scale, "scale"), int(_scalar(zero_point, "zero point")))
+                for scale, zero_point in (*(dq.args[1:] for dq in dqs), value.args[1:])
             )
-            if nhwc:
-                self.bind(binding.var, call)
-            else:
-                self.set_var_remap(binding.var, self.builder_.emit(call))
-            return True
+        except NotLowered:
+            return False
+        terms = quantized_add_terms(sa, za, sb, zb, sc, zc)
+        a, b = (rewriter.visit_expr(dq.args[0]) for dq in dqs)
+        if static_shape(a) is None or static_shape(a) != static_shape(b):
+            return False
+        if len(static_shape(a)) != 4:
+            return False
+        nhwc = a in rewriter.nhwc and b in rewriter.nhwc
+        if not nhwc and (a in rewriter.nhwc or b in rewriter.nhwc):
+            return False
+        inputs = (rewriter.nhwc[a], rewriter.nhwc[b]) if nhwc else (a, b)
+        call = rewriter.builder_.call_te(
+            quantized_add,
+            *inputs,
+            a_ratio=terms[0],
+            b_ratio=terms[1],
+            constant=terms[2],
+            out_dtype=str(value.attrs.out_dtype),
+            primfunc_name_hint="quantized_add",
+        )
+        if nhwc:
+            rewriter.bind(binding.var, call)
+        else:
+            rewriter.set_var_remap(binding.var, rewriter.builder_.emit(call))
+        return True
 
-        def spatial_mean_in_nhwc(self, binding) -> bool:
-            """A global average pool (mean over H and W) of a value the kernels have in NHWC:
-            the mean over its rows and columns, no transpose. With keepdims, [N, 1, 1, C]
-            and [N, C, 1, 1] are the same bytes, so the NCHW value is a reshape."""
-            value = binding.value
-            if _op_name(value) != "relax.mean" or value.attrs.axis is None:
-                return False
-            x = self.visit_expr(value.args[0])
-            if x not in self.nhwc or sorted(int(a) % 4 for a in value.attrs.axis) != [2, 3]:
-                return False
-            keepdims = bool(value.attrs.keepdims)
-            mean = self.builder_.emit(
-                self.builder_.call_te(
-                    spatial_mean, self.nhwc[x], keepdims=keepdims, primfunc_name_hint="mean"
-                )
+    def lower(rewriter, binding) -> bool:
+        chain = chains.get(binding.var)
+        if chain is None:
+            return quantized_add_in_nhwc(rewriter, binding)
+        builder = rewriter.builder_
+        x = rewriter.visit_expr(chain.x)
+        if isinstance(chain, _Passthrough) and _nhwc_pool(chain.call):
+            rewriter.bind(binding.var, _emit_pool(builder, chain.call, rewriter.to_nhwc(x)))
+        elif isinstance(chain, _Passthrough):
+            call = chain.call
+            rewriter.set_var_remap(
+                binding.var, builder.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs))
             )
-            if not keepdims:  # [N, C] either way
-                self.set_var_remap(binding.var, mean)
-                return True
-            n, _, _, c = (int(d) for d in mean.ty.shape)
-            nchw = self.builder_.emit(relax.op.reshape(mean, (n, c, 1, 1)))
-            self.nhwc[nchw] = mean
-            self.set_var_remap(binding.var, nchw)
-            return True
+        elif _op_name(chain.compute) == "relax.matmul":
+            rewriter.set_var_remap(binding.var, builder.emit(_emit(builder, chain, x, layout)))
+        else:
+            rewriter.bind(binding.var, _emit(builder, chain, rewriter.to_nhwc(x), layout))
+        return True
 
-        def visit_var_binding_(self, binding) -> None:
-            chain = chains.get(binding.var)
-            if chain is None:
-                if not (
-                    self.quantized_add(binding)
-                    or self.elementwise_in_nhwc(binding)
-                    or self.spatial_mean_in_nhwc(binding)
-                ):
-                    super().visit_var_binding_(binding)
-                return
-            x = self.visit_expr(chain.x)
-            if isinstance(chain, _Passthrough) and _nhwc_pool(chain.call):
-                self.bind(binding.var, _emit_pool(self.builder_, chain.call, self.to_nhwc(x)))
-            elif isinstance(chain, _Passthrough):
-                call = chain.call
-                self.set_var_remap(
-                    binding.var,
-                    self.builder_.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs)),
-                )
-            elif _op_name(chain.compute) == "relax.matmul":
-                self.set_var_remap(
-                    binding.var, self.builder_.emit(_emit(self.builder_, chain, x, layout))
-                )
-            else:
-                self.bind(binding.var, _emit(self.builder_, chain, self.to_nhwc(x), layout))
-
-    rewriter = Rewriter(mod)
-    gv = mod.get_global_var("main")
-    rewriter.builder_.update_func(gv, rewriter.visit_expr(mod["main"]))
-    rewritten = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
-    return rewritten, layers
+    return rewrite(mod, lower), layers

@@ -459,7 +459,7 @@ def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
     import tvm
     from tvm import relax
 
-    from edgepress.backends.int8_lowering import _is_scalar
+    from edgepress.backends.nhwc_rewriter import is_scalar as _is_scalar
 
     clip = relax.op.clip(relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32")), 0.0, 6.0)
     assert _is_scalar(clip.args[1]) and _is_scalar(clip.args[2])

@@ -1,0 +1,158 @@
+"""The Relax rewriter that lets kernels pass NHWC activations from one to the next.
+
+TVM imports ONNX as NCHW. The kernels edgepress emits for convolutions (int8_lowering's
+integer ones, float_lowering's float ones) read and write NHWC: channels innermost are what
+their register tiles vectorize. Each rewritten binding stays NCHW (a transpose of the kernel's
+result) for whatever else reads it; `nhwc` maps it to the NHWC value, which the next kernel
+reads instead, and transposes that nothing reads are dead code afterwards. Between kernels,
+elementwise ops (a residual add, relu, clip, an int8 residual's dequantize and quantize), max
+pooling and a global average pool run on the NHWC values too, so that no transpose sits
+between two kernels.
+
+What a lowering rewrites is its own (`lower`); this module holds what both share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# Elementwise ops between the kernels that run on the NHWC values where their tensor operands
+# all have them (the others per tensor, so that broadcasting means the same in both layouts).
+ELEMENTWISE_OPS = (
+    "relax.dequantize",
+    "relax.quantize",
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.nn.relu",
+    "relax.clip",
+)
+# TVM's ONNX importer emits Clip (opset 11+, bounds as inputs) as call_tir of TOPI's maximum
+# and minimum PrimFuncs, named so: they run as the Relax ops of the same name.
+ELEMENTWISE_PRIMFUNCS = ("maximum", "minimum")
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def op_name(expr) -> str | None:
+    op = getattr(expr, "op", None)
+    return getattr(op, "name", None)
+
+
+def static_shape(expr) -> tuple[int, ...] | None:
+    """The tensor's shape, if every dimension is a constant."""
+    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
+    try:
+        return None if dims is None else tuple(int(d) for d in dims)
+    except TypeError:  # a symbolic dimension
+        return None
+
+
+def is_scalar(expr) -> bool:
+    """A per-tensor operand: a value that is not a tensor (clip's bounds) or a tensor of one
+    element (a scale, a zero point), which broadcasts the same in any layout."""
+    import tvm
+
+    if isinstance(expr.ty, tvm.ir.PrimType):
+        return True
+    dims = getattr(getattr(expr.ty, "shape", None), "values", None)
+    try:
+        return dims is not None and all(int(d) == 1 for d in dims)
+    except TypeError:  # a symbolic dimension
+        return False
+
+
+def _elementwise_call(value):
+    """(Relax op, args) of an elementwise binding the rewriter may move to NHWC, else None."""
+    from tvm import relax
+
+    name = op_name(value)
+    if name in ELEMENTWISE_OPS:
+        return value.op, list(value.args), value.attrs
+    if name == "relax.call_tir" and isinstance(value.args[1], relax.Tuple):
+        callee = value.args[0].name_hint.rstrip("0123456789")
+        if callee in ELEMENTWISE_PRIMFUNCS and len(value.args[1].fields) == 2:
+            return relax.op.get(f"relax.{callee}"), list(value.args[1].fields), None
+    return None
+
+
+def rewrite(mod, lower: Callable):
+    """`mod` with its `main` rewritten: `lower(rewriter, binding) -> bool` emits a lowering's
+    kernels for the bindings it takes (using the rewriter's `nhwc`, `to_nhwc`, `bind`); the
+    rest go to NHWC where they can (elementwise ops, max pooling, spatial means) or stay as
+    they are. Dead code is removed."""
+    from tvm import relax
+
+    from edgepress.backends.int8_kernels import spatial_mean
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def __init__(self, mod) -> None:
+            super().__init__(mod)
+            self.nhwc: dict = {}
+
+        def to_nhwc(self, x):
+            if x not in self.nhwc:
+                self.nhwc[x] = self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
+            return self.nhwc[x]
+
+        def bind(self, var, value_nhwc) -> None:
+            """`var` is now the NCHW transpose of `value_nhwc` (an NHWC kernel's call)."""
+            nhwc = self.builder_.emit(value_nhwc)
+            nchw = self.builder_.emit(relax.op.permute_dims(nhwc, TO_NCHW))
+            self.nhwc[nchw] = nhwc
+            self.set_var_remap(var, nchw)
+
+        def elementwise_in_nhwc(self, binding) -> bool:
+            shape = getattr(binding.var.ty, "shape", None)
+            found = _elementwise_call(binding.value)
+            if found is None or len(shape or ()) != 4:
+                return False
+            op, args, attrs = found
+            args = [self.visit_expr(a) for a in args]
+            if not any(a in self.nhwc for a in args):
+                return False
+            if not all(a in self.nhwc or is_scalar(a) for a in args):
+                return False
+            args = [self.nhwc.get(a, a) for a in args]
+            self.bind(binding.var, relax.Call(op, args, attrs))
+            return True
+
+        def spatial_mean_in_nhwc(self, binding) -> bool:
+            """A global average pool (mean over H and W) of a value the kernels have in NHWC:
+            the mean over its rows and columns, no transpose. With keepdims, [N, 1, 1, C]
+            and [N, C, 1, 1] are the same bytes, so the NCHW value is a reshape."""
+            value = binding.value
+            if op_name(value) != "relax.mean" or value.attrs.axis is None:
+                return False
+            x = self.visit_expr(value.args[0])
+            if x not in self.nhwc or sorted(int(a) % 4 for a in value.attrs.axis) != [2, 3]:
+                return False
+            keepdims = bool(value.attrs.keepdims)
+            mean = self.builder_.emit(
+                self.builder_.call_te(
+                    spatial_mean, self.nhwc[x], keepdims=keepdims, primfunc_name_hint="mean"
+                )
+            )
+            if not keepdims:  # [N, C] either way
+                self.set_var_remap(binding.var, mean)
+                return True
+            n, _, _, c = (int(d) for d in mean.ty.shape)
+            nchw = self.builder_.emit(relax.op.reshape(mean, (n, c, 1, 1)))
+            self.nhwc[nchw] = mean
+            self.set_var_remap(binding.var, nchw)
+            return True
+
+        def visit_var_binding_(self, binding) -> None:
+            if not (
+                lower(self, binding)
+                or self.elementwise_in_nhwc(binding)
+                or self.spatial_mean_in_nhwc(binding)
+            ):
+                super().visit_var_binding_(binding)
+
+    rewriter = Rewriter(mod)
+    gv = mod.get_global_var("main")
+    rewriter.builder_.update_func(gv, rewriter.visit_expr(mod["main"]))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
