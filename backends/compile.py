@@ -28,6 +28,7 @@ class TuningOptions:
     retune: bool = False  # tune tasks that already have records too
     winograd: bool = False  # CPU: 3x3 stride-1 convs as Winograd F(4x4, 3x3)
     int8_compute: str = "integer"  # QDQ layers: integer kernels, or TVM's float QDQ ("float")
+    float_conv: str = "edgepress"  # float convs: edgepress's NHWC kernels, or TVM's ("tvm")
 
     @property
     def requested(self) -> bool:
@@ -69,6 +70,9 @@ def compile_module(
             f"{cannot_measure}"
         )
     mod, int8 = _lower_int8(mod, target, tuning.int8_compute)
+    float_conv = None
+    if int8 is None:
+        mod, float_conv = _lower_float(mod, target, tuning)
     folder = database_dir(target_dict, tuning.database, create=tuning.requested)
     trials = tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0)
     try:
@@ -95,6 +99,7 @@ def compile_module(
         "tuning": summary.to_json() if summary else None,
         "kernels": [k.to_json() for k in kernels],
         "int8": int8,
+        "float_conv": float_conv,
     }
 
 
@@ -117,5 +122,23 @@ def _lower_int8(mod, target, compute: str):
         "act_dtype": layout.act_dtype,
         "lanes": layout.lanes,
         "intrinsic": layout.intrinsic,
+        "layers": [layer.to_json() for layer in layers],
+    }
+
+
+def _lower_float(mod, target, tuning: TuningOptions):
+    """Float convs and matmuls -> edgepress's NHWC kernels (backends/float_lowering.py); the
+    module and, for the report, what happened to each (None where nothing is lowered)."""
+    from edgepress.backends.float_lowering import float_lanes, lower_float
+
+    lanes = float_lanes(target)
+    if lanes is None:
+        return mod, None
+    if tuning.float_conv == "tvm":
+        return mod, {"kernels": "tvm", "why": "--float-conv tvm", "layers": []}
+    mod, layers = lower_float(mod, lanes, skip_winograd=tuning.winograd)
+    return mod, {
+        "kernels": "edgepress",
+        "lanes": lanes,
         "layers": [layer.to_json() for layer in layers],
     }

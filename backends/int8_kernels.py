@@ -379,9 +379,9 @@ def max_pool2d(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
 ):
-    """Max pooling on 8-bit NHWC values (between a dequantize and a quantize of one scale: the
-    affine map and its rounding commute with max). Padding reads as the dtype's minimum, which
-    never wins a window holding a real pixel.
+    """Max pooling on NHWC values: float, or 8-bit ones (between a dequantize and a quantize of
+    one scale: the affine map and its rounding commute with max). Padding reads as the dtype's
+    lowest value (-inf for floats), which never wins a window holding a real pixel.
 
     The window is written out term by term, so each output pixel is a vector maximum over its
     channels once WINDOW_RULE has cut off the border. TOPI's pool (a reduction with a padding
@@ -391,7 +391,7 @@ def max_pool2d(
 
     n, height, width, channels = (int(d) for d in x.shape)
     top, left, bottom, right = padding
-    lowest = tirx.const(QUANT_RANGE[str(x.dtype)][0], str(x.dtype))
+    lowest = tirx.min_value(str(x.dtype))
 
     def window(b, y, z, c):
         taps = _window_taps(x, b, y, z, c, pool_size, strides, padding, dilation)
@@ -408,7 +408,7 @@ def max_pool2d(
         channels,
     )
     attrs = _window_attrs(x, pool_size, strides, padding, dilation)
-    return te.compute(shape, window, name="max_pool_int8", attrs=attrs)
+    return te.compute(shape, window, name="max_pool", attrs=attrs)
 
 
 FLOAT_EXACT = 1 << 24  # integers up to this magnitude are exact in float32

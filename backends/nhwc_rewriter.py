@@ -64,7 +64,9 @@ def is_scalar(expr) -> bool:
 
 
 def _elementwise_call(value):
-    """(Relax op, args) of an elementwise binding the rewriter may move to NHWC, else None."""
+    """(Relax op, args, attrs) of an elementwise binding the rewriter may move to NHWC, else
+    None."""
+    import tvm
     from tvm import relax
 
     name = op_name(value)
@@ -73,7 +75,7 @@ def _elementwise_call(value):
     if name == "relax.call_tir" and isinstance(value.args[1], relax.Tuple):
         callee = value.args[0].name_hint.rstrip("0123456789")
         if callee in ELEMENTWISE_PRIMFUNCS and len(value.args[1].fields) == 2:
-            return relax.op.get(f"relax.{callee}"), list(value.args[1].fields), None
+            return tvm.ir.Op.get(f"relax.{callee}"), list(value.args[1].fields), None
     return None
 
 

@@ -67,20 +67,21 @@ class BuildResult:
 
 
 # The ONNX ops TVM imports as the conv2d/conv2d_transpose/matmul calls the int8 lowering lists,
-# one call per node, in graph order.
+# one call per node, in graph order; the float lowering lists conv2d and matmul.
 INT8_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def name_int8_layers(int8: dict | None, model: onnx.ModelProto) -> dict | None:
-    """The int8 lowering's layer list with each layer's ONNX node name (by position; left
-    as numbered when the counts differ)."""
-    if not int8 or not int8.get("layers"):
-        return int8
-    nodes = [n for n in model.graph.node if n.op_type in INT8_LAYER_OPS]
-    if len(nodes) == len(int8["layers"]):
-        for layer, node in zip(int8["layers"], nodes):
+def name_layers(lowering: dict | None, model: onnx.ModelProto, ops: tuple) -> dict | None:
+    """A lowering's layer list with each layer's ONNX node name (by position; left as
+    numbered when the counts differ)."""
+    if not lowering or not lowering.get("layers"):
+        return lowering
+    nodes = [n for n in model.graph.node if n.op_type in ops]
+    if len(nodes) == len(lowering["layers"]):
+        for layer, node in zip(lowering["layers"], nodes):
             layer["node"] = node.name or f"{node.op_type} -> {node.output[0]}"
-    return int8
+    return lowering
 
 
 def _file_sizes(folder: Path, source: Path) -> dict[str, int]:
@@ -166,7 +167,8 @@ def build(opts: BuildOptions) -> BuildResult:
         files, notes = backend.build(mod, tvm_target, staging, opts.tuning)
         tuning = notes.pop("tuning", None)
         kernels = notes.pop("kernels", [])
-        int8_compute = name_int8_layers(notes.pop("int8", None), compressed)
+        int8_compute = name_layers(notes.pop("int8", None), compressed, INT8_LAYER_OPS)
+        float_conv = name_layers(notes.pop("float_conv", None), compressed, FLOAT_LAYER_OPS)
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -222,6 +224,7 @@ def build(opts: BuildOptions) -> BuildResult:
             "pruning": pruning,
             "quantization": quantization,
             "int8_compute": int8_compute,
+            "float_conv": float_conv,
             "tuning": tuning,
             "kernels": kernels,
             "verification": {

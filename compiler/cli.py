@@ -115,6 +115,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "multiplications; new kernels, so records tuned for direct convolution do not apply)",
     )
     p.add_argument(
+        "--float-conv",
+        choices=("edgepress", "tvm"),
+        default="edgepress",
+        help="CPU targets: float Conv/Gemm/MatMul as edgepress's register-tiled NHWC kernels "
+        "(default), or TVM's own NCHW kernels (what tuning records made before apply to)",
+    )
+    p.add_argument(
         "--no-shipped-records",
         action="store_true",
         help="do not apply the tuning records shipped with edgepress for this target",
@@ -404,6 +411,7 @@ def cmd_build(argv: list[str]) -> int:
             retune=args.retune,
             winograd=args.winograd,
             int8_compute=args.int8_compute,
+            float_conv=args.float_conv,
         ),
     )
     try:

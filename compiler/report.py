@@ -195,6 +195,26 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
     return lines
 
 
+def float_conv_lines(f: dict) -> list[str]:
+    lines = ["## Float convolutions", ""]
+    if f["kernels"] == "tvm":
+        return lines + [f"Conv/Gemm/MatMul compiled with TVM's own kernels: {f['why']}.", ""]
+    layers = f["layers"]
+    lowered = [layer for layer in layers if layer["kernel"]]
+    lines += [
+        f"{len(lowered)} of {len(layers)} Conv/Gemm/MatMul layer(s) run as edgepress's NHWC "
+        f"kernels (register tiles of {f['lanes']}-lane float32 vectors).",
+        "",
+    ]
+    if layers:
+        lines += ["| layer | op | computed as |", "|---|---|---|"]
+        for layer in layers:
+            how = layer["kernel"] or f"TVM: {layer['reason']}"
+            lines.append(f"| {layer.get('node', layer['index'])} | {layer['op']} | {how} |")
+        lines.append("")
+    return lines
+
+
 def int8_compute_lines(i: dict) -> list[str]:
     lines = ["## int8 compute", ""]
     if i["compute"] == "float":
@@ -294,6 +314,8 @@ def render_markdown(report: dict) -> str:
         lines += quantization_lines(report["quantization"], report["sizes"])
     if report.get("int8_compute"):
         lines += int8_compute_lines(report["int8_compute"])
+    if report.get("float_conv"):
+        lines += float_conv_lines(report["float_conv"])
     lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])
     if "bench" in report:
         b = report["bench"]

@@ -44,10 +44,8 @@ def test_first_build_tunes_and_fills_the_database(tuned):
     records = (db / "database_tuning_record.json").read_text().strip().splitlines()
     assert len(records) >= 1
     assert json.loads((db / "target.json").read_text())["kind"] == "llvm"
-    assert (
-        "| fused_conv2d_add_relu1 | 1 | yes | this build |"
-        in (folder / "first" / "report.md").read_text()
-    )
+    (conv,) = [t["name"] for t in tuning["tasks"] if "conv2d" in t["name"]]
+    assert f"| {conv} | 1 | yes | this build |" in (folder / "first" / "report.md").read_text()
 
 
 def test_second_build_applies_records_without_measuring(tuned):
@@ -85,10 +83,10 @@ def test_workload_from_another_model_is_not_tuned_again(tuned, cli):
         "-q",
     )
     assert r.code == 0, r.err
-    tasks = {t["name"]: t for t in _tuning(folder / "other")["tasks"]}
-    assert tasks["fused_conv2d_add_relu1"]["from_database"]
-    new = [t for name, t in tasks.items() if name != "fused_conv2d_add_relu1"]
-    assert new and not any(t["from_database"] for t in new)
+    tasks = _tuning(folder / "other")["tasks"]
+    convs = [t for t in tasks if "conv2d" in t["name"]]  # the same conv + relu workload
+    assert convs and all(t["from_database"] for t in convs)
+    assert any("pool" in t["name"] and not t["from_database"] for t in tasks)
 
 
 def test_time_budget_stops_tuning(tuned, cli):
@@ -157,9 +155,9 @@ def test_shipped_records_apply_to_their_target_only(tuned, cli, tmp_path, monkey
     assert cli(source, "--target", "x86_64", "-o", tmp_path / "s", "-q").code == 0
     tuning = _tuning(tmp_path / "s")
     assert tuning["trials_measured"] == 0 and tuning["shipped"]
-    assert [t["record"] for t in tuning["tasks"]] == ["shipped"]
+    assert tuning["tasks"] and {t["record"] for t in tuning["tasks"]} == {"shipped"}
     kernels = json.loads((tmp_path / "s" / "report.json").read_text())["kernels"]
-    assert [k["schedule"] for k in kernels] == ["tuned"]
+    assert kernels and {k["schedule"] for k in kernels} == {"tuned"}
 
     r = cli(source, "--target", "x86_64", "-o", tmp_path / "n", "-q", "--no-shipped-records")
     assert r.code == 0 and _tuning(tmp_path / "n") is None
@@ -179,8 +177,19 @@ def test_untuned_kernels_are_sampled_or_plain_loops(cli, tmp_path):
 def test_retune_measures_tasks_that_already_have_records(tuned, cli):
     folder, source, db = tuned
     before = len((db / "database_tuning_record.json").read_text().splitlines())
-    r = cli(source, "--target", "x86_64", "-o", folder / "again", "--tuning-db", db,
-            "--tune-trials", "2", "--retune", "-q")
+    r = cli(
+        source,
+        "--target",
+        "x86_64",
+        "-o",
+        folder / "again",
+        "--tuning-db",
+        db,
+        "--tune-trials",
+        "2",
+        "--retune",
+        "-q",
+    )
     assert r.code == 0, r.err
     tuning = _tuning(folder / "again")
     assert tuning["trials_measured"] >= 1

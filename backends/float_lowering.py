@@ -1,0 +1,264 @@
+"""Float32 Conv, Gemm and MatMul with constant weights -> edgepress's NHWC kernels
+(float_kernels), run on the imported Relax module before legalization.
+
+TOPI's NCHW convolutions leave CPU builds far behind onnxruntime (float_kernels says by how
+much); this rewrite replaces each conv2d (and a following add of a per-channel constant: the
+bias, folded into the kernel) by a register-tiled NHWC kernel, and lets activations stay NHWC
+between kernels (nhwc_rewriter): relu, clip and residual adds run on the NHWC values and fuse
+into the kernel before them; max pooling and the global average pool read NHWC too. A matmul
+of [M, K] by a constant [K, N] is the 1x1 convolution of M pixels.
+
+Every conv2d and matmul of the module is listed in the result, lowered or with the reason it
+stayed with TVM's own kernels. Models with QDQ are int8_lowering's, not this rewrite's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepress.backends.float_kernels import (
+    conv2d_nhwc,
+    depthwise_conv2d_nhwc,
+    pack_conv_weight,
+    pad_nhwc,
+)
+from edgepress.backends.int8_kernels import max_pool2d, pack_depthwise_weight, per_channel
+from edgepress.backends.int8_lowering import LayerLowering
+from edgepress.backends.nhwc_rewriter import op_name, rewrite
+
+COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
+FLOAT_CONV = ("edgepress", "tvm")  # --float-conv: this rewrite, or TVM's own kernels
+
+
+class NotLowered(Exception):
+    """Why an op keeps TVM's kernel (the message goes into the report)."""
+
+
+@dataclass
+class _Conv:
+    """One conv2d (or matmul, as a 1x1 conv) with what its kernel needs."""
+
+    call: object
+    x: object  # the input (NCHW for a conv, [M, K] for a matmul)
+    weight: np.ndarray  # float32 OIHW (a matmul's as [N, K, 1, 1])
+    bias: np.ndarray  # float32 [OC]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    depthwise: bool
+    matmul: bool
+
+
+def float_lanes(target) -> int | None:
+    """float32 lanes of the target's vectors; None where nothing is lowered (GPUs)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return None
+    if "aarch64" in str(target.attrs.get("mtriple", "")):
+        return 4
+    if codegen.target_has_features("avx512f", target):
+        return 16
+    if codegen.target_has_features("avx2", target) or codegen.target_has_features("avx", target):
+        return 8
+    return 4
+
+
+def _constant(expr, what: str) -> np.ndarray:
+    value = getattr(expr, "value", None)  # a relax constant's tensor
+    if value is None or not hasattr(value, "numpy"):
+        raise NotLowered(f"{what} is not a constant")
+    return value.numpy()
+
+
+def _static_float32(expr, what: str) -> None:
+    dtype = str(getattr(expr.ty, "dtype", ""))
+    if dtype != "float32":
+        raise NotLowered(f"{what} is {dtype or 'not a tensor'}, not float32")
+
+
+def _check_out_dtype(out_dtype) -> None:
+    """An op's out_dtype attribute: unset (the input's) or float32."""
+    if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
+        raise NotLowered(f"its output is {out_dtype}")
+
+
+class _Plan:
+    """{output var: _Conv} for the lowerable ops of `func`, and every op's fate."""
+
+    def __init__(self, func, skip_winograd: bool) -> None:
+        self.value: dict = {}
+        self.uses: dict = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.value[binding.var] = binding.value
+                for arg in getattr(binding.value, "args", ()):
+                    self.uses[arg] = self.uses.get(arg, 0) + 1
+        body = func.body.body
+        self.uses[body] = self.uses.get(body, 0) + 1
+        self.convs: dict = {}
+        self.layers: list[LayerLowering] = []
+        for var, value in self.value.items():
+            op = op_name(value)
+            if op not in COMPUTE_OPS:
+                continue
+            short = op.rsplit(".", 1)[-1]
+            try:
+                out_var, conv = self._conv_of(var, value, skip_winograd)
+            except NotLowered as why:
+                self.layers.append(LayerLowering(len(self.layers), short, None, str(why)))
+                continue
+            self.convs[out_var] = conv
+            kind = "depthwise" if conv.depthwise else "direct"
+            self.layers.append(LayerLowering(len(self.layers), short, kind))
+
+    def _bias(self, var, channels: int):
+        """(the add's var, its per-channel constant) where `var`'s only use is an add of a
+        constant of one value per output channel, else (var, zeros)."""
+        if self.uses.get(var, 0) == 1:
+            for user, value in self.value.items():
+                if op_name(value) != "relax.add" or not any(a.same_as(var) for a in value.args):
+                    continue
+                other = value.args[1] if value.args[0].same_as(var) else value.args[0]
+                try:
+                    bias = _constant(other, "the bias")
+                except NotLowered:
+                    break
+                if (
+                    bias.dtype == np.float32
+                    and bias.size == channels
+                    and (bias.ndim == 1 or bias.shape[-3:] == (channels, 1, 1) or bias.ndim == 2)
+                ):
+                    return user, bias.reshape(channels)
+                break
+        return var, np.zeros(channels, np.float32)
+
+    def _conv_of(self, var, call, skip_winograd: bool):
+        x, weight_expr = call.args[0], call.args[1]
+        _static_float32(x, "its input")
+        weight = _constant(weight_expr, "its weight")
+        if weight.dtype != np.float32:
+            raise NotLowered(f"its weight is {weight.dtype}, not float32")
+        if op_name(call) == "relax.matmul":
+            if len(x.ty.shape) != 2 or weight.ndim != 2:
+                raise NotLowered(f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not 2 x 2")
+            _check_out_dtype(call.attrs.out_dtype)
+            oihw = np.ascontiguousarray(weight.T)[:, :, None, None]  # [K, N] -> [N, K, 1, 1]
+            out_var, bias = self._bias(var, oihw.shape[0])
+            conv = _Conv(call, x, oihw, bias, (1, 1), (0, 0, 0, 0), (1, 1), False, True)
+            return out_var, conv
+        a = call.attrs
+        if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout not in ("", "NCHW"):
+            raise NotLowered(f"layout {a.data_layout}/{a.kernel_layout}, not NCHW/OIHW")
+        _check_out_dtype(a.out_dtype)
+        groups = int(a.groups)
+        channels, in_channels = weight.shape[0], int(x.ty.shape[1])
+        depthwise = groups != 1
+        if depthwise and not (groups == in_channels == channels and weight.shape[1] == 1):
+            raise NotLowered(f"grouped convolution (groups={groups}), not depthwise")
+        strides = tuple(int(s) for s in a.strides)
+        dilation = tuple(int(d) for d in a.dilation)
+        if skip_winograd and not depthwise and weight.shape[2:] == (3, 3) and strides == (1, 1):
+            raise NotLowered("3x3 stride 1: Winograd (--winograd)")
+        top, left, bottom, right = (int(p) for p in a.padding)
+        out_var, bias = self._bias(var, channels)
+        conv = _Conv(
+            call, x, weight, bias, strides, (top, left, bottom, right), dilation, depthwise, False
+        )
+        return out_var, conv
+
+
+def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
+    """The kernel's call on NHWC `x_nhwc` (the result is NHWC)."""
+    from tvm import relax
+
+    common = {"strides": conv.strides, "dilation": conv.dilation}
+    if conv.depthwise:
+        return builder.call_te(
+            depthwise_conv2d_nhwc,
+            x_nhwc,
+            relax.const(pack_depthwise_weight(conv.weight)),
+            relax.const(per_channel(conv.bias)),
+            padding=conv.padding,
+            lanes=lanes,
+            primfunc_name_hint="depthwise_conv2d_float",
+            **common,
+        )
+    if any(conv.padding):
+        x_nhwc = builder.emit(
+            builder.call_te(pad_nhwc, x_nhwc, padding=conv.padding, primfunc_name_hint="pad")
+        )
+    return builder.call_te(
+        conv2d_nhwc,
+        x_nhwc,
+        relax.const(pack_conv_weight(conv.weight, lanes)),
+        relax.const(conv.bias),
+        out_channels=conv.weight.shape[0],
+        primfunc_name_hint="matmul_float" if conv.matmul else "conv2d_float",
+        **common,
+    )
+
+
+def _nhwc_pool(call) -> bool:
+    """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call."""
+    attrs = call.attrs
+    return (
+        op_name(call) == "relax.nn.max_pool2d"
+        and str(attrs.layout) == str(attrs.out_layout) == "NCHW"
+        and not attrs.ceil_mode
+    )
+
+
+def lower_float(mod, lanes: int, *, skip_winograd: bool = False):
+    """Rewrite the module's `main`; returns (module, [LayerLowering]). `skip_winograd` leaves
+    3x3 stride-1 convs to TVM (--winograd legalizes them as Winograd)."""
+    from tvm import relax
+
+    from edgepress.backends import float_schedules, int8_schedules
+    from edgepress.backends.int8_lowering import _opaque_call_te
+
+    float_schedules.register()
+    int8_schedules.register()
+    # Constants first: the bias reshapes, the FC weight's transpose, clip's bounds.
+    mod = relax.transform.FoldConstant()(mod)
+    plan = _Plan(mod["main"], skip_winograd)
+    if not plan.convs:
+        return mod, plan.layers
+
+    def lower(rewriter, binding) -> bool:
+        builder = rewriter.builder_
+        conv = plan.convs.get(binding.var)
+        if conv is not None:
+            x = rewriter.visit_expr(conv.x)
+            if conv.matmul:
+                m, k = (int(d) for d in x.ty.shape)
+                pixels = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
+                call = builder.emit(_emit(builder, conv, pixels, lanes))
+                n = conv.weight.shape[0]
+                rewriter.set_var_remap(binding.var, builder.emit(relax.op.reshape(call, (m, n))))
+            else:
+                rewriter.bind(binding.var, _emit(builder, conv, rewriter.to_nhwc(x), lanes))
+            return True
+        value = binding.value
+        if op_name(value) == "relax.nn.max_pool2d" and _nhwc_pool(value):
+            x = rewriter.visit_expr(value.args[0])
+            if x not in rewriter.nhwc or str(x.ty.dtype) != "float32":
+                return False
+            attrs = value.attrs
+            call = _opaque_call_te(
+                builder,
+                max_pool2d,
+                rewriter.nhwc[x],
+                pool_size=tuple(int(v) for v in attrs.pool_size),
+                strides=tuple(int(v) for v in attrs.strides),
+                padding=tuple(int(v) for v in attrs.padding),
+                dilation=tuple(int(v) for v in attrs.dilation),
+                primfunc_name_hint="max_pool2d_float",
+            )
+            rewriter.bind(binding.var, call)
+            return True
+        return False
+
+    return rewrite(mod, lower), plan.layers
