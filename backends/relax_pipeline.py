@@ -208,7 +208,7 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
     from tvm import relax
     from tvm.relax.vm_build import build as relax_build
 
-    from edgepress.backends.int8_schedules import inject_weight_prefetch
+    from edgepress.backends import float_schedules, int8_schedules
 
     flops = _flops(prepared)
     with target, tvm.transform.PassContext(opt_level=3):
@@ -241,7 +241,8 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
         mod = relax.transform.DeadCodeElimination()(mod)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tvm.tirx.PrimFunc):
-                mod[gv] = inject_weight_prefetch(func)
+                func = int8_schedules.inject_weight_prefetch(func)
+                mod[gv] = float_schedules.inject_weight_prefetch(func)
         kernels = kernels_of(mod, tuned, sampled, fallback, flops)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
