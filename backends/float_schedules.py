@@ -25,9 +25,10 @@ LINE = 64  # bytes per cache line: one 16-lane float32 weight vector
 # Accumulators per tile, by float32 lanes per vector. AVX-512 (16): 15 vectors of 64 bytes is
 # the most under STACK_ALLOCA_BYTES, which keeps them in registers (a larger tile is a
 # workspace per tile); 32 registers leave room for the weight vectors, and the broadcasts
-# fold into the FMAs. AVX2 (8): of 16 registers, tile + weight vectors + one broadcast.
-# NEON (4): of 32 registers.
-ACCUMULATORS = {16: 15, 8: 12, 4: 24}
+# fold into the FMAs. AVX2 (8): 8 of its 16 registers; the weight vectors and a broadcast
+# need the rest (AVX2 code timed on an AVX-512 CPU, 1 thread: 56x56x64 3x3 on 4 x 2 2.85 ms,
+# 8 x 1 2.90, 7 x 2 4.12, which spills). NEON (4): of 32 registers (not timed: qemu).
+ACCUMULATORS = {16: 15, 8: 8, 4: 24}
 # Below this many multiply-adds per output (input channels x window), a tile of few pixels
 # and many channel blocks ran fastest: the layer is bound by its epilogue and its stores.
 SHALLOW_DEPTH = 64
@@ -41,19 +42,26 @@ def _divisors(n: int, most: int) -> list[int]:
 
 def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, int]:
     """(pixels, channel blocks) of the register tile: exact divisors of the row and of the
-    channel blocks. From sweeps on AVX-512 (1 thread, GFLOP/s of the kernel alone): 3x3 convs
-    of ResNet-18 ran at 170 GFLOP/s on 7 x 2 (56x56x64 1.34 ms, 14 x 1 1.36, 4 x 2 1.54,
-    2 x 4 1.98); 1x1 convs over 144-960 channels best on 7 x 2 too (7x7x960 -> 320 0.178 ms
-    against 0.222 for 7 x 4, whose 28 accumulators leave the stack); shallow ones on more
-    blocks (112x112x16 -> 96: 2 x 6 0.26 ms against 0.46 for 7 x 2; 56x56x32 -> 144: 4 x 3
-    0.178 against 0.205 for 1 x 9)."""
-    accumulators = ACCUMULATORS.get(lanes, 12)
-    most_blocks = SHALLOW_BLOCKS if depth < SHALLOW_DEPTH else DEEP_BLOCKS
-    if width == 1:  # a matmul: independent accumulators to hide the FMA latency
-        most_blocks = accumulators
-    b = max(_divisors(blocks, most_blocks))
-    z = max(_divisors(width, accumulators // b))
-    return z, b
+    channel blocks, within the target's accumulators.
+
+    Deep layers take the most accumulators with at most 2 blocks (then the most blocks): each
+    weight vector serves the tile's pixels. Sweeps on AVX-512 (1 thread, the kernel alone):
+    ResNet-18's 3x3 convs ran at 150-170 GFLOP/s on 7 x 2 (56x56x64 1.34 ms, 14 x 1 1.36,
+    4 x 2 1.54, 2 x 4 1.98); 1x1 convs over 144-960 channels best on 7 x 2 too (7x7x960 ->
+    320 0.178 ms against 0.222 for 7 x 4, whose 28 accumulators leave the stack). On AVX2,
+    7x7x512 ran 3.27 ms on 7 x 1 against 4.93 on 1 x 8. Shallow layers take the most blocks
+    (up to 6) first: 112x112x16 -> 96 2 x 6 0.26 ms against 0.46 for 7 x 2; 56x56x32 -> 144
+    4 x 3 0.178 against 0.205 for 1 x 9. A matmul (one pixel) takes up to all accumulators
+    in blocks, independent sums that hide the FMA latency."""
+    accumulators = ACCUMULATORS.get(lanes, 8)
+    if depth < SHALLOW_DEPTH and width > 1:
+        b = max(_divisors(blocks, SHALLOW_BLOCKS))
+        return max(_divisors(width, accumulators // b)), b
+    most_blocks = accumulators if width == 1 else DEEP_BLOCKS
+    tiles = [
+        (z, b) for b in _divisors(blocks, most_blocks) for z in _divisors(width, accumulators // b)
+    ]
+    return max(tiles, key=lambda t: (t[0] * t[1], t[1]))
 
 
 def schedule_conv2d_float(sch, block):
@@ -62,7 +70,7 @@ def schedule_conv2d_float(sch, block):
     width, blocks, lanes = (int(sch.get(loop).extent) for loop in (z, ob, oi))
     depth = int(sch.get(rc).extent) * int(sch.get(ry).extent) * int(sch.get(rx).extent)
     tile_z, tile_b = float_tile(width, blocks, depth, lanes)
-    most = ACCUMULATORS.get(lanes, 12)
+    most = ACCUMULATORS.get(lanes, 8)
     z_o, z_i = sch.split(
         z,
         sch.sample_perfect_tile(
