@@ -1,0 +1,180 @@
+"""Float convolutions as edgepress's NHWC kernels (backends/float_lowering.py): every Conv,
+depthwise Conv and Gemm of a small net is lowered, and the artifact still equals onnxruntime
+on AVX-512 and AVX2 code; the register-tile rule; the weight prefetch.
+
+Speed is measured by benchmarks/speed.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import ort_outputs, save
+from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
+
+
+def _weight(rng, name: str, shape: tuple):
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+
+def _float_net(tmp_path):
+    """x 1x3x26x26 -> Conv 3x3 s2 (13x13, 32 ch) -> Relu -> MaxPool 3x3 s2 pad 1 (7x7) ->
+    depthwise Conv 3x3 -> Clip(0, 6) -> 1x1 Conv to 24 channels (not a whole 16-lane block),
+    no bias -> 1x1 Conv back to 32 -> + the pooled value -> Relu -> 3x3 Conv 32 -> 40 (pad 1)
+    -> GlobalAveragePool -> Flatten -> Gemm to 10."""
+    rng = np.random.default_rng(5)
+    inits = [
+        _weight(rng, "w1", (32, 3, 3, 3)),
+        _weight(rng, "b1", (32,)),
+        _weight(rng, "wd", (32, 1, 3, 3)),
+        _weight(rng, "bd", (32,)),
+        _weight(rng, "w2", (24, 32, 1, 1)),
+        _weight(rng, "w3", (32, 24, 1, 1)),
+        _weight(rng, "b3", (32,)),
+        _weight(rng, "w4", (40, 32, 3, 3)),
+        _weight(rng, "b4", (40,)),
+        _weight(rng, "wf", (10, 40)),
+        _weight(rng, "bf", (10,)),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Conv", ["p", "wd", "bd"], ["d"], group=32, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["dc"]),
+        helper.make_node("Conv", ["dc", "w2"], ["c2"]),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"]),
+        helper.make_node("Add", ["c3", "p"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w4", "b4"], ["c4"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c4"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "float_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 26, 26])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path / "float_net.onnx")
+
+
+def _host_has_avx512() -> bool:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return "avx512f" in line.split(":", 1)[-1].split()
+
+
+def _matches_onnxruntime(cli, tmp_path, source, out) -> None:
+    x = np.random.default_rng(12).standard_normal((1, 3, 26, 26)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    assert r.code == 0, r.err
+    (want,) = ort_outputs(source, {"x": x})
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o.npz")["y"], want, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
+    )
+
+
+@pytest.mark.parametrize("mcpu", ["sapphirerapids", "znver3"], ids=["avx512", "avx2"])
+def test_float_convs_run_as_nhwc_kernels_and_match_onnxruntime(cli, tmp_path, mcpu):
+    """Every Conv (strided, depthwise, 1x1 to 24 channels, padded 3x3) and the Gemm run as
+    edgepress's kernels; the artifact equals onnxruntime. AVX-512 code runs on this CPU only
+    where it has AVX-512."""
+    if mcpu == "sapphirerapids" and not _host_has_avx512():
+        pytest.skip("this CPU has no AVX-512")
+    source = _float_net(tmp_path)
+    out = tmp_path / mcpu
+    r = cli(source, "--target", "x86_64", "--mcpu", mcpu, "-o", out, "-q")
+    assert r.code == 0, r.err  # the build checks the artifact against onnxruntime too
+    report = json.loads((out / "report.json").read_text())
+    lowering = report["float_conv"]
+    assert lowering["lanes"] == (16 if mcpu == "sapphirerapids" else 8)
+    kernels = [layer["kernel"] for layer in lowering["layers"]]
+    assert kernels == ["direct", "depthwise", "direct", "direct", "direct", "direct"]
+    names = [k["name"] for k in report["kernels"]]
+    assert not any(n.startswith(("conv2d_nchw", "fused_conv2d_add")) for n in names)
+    assert any(n.startswith("max_pool2d_float") for n in names)  # pooled in NHWC
+    assert "## Float convolutions" in (out / "report.md").read_text()
+    _matches_onnxruntime(cli, tmp_path, source, out)
+
+
+def test_float_conv_tvm_keeps_tvms_kernels(cli, tmp_path):
+    source = _float_net(tmp_path)
+    out = tmp_path / "tvm"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q", "--float-conv", "tvm").code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["float_conv"]["kernels"] == "tvm"
+    assert not any("_float" in k["name"] for k in report["kernels"])
+    _matches_onnxruntime(cli, tmp_path, source, out)
+
+
+def test_register_tiles_divide_the_row_and_fit_the_registers():
+    """Every tile is an exact divisor of the row and of the channel blocks and stays within
+    the target's accumulators; the measured choices hold (module docstring of float_tile)."""
+    from edgepress.backends.float_schedules import ACCUMULATORS, float_tile
+
+    assert float_tile(56, 4, 576, 16) == (7, 2)  # ResNet-18's 3x3 layers on AVX-512
+    assert float_tile(7, 32, 4608, 16) == (7, 2)
+    assert float_tile(7, 64, 4608, 8) == (7, 1)  # AVX2: no 2-block tile of 7 pixels fits
+    assert float_tile(56, 8, 576, 8) == (4, 2)
+    assert float_tile(112, 6, 16, 16) == (2, 6)  # shallow: blocks first
+    for lanes, most in ACCUMULATORS.items():
+        for width in (1, 5, 7, 13, 20, 56, 112):
+            for blocks in (1, 2, 3, 9, 63):
+                for depth in (16, 576):
+                    z, b = float_tile(width, blocks, depth, lanes)
+                    assert width % z == 0 and blocks % b == 0 and z * b <= most
+
+
+def test_conv_with_large_weights_prefetches_them_and_stays_exact():
+    """A conv whose weights pass PREFETCH_MIN_BYTES (64 -> 64 channels, 3x3: 147 KB) gets the
+    weight prefetch at the top of its reduction loop (as a build does it), its tile's
+    accumulators stay on the stack (no workspace), and it equals numpy."""
+    import tvm
+    from tvm import te
+
+    from edgepress.backends import float_schedules, int8_schedules
+    from edgepress.backends.float_kernels import conv2d_nhwc, pack_conv_weight
+    from edgepress.backends.relax_pipeline import sample_schedules
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 9, 9, 64)).astype(np.float32)  # padded 7x7
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    arrays = [x, pack_conv_weight(w, 16), bias]
+    assert arrays[1].nbytes >= int8_schedules.PREFETCH_MIN_BYTES
+    float_schedules.register()
+    ph = [te.placeholder(a.shape, "float32", name=f"a{i}") for i, a in enumerate(arrays)]
+    out = conv2d_nhwc(*ph, strides=(1, 1), dilation=(1, 1), out_channels=64)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1})
+    mod = tvm.IRModule({"main": te.create_prim_func([*ph, out])})
+    mod, done = sample_schedules(mod, target, {"main"})
+    assert done == {"main"}
+    mod["main"] = float_schedules.inject_weight_prefetch(mod["main"])
+    lib = tvm.compile(mod, target=target)
+    assert "prefetcht1" in lib.mod.inspect_source("asm")
+    assert "@__TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")
+    if not _host_has_avx512():
+        return  # built, not run: this CPU has no AVX-512
+    got = tvm.runtime.empty((1, 7, 7, 64), "float32", tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], got)
+    want = np.zeros((7, 7, 64), np.float64) + bias
+    for ry in range(3):
+        for rx in range(3):
+            want += x[0, ry : ry + 7, rx : rx + 7].astype(np.float64) @ w[:, :, ry, rx].T
+    np.testing.assert_allclose(got.numpy()[0], want, rtol=1e-4, atol=1e-4)
