@@ -2,13 +2,21 @@
 artifacts (untuned and tuned), timed in one run with the same inputs and thread count.
 
     .venv/bin/python benchmarks/speed.py [--models resnet18,mobilenetv2,digits] [--threads 1]
-        [--repeat 20] [--out build/speed] [--tuning-db PATH] [--loops] [--profile]
+        [--repeat 20] [--out build/speed] [--tuning-db PATH] [--loops] [--tvm] [--avx2]
+        [--winograd] [--profile]
 
 Artifacts per model:
-- untuned: no tuning record (--no-shipped-records), every kernel one untimed sample of
-  MetaSchedule's default CPU schedules (what a build gets for a model edgepress never saw);
+- untuned: no tuning record (--no-shipped-records): convolutions and matmuls as edgepress's
+  NHWC kernels with their rules' default tiles (backends/float_lowering.py), every other
+  kernel one untimed sample of MetaSchedule's default CPU schedules (what a build gets for a
+  model edgepress never saw);
 - tuned: the records shipped with edgepress for this exact CPU (benchmarks/tune_bundled.py
   makes them; their trials and minutes are in the folder's tuning.json), plus --tuning-db's;
+- untuned tvm, tuned tvm (with --tvm): the same with --float-conv tvm, TVM's own NCHW conv
+  kernels (the shipped records were tuned for these);
+- untuned avx2 (with --avx2): AVX2 code (--mcpu znver3), timed on this CPU against this
+  CPU's onnxruntime, which uses whatever this CPU has (AVX-512 here): not a measurement of an
+  AVX2 machine;
 - loops (with --loops): TVM's plain loops, as untuned builds were before (slow to time).
 
 Each artifact is timed by `compress bench` (onnxruntime and the artifact in alternating rounds,
@@ -63,6 +71,17 @@ def main() -> int:
     parser.add_argument(
         "--winograd", action="store_true", help="also untuned and tuned builds with --winograd"
     )
+    parser.add_argument(
+        "--tvm",
+        action="store_true",
+        help="also builds with --float-conv tvm (TVM's own conv kernels), untuned and tuned",
+    )
+    parser.add_argument(
+        "--avx2",
+        action="store_true",
+        help="also an untuned build for --mcpu znver3 (AVX2 code, timed on this CPU against "
+        "this CPU's onnxruntime)",
+    )
     parser.add_argument("--profile", action="store_true", help="per-kernel tables, tuned")
     args = parser.parse_args()
 
@@ -83,6 +102,13 @@ def main() -> int:
     kinds = {"untuned": ["--no-shipped-records"], "tuned": []}
     if args.loops:
         kinds = {"loops": ["--no-shipped-records", "--untuned", "loops"], **kinds}
+    if args.tvm:
+        kinds |= {
+            "untuned tvm": ["--no-shipped-records", "--float-conv", "tvm"],
+            "tuned tvm": ["--float-conv", "tvm"],
+        }
+    if args.avx2:
+        kinds |= {"untuned avx2": ["--no-shipped-records", "--mcpu", "znver3"]}
     if args.winograd:
         kinds |= {
             "untuned winograd": ["--no-shipped-records", "--winograd"],
