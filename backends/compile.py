@@ -28,7 +28,9 @@ class TuningOptions:
     retune: bool = False  # tune tasks that already have records too
     winograd: bool = False  # CPU: 3x3 stride-1 convs as Winograd F(4x4, 3x3)
     int8_compute: str = "integer"  # QDQ layers: integer kernels, or TVM's float QDQ ("float")
-    float_conv: str = "edgepress"  # float convs: edgepress's NHWC kernels, or TVM's ("tvm")
+    # float convs: edgepress's NHWC kernels, "direct" (the same without Winograd F(2x2, 3x3)),
+    # or TVM's ("tvm")
+    float_conv: str = "edgepress"
 
     @property
     def requested(self) -> bool:
@@ -136,9 +138,10 @@ def _lower_float(mod, target, tuning: TuningOptions):
         return mod, None
     if tuning.float_conv == "tvm":
         return mod, {"kernels": "tvm", "why": "--float-conv tvm", "layers": []}
-    mod, layers = lower_float(mod, lanes, skip_winograd=tuning.winograd)
+    winograd = tuning.float_conv == "edgepress"
+    mod, layers = lower_float(mod, lanes, skip_winograd=tuning.winograd, winograd=winograd)
     return mod, {
-        "kernels": "edgepress",
+        "kernels": tuning.float_conv,
         "lanes": lanes,
         "layers": [layer.to_json() for layer in layers],
     }

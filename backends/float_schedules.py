@@ -212,10 +212,50 @@ def inject_weight_prefetch(func):
     return func if body.same_as(func.body) else func.with_body(body)
 
 
+def schedule_winograd_transform(sch, block):
+    """A Winograd transform (float_kernels.winograd_input or winograd_output, with the
+    elementwise ops FuseOps put behind the output one inlined into it): per tile (in
+    parallel) and vector of channels, the tile positions unrolled, so that every select of a
+    position's coefficient or offset folds to a constant and each input vector is loaded
+    once per tile."""
+    final = _last_consumer(sch, block)
+    if final is not None:  # the output transform, and a residual add or relu behind it
+        _inline_between(sch, block, final)
+        sch.compute_inline(block)
+        block = final
+    loops = sch.get_loops(block)
+    *outer, channels = loops
+    extent = int(sch.get(channels).extent)
+    lanes = next(v for v in (16, 8, 4, 1) if extent % v == 0)
+    c_o, c_i = sch.split(channels, [extent // lanes, lanes])
+    if final is None:  # winograd_input: [position, 1, tile, channel]
+        position, unit, tile = outer
+        sch.reorder(tile, c_o, position, unit, c_i)
+        sch.unroll(position)
+        sch.parallel(tile)
+    else:  # the output: [1, row, column, channel], rows and columns split into tiles
+        b, y, x = outer
+        ty, r = sch.split(y, [None, 2])
+        tx, s = sch.split(x, [None, 2])
+        sch.reorder(b, ty, tx, c_o, r, s, c_i)
+        sch.unroll(r)
+        sch.unroll(s)
+        sch.parallel(sch.fuse(b, ty))
+    sch.vectorize(c_i)
+    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    return [sch]
+
+
 def register() -> None:
-    """Make the rule known to MetaSchedule (idempotent)."""
+    """Make the rules known to MetaSchedule (idempotent)."""
     import tvm
 
-    name = f"s_tir.meta_schedule.cpu.{RULE}"
-    if tvm.get_global_func(name, allow_missing=True) is None:
-        tvm.register_global_func(name, schedule_conv2d_float)
+    from edgepress.backends.float_kernels import WINOGRAD_RULE
+
+    for rule, function in (
+        (RULE, schedule_conv2d_float),
+        (WINOGRAD_RULE, schedule_winograd_transform),
+    ):
+        name = f"s_tir.meta_schedule.cpu.{rule}"
+        if tvm.get_global_func(name, allow_missing=True) is None:
+            tvm.register_global_func(name, function)

@@ -116,10 +116,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--float-conv",
-        choices=("edgepress", "tvm"),
+        choices=("edgepress", "direct", "tvm"),
         default="edgepress",
-        help="CPU targets: float Conv/Gemm/MatMul as edgepress's register-tiled NHWC kernels "
-        "(default), or TVM's own NCHW kernels (what tuning records made before apply to)",
+        help="CPU targets: float Conv/Gemm/MatMul as edgepress's register-tiled NHWC kernels, "
+        "3x3 stride-1 convs with enough 2x2 tiles as Winograd F(2x2, 3x3) (default); the same "
+        "kernels without Winograd (direct); or TVM's own NCHW kernels (tvm)",
     )
     p.add_argument(
         "--no-shipped-records",
