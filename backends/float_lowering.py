@@ -317,7 +317,9 @@ def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool 
                 pixels = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
                 call = builder.emit(_emit(builder, conv, pixels, lanes))
                 n = conv.weight.shape[0]
-                rewriter.set_var_remap(binding.var, builder.emit(relax.op.reshape(call, (m, n))))
+                rewriter.set_var_remap(
+                    binding.var, rewriter.emit_as(binding.var, relax.op.reshape(call, (m, n)))
+                )
             else:
                 rewriter.bind(binding.var, _emit(builder, conv, rewriter.to_nhwc(x), lanes))
             return True

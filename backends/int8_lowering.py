@@ -568,7 +568,7 @@ def lower_qdq(mod, layout: DotLayout):
         if nhwc:
             rewriter.bind(binding.var, call)
         else:
-            rewriter.set_var_remap(binding.var, rewriter.builder_.emit(call))
+            rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, call))
         return True
 
     def lower(rewriter, binding) -> bool:
@@ -582,10 +582,13 @@ def lower_qdq(mod, layout: DotLayout):
         elif isinstance(chain, _Passthrough):
             call = chain.call
             rewriter.set_var_remap(
-                binding.var, builder.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs))
+                binding.var,
+                rewriter.emit_as(binding.var, relax.Call(call.op, [x, *call.args[1:]], call.attrs)),
             )
         elif _op_name(chain.compute) == "relax.matmul":
-            rewriter.set_var_remap(binding.var, builder.emit(_emit(builder, chain, x, layout)))
+            rewriter.set_var_remap(
+                binding.var, rewriter.emit_as(binding.var, _emit(builder, chain, x, layout))
+            )
         else:
             rewriter.bind(binding.var, _emit(builder, chain, rewriter.to_nhwc(x), layout))
         return True

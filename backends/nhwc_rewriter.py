@@ -99,10 +99,17 @@ def rewrite(mod, lower: Callable):
                 self.nhwc[x] = self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
             return self.nhwc[x]
 
+        def emit_as(self, var, value):
+            """`value` bound to a new var of `var`'s kind: a dataflow var, or one the function
+            may return (a model output bound inside the dataflow block)."""
+            if isinstance(var, relax.DataflowVar):
+                return self.builder_.emit(value)
+            return self.builder_.emit_output(value)
+
         def bind(self, var, value_nhwc) -> None:
             """`var` is now the NCHW transpose of `value_nhwc` (an NHWC kernel's call)."""
             nhwc = self.builder_.emit(value_nhwc)
-            nchw = self.builder_.emit(relax.op.permute_dims(nhwc, TO_NCHW))
+            nchw = self.emit_as(var, relax.op.permute_dims(nhwc, TO_NCHW))
             self.nhwc[nchw] = nhwc
             self.set_var_remap(var, nchw)
 
@@ -138,10 +145,10 @@ def rewrite(mod, lower: Callable):
                 )
             )
             if not keepdims:  # [N, C] either way
-                self.set_var_remap(binding.var, mean)
+                self.set_var_remap(binding.var, self.emit_as(binding.var, mean))
                 return True
             n, _, _, c = (int(d) for d in mean.ty.shape)
-            nchw = self.builder_.emit(relax.op.reshape(mean, (n, c, 1, 1)))
+            nchw = self.emit_as(binding.var, relax.op.reshape(mean, (n, c, 1, 1)))
             self.nhwc[nchw] = mean
             self.set_var_remap(binding.var, nchw)
             return True

@@ -113,6 +113,111 @@ def test_float_convs_run_as_nhwc_kernels_and_match_onnxruntime(cli, tmp_path, mc
     _matches_onnxruntime(cli, tmp_path, source, out)
 
 
+def _residual_block(tmp_path):
+    """x 1x16x14x14 -> Conv 3x3 pad 1 -> Relu -> Conv 3x3 pad 1 -> + x -> Relu: two 'same'
+    3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""
+    rng = np.random.default_rng(6)
+    inits = [
+        _weight(rng, "w1", (16, 16, 3, 3)),
+        _weight(rng, "b1", (16,)),
+        _weight(rng, "w2", (16, 16, 3, 3)),
+        _weight(rng, "b2", (16,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "x"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 14, 14])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path / "residual.onnx")
+
+
+@pytest.mark.parametrize("choice", ["edgepress", "direct"])
+def test_same_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, choice):
+    """By default both 3x3 convs of a residual block run as Winograd F(2x2, 3x3) (input
+    transform, 16 products, output transform with the relu or residual add fused behind it);
+    --float-conv direct keeps the direct kernel. Either way the artifact equals onnxruntime
+    to the fp32 artifact tolerance."""
+    source = _residual_block(tmp_path)
+    out = tmp_path / choice
+    assert cli(source, "--target", "x86_64", "-o", out, "-q", "--float-conv", choice).code == 0
+    report = json.loads((out / "report.json").read_text())
+    want = "winograd" if choice == "edgepress" else "direct"
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == [want, want]
+    names = [k["name"] for k in report["kernels"]]
+    assert any(n.startswith("winograd_products") for n in names) == (choice == "edgepress")
+    x = np.random.default_rng(13).standard_normal((1, 16, 14, 14)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    assert r.code == 0, r.err
+    (ref,) = ort_outputs(source, {"x": x})
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
+    )
+
+
+def test_winograd_weights_transform_like_the_direct_convolution():
+    """The input transform, products and output transform over packed G g G^T weights equal
+    numpy's direct 3x3 convolution (float64), on an odd channel count and 24 outputs (a
+    partial 16-lane block)."""
+    import tvm
+    from tvm import te
+
+    from edgepress.backends import float_schedules, int8_schedules
+    from edgepress.backends import float_kernels as fk
+    from edgepress.backends.relax_pipeline import sample_schedules
+
+    float_schedules.register()
+    int8_schedules.register()
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+
+    def run(fn, arrays):
+        ph = [te.placeholder(a.shape, "float32", name=f"a{i}") for i, a in enumerate(arrays)]
+        out = fn(*ph)
+        mod = tvm.IRModule({"main": te.create_prim_func([*ph, out])})
+        mod, done = sample_schedules(mod, target, {"main"})
+        assert done == {"main"}
+        lib = tvm.compile(mod, target=target)
+        got = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
+        lib["main"](*[tvm.runtime.tensor(a) for a in arrays], got)
+        return got.numpy()
+
+    rng = np.random.default_rng(4)
+    height, width, channels, out_channels = 14, 16, 5, 24
+    x = rng.standard_normal((1, height + 2, width + 2, channels)).astype(np.float32)
+    w = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    tiles = fk.winograd_tiles(height, width)
+    v = run(lambda xp: fk.winograd_input(xp, tiles=tiles), [x])
+    m = run(
+        lambda a, u: fk.conv2d_nhwc(
+            a, u, None, strides=(1, 1), dilation=(1, 1), out_channels=out_channels
+        ),
+        [v, fk.winograd_weight(w, 8)],
+    )
+    y = run(
+        lambda a, b: fk.winograd_output(
+            a, b, height=height, width=width, out_channels=out_channels
+        ),
+        [m, bias],
+    )
+    want = np.zeros((height, width, out_channels)) + bias
+    for ry in range(3):
+        for rx in range(3):
+            patch = x[0, ry : ry + height, rx : rx + width].astype(np.float64)
+            want += patch @ w[:, :, ry, rx].T.astype(np.float64)
+    np.testing.assert_allclose(y[0], want, rtol=1e-5, atol=1e-5)
+
+
 def test_float_conv_tvm_keeps_tvms_kernels(cli, tmp_path):
     source = _float_net(tmp_path)
     out = tmp_path / "tvm"
