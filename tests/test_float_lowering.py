@@ -165,6 +165,20 @@ def test_same_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, cho
     )
 
 
+def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
+    """The residual block's Winograd kernels and the small net's direct, depthwise and Gemm
+    kernels built for arm64 (4 lanes) equal onnxruntime, run under qemu by the build."""
+    for source in (_residual_block(tmp_path), _float_net(tmp_path)):
+        out = tmp_path / f"arm-{source.stem}"
+        r = cli(source, "--target", "arm64", "-o", out, "-q")
+        assert r.code == 0, r.err
+        report = json.loads((out / "report.json").read_text())
+        check = report["verification"]["artifact"]
+        assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
+        assert report["float_conv"]["lanes"] == 4
+        assert all(layer["kernel"] for layer in report["float_conv"]["layers"])
+
+
 def test_winograd_weights_transform_like_the_direct_convolution():
     """The input transform, products and output transform over packed G g G^T weights equal
     numpy's direct 3x3 convolution (float64), on an odd channel count and 24 outputs (a
