@@ -30,7 +30,7 @@ from edgepress.backends.float_kernels import (
 )
 from edgepress.backends.int8_kernels import max_pool2d, pack_depthwise_weight, per_channel
 from edgepress.backends.int8_lowering import LayerLowering
-from edgepress.backends.nhwc_rewriter import op_name, rewrite
+from edgepress.backends.nhwc_rewriter import op_name, rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
 # --float-conv: this rewrite (3x3 stride-1 convs as Winograd F(2x2, 3x3) where they qualify),
@@ -108,7 +108,8 @@ class _Plan:
             for binding in block.bindings:
                 self.value[binding.var] = binding.value
                 for arg in getattr(binding.value, "args", ()):
-                    self.uses[arg] = self.uses.get(arg, 0) + 1
+                    for used in getattr(arg, "fields", (arg,)):  # a call_tir's tuple too
+                        self.uses[used] = self.uses.get(used, 0) + 1
         body = func.body.body
         self.uses[body] = self.uses.get(body, 0) + 1
         self.convs: dict = {}
@@ -127,9 +128,10 @@ class _Plan:
             kind = "depthwise" if conv.depthwise else "winograd" if conv.winograd else "direct"
             self.layers.append(LayerLowering(len(self.layers), short, kind))
 
-    def _bias(self, var, channels: int):
+    def _bias(self, var, channels: int, shapes: tuple):
         """(the add's var, its per-channel constant) where `var`'s only use is an add of a
-        constant of one value per output channel, else (var, zeros)."""
+        constant of one value per output channel (of one of `shapes`: those that broadcast
+        along the channels), else (var, zeros)."""
         if self.uses.get(var, 0) == 1:
             for user, value in self.value.items():
                 if op_name(value) != "relax.add" or not any(a.same_as(var) for a in value.args):
@@ -139,11 +141,7 @@ class _Plan:
                     bias = _constant(other, "the bias")
                 except NotLowered:
                     break
-                if (
-                    bias.dtype == np.float32
-                    and bias.size == channels
-                    and (bias.ndim == 1 or bias.shape[-3:] == (channels, 1, 1) or bias.ndim == 2)
-                ):
+                if bias.dtype == np.float32 and bias.shape in shapes:
                     return user, bias.reshape(channels)
                 break
         return var, np.zeros(channels, np.float32)
@@ -151,6 +149,8 @@ class _Plan:
     def _conv_of(self, var, call, skip_winograd: bool):
         x, weight_expr = call.args[0], call.args[1]
         _static_float32(x, "its input")
+        if static_shape(x) is None:
+            raise NotLowered("its input's shape is not static")
         weight = _constant(weight_expr, "its weight")
         if weight.dtype != np.float32:
             raise NotLowered(f"its weight is {weight.dtype}, not float32")
@@ -159,7 +159,8 @@ class _Plan:
                 raise NotLowered(f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not 2 x 2")
             _check_out_dtype(call.attrs.out_dtype)
             oihw = np.ascontiguousarray(weight.T)[:, :, None, None]  # [K, N] -> [N, K, 1, 1]
-            out_var, bias = self._bias(var, oihw.shape[0])
+            n = oihw.shape[0]
+            out_var, bias = self._bias(var, n, ((n,), (1, n)))
             conv = _Conv(call, x, oihw, bias, (1, 1), (0, 0, 0, 0), (1, 1), False, True)
             return out_var, conv
         a = call.attrs
@@ -176,7 +177,7 @@ class _Plan:
         if skip_winograd and not depthwise and weight.shape[2:] == (3, 3) and strides == (1, 1):
             raise NotLowered("3x3 stride 1: Winograd (--winograd)")
         top, left, bottom, right = (int(p) for p in a.padding)
-        out_var, bias = self._bias(var, channels)
+        out_var, bias = self._bias(var, channels, ((1, channels, 1, 1), (channels, 1, 1)))
         conv = _Conv(
             call, x, weight, bias, strides, (top, left, bottom, right), dilation, depthwise, False
         )

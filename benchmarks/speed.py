@@ -187,10 +187,11 @@ def main() -> int:
     if facts:
         lines += ["", "Shipped tuning records (benchmarks/tune_bundled.py):", ""]
         for model, f in facts.items():
-            lines.append(
-                f"- {model}: {f['trials']} trials in {f['minutes']:.0f} minutes "
-                f"({f.get('cpu', '?')})"
-            )
+            for run in [*f.get("earlier_runs", []), f]:
+                lines.append(
+                    f"- {model}: {run['trials']} trials in {run['minutes']:.0f} minutes "
+                    f"({run.get('cpu', '?')}; {run.get('float_conv', 'tvm')} conv kernels)"
+                )
     for name, profile in profiles.items():
         lines += ["", f"## {name}: where the time goes", "", profile["markdown"]]
     text = "\n".join(lines) + "\n"

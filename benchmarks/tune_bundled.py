@@ -111,13 +111,24 @@ def main() -> int:
             "minutes": report["tuning"]["seconds"] / 60,
             "estimated_kernel_ms": report["tuning"]["estimated_total_ms"],
             "cpu": _cpu_name(),
+            "float_conv": (report.get("float_conv") or {}).get("kernels", "tvm"),
         }
     if args.no_ship:
         return 0
     target = tvm_target(TargetOptions())
     destination = SHIPPED_DIR / target_key(target)
+    # The work database keeps every earlier run's records, and so do the shipped ones: the
+    # facts of models not tuned in this run stay, and a model tuned before keeps its earlier
+    # run's facts beside this one's.
+    facts_file = destination / "tuning.json"
+    shipped = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+    for entry, fact in facts.items():
+        if entry in shipped:
+            earlier = shipped[entry]
+            fact["earlier_runs"] = earlier.pop("earlier_runs", []) + [earlier]
+        shipped[entry] = fact
     count = export_best_records(database, destination, target)
-    (destination / "tuning.json").write_text(json.dumps(facts, indent=2) + "\n")
+    facts_file.write_text(json.dumps(shipped, indent=2) + "\n")
     print(f"shipped {count} records for {json.dumps(target)} in {destination}")
     return 0
 

@@ -232,6 +232,35 @@ def test_winograd_weights_transform_like_the_direct_convolution():
     np.testing.assert_allclose(y[0], want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_add_along_the_columns_is_not_taken_for_the_bias(cli, tmp_path):
+    """Conv (8 channels, 8 columns) + a constant of shape [8] adds along the columns, not the
+    channels: it must stay an add after the kernel, not be folded in as the conv's bias."""
+    rng = np.random.default_rng(9)
+    inits = [_weight(rng, "w", (8, 3, 3, 3)), _weight(rng, "v", (8,))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "columns",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = save(model, tmp_path / "columns.onnx")
+    out = tmp_path / "columns"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    assert cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz").code == 0
+    (ref,) = ort_outputs(source, {"x": x})
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
+    )
+
+
 def test_float_conv_tvm_keeps_tvms_kernels(cli, tmp_path):
     source = _float_net(tmp_path)
     out = tmp_path / "tvm"
