@@ -18,10 +18,10 @@ from edgepress.backends.int8_schedules import (
 )
 
 RULE = "edgepress.conv2d_float"
-# [bytes of weights per ob_o step, blocks per tile, output rows, reduction steps] on the tile's
-# innermost reduction loop, for inject_weight_prefetch.
+# [bytes of weights per ob_o step, output rows, reduction steps] on the tile's innermost
+# reduction loop, for inject_weight_prefetch.
 PREFETCH_ATTR = "edgepress.prefetch_float_weights"
-LINE = 64  # bytes per cache line: one 16-lane float32 weight vector
+LINE = 64  # bytes per cache line
 # Accumulators per tile, by float32 lanes per vector. AVX-512 (16): 15 vectors of 64 bytes is
 # the most under STACK_ALLOCA_BYTES, which keeps them in registers (a larger tile is a
 # workspace per tile); 32 registers leave room for the weight vectors, and the broadcasts
@@ -87,9 +87,9 @@ def schedule_conv2d_float(sch, block):
     tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * lanes * 4
     on_stack = tile_bytes < STACK_ALLOCA_BYTES
     weight_bytes = depth * blocks * lanes * 4
-    if on_stack and lanes * 4 == LINE and weight_bytes >= PREFETCH_MIN_BYTES:
+    if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
         rows = int(sch.get(y).extent)
-        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_b // blocks, tile_b, rows, depth])
+        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_b // blocks, rows, depth])
     sch.set_scope(block, 0, "global" if on_stack else "local")
     final = _last_consumer(sch, block)
     if final is not None:
@@ -136,8 +136,8 @@ def _weight_buffer(func):
 
 def inject_weight_prefetch(func):
     """The conv's weight prefetch (PREFETCH_ATTR), put at the top of the annotated reduction
-    loop: while the first `blocks per tile` rows of step ob_o run, the weights of step
-    ob_o + 1 are prefetched (`prefetcht1`), one 64-byte line (one weight vector) per reduction
+    loop: while the first rows of step ob_o run, the weights of step ob_o + 1 are prefetched
+    (`prefetcht1`), one 64-byte line (a 16-lane weight vector, two 8-lane ones) per reduction
     step, so they come from L2 when their step starts, not from memory. Each ob_o step's
     weights are contiguous in every layout the kernel reads (pack_conv_weight's, and
     MetaSchedule's rewritten one), so the line is the buffer's start + (ob_o + 1) steps + the
@@ -151,7 +151,7 @@ def inject_weight_prefetch(func):
         return func
 
     def prefetch(loops, annotation):
-        ahead, tile_blocks, rows, steps = (int(v) for v in annotation)
+        ahead, rows, steps = (int(v) for v in annotation)
         fused, z_outer, rc, ry, rx = (tirx.Cast("int64", loop.loop_var) for loop in loops[-5:])
         kh, kw = (int(loop.extent) for loop in loops[-2:])
         step_ob = tirx.floordiv(fused, rows)
@@ -164,7 +164,7 @@ def inject_weight_prefetch(func):
             (step_ob + 1) * ahead + line * LINE,
         )
         call = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 2, 1)
-        first = tirx.all(z_outer == 0, row < tile_blocks)
+        first = tirx.all(z_outer == 0, line < ahead // LINE)
         return tirx.IfThenElse(first, tirx.Evaluate(call), None)
 
     def rebuild(stmt, loops):
