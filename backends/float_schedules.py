@@ -84,12 +84,12 @@ def schedule_conv2d_float(sch, block):
         ),
     )
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi)
-    tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * lanes * 4
-    on_stack = tile_bytes < STACK_ALLOCA_BYTES
+    tile_blocks = int(sch.get(ob_i).extent)  # the sampled decision: tuning may change it
+    on_stack = int(sch.get(z_i).extent) * tile_blocks * lanes * 4 < STACK_ALLOCA_BYTES
     weight_bytes = depth * blocks * lanes * 4
     if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
         rows = int(sch.get(y).extent)
-        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_b // blocks, rows, depth])
+        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_blocks // blocks, rows, depth])
     sch.set_scope(block, 0, "global" if on_stack else "local")
     final = _last_consumer(sch, block)
     if final is not None:
