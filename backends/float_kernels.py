@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepress.backends.int8_kernels import _output_size, _window_attrs
+from edgepress.backends.int8_kernels import _output_size, depthwise_sums
 
 
 def pack_conv_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
@@ -122,35 +122,13 @@ def depthwise_conv2d_nhwc(
     pack_depthwise_weight layout) plus `bias` [1, 1, 1, C]. Padding reads as 0 in the kernel:
     each tap's test is marked likely and the depthwise rule cuts the border off, where the
     tests fold. `lanes` (the target's float32 vector width) sizes the rule's register tile."""
-    from tvm import te, tirx
+    from tvm import te
 
-    from edgepress.backends.int8_schedules import DEPTHWISE_RULE, LANES_ATTR
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    _, kh, kw, _ = (int(d) for d in weight.shape)
-    top, left, bottom, right = padding
-    oh = _output_size(height, top + bottom, kh, strides[0], dilation[0])
-    ow = _output_size(width, left + right, kw, strides[1], dilation[1])
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-
-    def tap(b, y, z, c):
-        h = y * strides[0] + ry * dilation[0] - top
-        w = z * strides[1] + rx * dilation[1] - left
-        inside = tirx.likely(tirx.all(h >= 0, h < height, w >= 0, w < width))
-        return tirx.if_then_else(inside, x[b, h, w, c], tirx.const(0.0, x.dtype))
-
-    attrs = _window_attrs(x, (kh, kw), strides, padding, dilation)
-    acc = te.compute(
-        (n, oh, ow, channels),
-        lambda b, y, z, c: te.sum(tap(b, y, z, c) * weight[0, ry, rx, c], axis=[ry, rx]),
-        name="depthwise_float",
-        attrs={**attrs, "schedule_rule": DEPTHWISE_RULE, LANES_ATTR: lanes},
+    acc = depthwise_sums(
+        x, weight, strides=strides, padding=padding, dilation=dilation, pad_value=0.0, lanes=lanes
     )
     return te.compute(
-        (n, oh, ow, channels),
-        lambda b, y, z, c: acc[b, y, z, c] + bias[0, 0, 0, c],
-        name="bias_add",
+        acc.shape, lambda b, y, z, c: acc[b, y, z, c] + bias[0, 0, 0, c], name="bias_add"
     )
 
 

@@ -28,8 +28,8 @@ from edgepress.backends.float_kernels import (
     winograd_tiles,
     winograd_weight,
 )
-from edgepress.backends.int8_kernels import max_pool2d, pack_depthwise_weight, per_channel
-from edgepress.backends.int8_lowering import LayerLowering
+from edgepress.backends.int8_kernels import pack_depthwise_weight, per_channel
+from edgepress.backends.int8_lowering import LayerLowering, emit_pool, nhwc_pool
 from edgepress.backends.nhwc_rewriter import op_name, rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
@@ -209,7 +209,7 @@ def _emit_winograd(builder, conv: _Conv, x_nhwc, lanes: int):
     residual add."""
     from tvm import relax
 
-    from edgepress.backends.int8_lowering import _opaque_call_te
+    from edgepress.backends.int8_lowering import opaque_call_te
 
     _, height, width, _ = (int(d) for d in x_nhwc.ty.shape)
     channels = conv.weight.shape[0]
@@ -217,7 +217,7 @@ def _emit_winograd(builder, conv: _Conv, x_nhwc, lanes: int):
         builder.call_te(pad_nhwc, x_nhwc, padding=conv.padding, primfunc_name_hint="pad")
     )
     tiles = builder.emit(
-        _opaque_call_te(
+        opaque_call_te(
             builder,
             winograd_input,
             padded,
@@ -281,16 +281,6 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
     )
 
 
-def _nhwc_pool(call) -> bool:
-    """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call."""
-    attrs = call.attrs
-    return (
-        op_name(call) == "relax.nn.max_pool2d"
-        and str(attrs.layout) == str(attrs.out_layout) == "NCHW"
-        and not attrs.ceil_mode
-    )
-
-
 def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool = True):
     """Rewrite the module's `main`; returns (module, [LayerLowering]). `skip_winograd` leaves
     3x3 stride-1 convs to TVM (--winograd legalizes them as TVM's Winograd F(4x4, 3x3));
@@ -298,7 +288,6 @@ def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool 
     from tvm import relax
 
     from edgepress.backends import float_schedules, int8_schedules
-    from edgepress.backends.int8_lowering import _opaque_call_te
 
     float_schedules.register()
     int8_schedules.register()
@@ -325,22 +314,11 @@ def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool 
                 rewriter.bind(binding.var, _emit(builder, conv, rewriter.to_nhwc(x), lanes))
             return True
         value = binding.value
-        if op_name(value) == "relax.nn.max_pool2d" and _nhwc_pool(value):
+        if nhwc_pool(value):
             x = rewriter.visit_expr(value.args[0])
             if x not in rewriter.nhwc or str(x.ty.dtype) != "float32":
                 return False
-            attrs = value.attrs
-            call = _opaque_call_te(
-                builder,
-                max_pool2d,
-                rewriter.nhwc[x],
-                pool_size=tuple(int(v) for v in attrs.pool_size),
-                strides=tuple(int(v) for v in attrs.strides),
-                padding=tuple(int(v) for v in attrs.padding),
-                dilation=tuple(int(v) for v in attrs.dilation),
-                primfunc_name_hint="max_pool2d_float",
-            )
-            rewriter.bind(binding.var, call)
+            rewriter.bind(binding.var, emit_pool(builder, value, rewriter.nhwc[x]))
             return True
         return False
 

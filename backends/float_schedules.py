@@ -15,6 +15,8 @@ from edgepress.backends.int8_schedules import (
     _inline_between,
     _last_consumer,
     _unroll_epilogue,
+    block_with_body,
+    loop_with_body,
 )
 
 RULE = "edgepress.conv2d_float"
@@ -173,17 +175,7 @@ def inject_weight_prefetch(func):
             body = rebuild(stmt.body, path)
             if PREFETCH_ATTR in stmt.annotations and len(path) >= 5:
                 body = tirx.SeqStmt([prefetch(path, stmt.annotations[PREFETCH_ATTR]), body])
-            if body.same_as(stmt.body):
-                return stmt
-            return tirx.For(
-                stmt.loop_var,
-                stmt.min,
-                stmt.extent,
-                stmt.kind,
-                body,
-                stmt.thread_binding,
-                stmt.annotations,
-            )
+            return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
         if isinstance(stmt, tirx.SeqStmt):
             parts = [rebuild(s, loops) for s in stmt.seq]
             if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
@@ -194,17 +186,7 @@ def inject_weight_prefetch(func):
             body = rebuild(block.body, loops)
             if body.same_as(block.body):
                 return stmt
-            new = s_tir.SBlock(
-                block.iter_vars,
-                block.reads,
-                block.writes,
-                block.name_hint,
-                body,
-                block.init,
-                block.alloc_buffers,
-                block.match_buffers,
-                block.annotations,
-            )
+            new = block_with_body(block, body)
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
         return stmt
 

@@ -433,6 +433,51 @@ def depthwise_sums_exact(weight: np.ndarray, bias: np.ndarray, x_dtype: str) -> 
     return bool(np.all(_reach(weight, x_dtype) + np.abs(bias.astype(np.int64)) < FLOAT_EXACT))
 
 
+def depthwise_sums(
+    x,
+    weight,
+    *,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    pad_value: float,
+    lanes: int,
+):
+    """float32 sums x * w over each output pixel's window, per channel, of NHWC `x` with
+    weights [1, KH, KW, C] (both read as float32): the depthwise kernels' reduction, int8 or
+    float. Padding reads as `pad_value`, in the kernel: each tap's test is marked likely, and
+    DEPTHWISE_RULE cuts the border rows and column tiles off, where the tests fold. `lanes`
+    (the target's int32 = float32 vector width) sizes the rule's register tile."""
+    from tvm import te, tirx
+
+    from edgepress.backends.int8_schedules import DEPTHWISE_RULE, LANES_ATTR
+
+    n, height, width, channels = (int(d) for d in x.shape)
+    _, kh, kw, _ = (int(d) for d in weight.shape)
+    top, left, bottom, right = padding
+    oh = _output_size(height, top + bottom, kh, strides[0], dilation[0])
+    ow = _output_size(width, left + right, kw, strides[1], dilation[1])
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    padded = tirx.const(pad_value, "float32")
+
+    def tap(b, y, z, c):
+        h = y * strides[0] + ry * dilation[0] - top
+        w = z * strides[1] + rx * dilation[1] - left
+        inside = tirx.likely(tirx.all(h >= 0, h < height, w >= 0, w < width))
+        return tirx.if_then_else(inside, x[b, h, w, c].astype("float32"), padded)
+
+    attrs = _window_attrs(x, (kh, kw), strides, padding, dilation)
+    return te.compute(
+        (n, oh, ow, channels),
+        lambda b, y, z, c: te.sum(
+            tap(b, y, z, c) * weight[0, ry, rx, c].astype("float32"), axis=[ry, rx]
+        ),
+        name="depthwise_sums",
+        attrs={**attrs, "schedule_rule": DEPTHWISE_RULE, LANES_ATTR: lanes},
+    )
+
+
 def depthwise_conv2d(
     x,
     weight,
@@ -459,34 +504,18 @@ def depthwise_conv2d(
     (module docstring); with `float_bias` (depthwise_sums_exact) the bias is added in float;
     `in_int32`: scaled_in_int32 holds (_scale_to). `lanes` (the target's int32 vector width)
     sizes DEPTHWISE_RULE's register tile."""
-    from tvm import te, tirx
+    from tvm import te
 
-    from edgepress.backends.int8_schedules import DEPTHWISE_RULE, LANES_ATTR
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    _, kh, kw, _ = (int(d) for d in weight.shape)
-    top, left, bottom, right = padding
-    oh = _output_size(height, top + bottom, kh, strides[0], dilation[0])
-    ow = _output_size(width, left + right, kw, strides[1], dilation[1])
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    pad_value = tirx.const(float(in_zero_point), "float32")
-
-    def tap(b, y, z, c):
-        h = y * strides[0] + ry * dilation[0] - top
-        w = z * strides[1] + rx * dilation[1] - left
-        inside = tirx.likely(tirx.all(h >= 0, h < height, w >= 0, w < width))
-        return tirx.if_then_else(inside, x[b, h, w, c].astype("float32"), pad_value)
-
-    attrs = _window_attrs(x, (kh, kw), strides, padding, dilation)
-    acc = te.compute(
-        (n, oh, ow, channels),
-        lambda b, y, z, c: te.sum(
-            tap(b, y, z, c) * weight[0, ry, rx, c].astype("float32"), axis=[ry, rx]
-        ),
-        name="depthwise_int8",
-        attrs={**attrs, "schedule_rule": DEPTHWISE_RULE, LANES_ATTR: lanes},
+    acc = depthwise_sums(
+        x,
+        weight,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        pad_value=float(in_zero_point),
+        lanes=lanes,
     )
+    shape = tuple(int(d) for d in acc.shape)
 
     def requantize(b, y, z, c):
         bias_c, multiplier_c = bias[0, 0, 0, c], multiplier[0, 0, 0, c]
@@ -496,7 +525,7 @@ def depthwise_conv2d(
         acc_int = acc[b, y, z, c].astype("int32")
         return _requantize(acc_int, bias_c, multiplier_c, out_zero_point, out_dtype, in_int32)
 
-    return te.compute((n, oh, ow, channels), requantize, name="requantize")
+    return te.compute(shape, requantize, name="requantize")
 
 
 def spatial_mean(x, *, keepdims: bool):

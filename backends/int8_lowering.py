@@ -352,7 +352,7 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
 OPAQUE = 8  # relax's OpPatternKind kOpaque
 
 
-def _opaque_call_te(builder, compute, *args, **kwargs):
+def opaque_call_te(builder, compute, *args, **kwargs):
     """builder.call_te, with the kernel kept out of operator fusion. The max-pool kernel is an
     elementwise loop nest to FuseOps, which would fuse the next conv's activation packing into
     it; the fused function loses the kernel's schedule (3-5x slower, measured on the same
@@ -461,8 +461,9 @@ def _passthrough_of(bindings: _Bindings, var, call) -> tuple[object, _Passthroug
 PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
 
 
-def _nhwc_pool(call) -> bool:
-    """Whether int8_kernels.max_pool2d (NHWC) takes this call: TOPI's pool ran 6x slower."""
+def nhwc_pool(call) -> bool:
+    """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call: TOPI's pool ran 6x
+    slower."""
     attrs = call.attrs
     return (
         _op_name(call) == "relax.nn.max_pool2d"
@@ -471,10 +472,10 @@ def _nhwc_pool(call) -> bool:
     )
 
 
-def _emit_pool(builder, call, x_nhwc):
-    """NCHW max pooling as int8_kernels.max_pool2d on the NHWC 8-bit input."""
+def emit_pool(builder, call, x_nhwc):
+    """NCHW max pooling as int8_kernels.max_pool2d on the NHWC input (8-bit or float)."""
     attrs = call.attrs
-    return _opaque_call_te(
+    return opaque_call_te(
         builder,
         max_pool2d,
         x_nhwc,
@@ -482,7 +483,7 @@ def _emit_pool(builder, call, x_nhwc):
         strides=tuple(int(v) for v in attrs.strides),
         padding=tuple(int(v) for v in attrs.padding),
         dilation=tuple(int(v) for v in attrs.dilation),
-        primfunc_name_hint="max_pool2d_int8",
+        primfunc_name_hint=f"max_pool2d_{'float' if 'float' in _dtype(x_nhwc) else 'int8'}",
     )
 
 
@@ -577,8 +578,8 @@ def lower_qdq(mod, layout: DotLayout):
             return quantized_add_in_nhwc(rewriter, binding)
         builder = rewriter.builder_
         x = rewriter.visit_expr(chain.x)
-        if isinstance(chain, _Passthrough) and _nhwc_pool(chain.call):
-            rewriter.bind(binding.var, _emit_pool(builder, chain.call, rewriter.to_nhwc(x)))
+        if isinstance(chain, _Passthrough) and nhwc_pool(chain.call):
+            rewriter.bind(binding.var, emit_pool(builder, chain.call, rewriter.to_nhwc(x)))
         elif isinstance(chain, _Passthrough):
             call = chain.call
             rewriter.set_var_remap(

@@ -168,6 +168,33 @@ def _weight_bytes(sch, block) -> int:
     return 0
 
 
+def loop_with_body(loop, body):
+    """`loop` with another body (TVM 0.27 has no Python IR mutator: passes that insert
+    statements rebuild the path down to them)."""
+    from tvm import tirx
+
+    return tirx.For(
+        loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations
+    )
+
+
+def block_with_body(block, body):
+    """`block` with another body (see loop_with_body)."""
+    from tvm import s_tir
+
+    return s_tir.SBlock(
+        block.iter_vars,
+        block.reads,
+        block.writes,
+        block.name_hint,
+        body,
+        block.init,
+        block.alloc_buffers,
+        block.match_buffers,
+        block.annotations,
+    )
+
+
 def inject_weight_prefetch(func):
     """The conv's weight prefetch (PREFETCH_ATTR on its innermost reduction loop: [bytes of
     one ob_o step of weights, blocks per step]), put into the tensorized update block. The
@@ -226,20 +253,7 @@ def inject_weight_prefetch(func):
                 block.body,
             ]
         )
-        return with_body(block, body)
-
-    def with_body(block, body):
-        return s_tir.SBlock(
-            block.iter_vars,
-            block.reads,
-            block.writes,
-            block.name_hint,
-            body,
-            block.init,
-            block.alloc_buffers,
-            block.match_buffers,
-            block.annotations,
-        )
+        return block_with_body(block, body)
 
     def rebuild(stmt, ahead, pixels: int):
         if isinstance(stmt, tirx.For):
@@ -247,17 +261,7 @@ def inject_weight_prefetch(func):
                 ahead = [int(v) for v in stmt.annotations[PREFETCH_ATTR]]
             inner = stmt.extent if isinstance(stmt.body, s_tir.SBlockRealize) else pixels
             body = rebuild(stmt.body, ahead, int(inner) if ahead else pixels)
-            if body.same_as(stmt.body):
-                return stmt
-            return tirx.For(
-                stmt.loop_var,
-                stmt.min,
-                stmt.extent,
-                stmt.kind,
-                body,
-                stmt.thread_binding,
-                stmt.annotations,
-            )
+            return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
         if isinstance(stmt, tirx.SeqStmt):
             parts = [rebuild(s, ahead, pixels) for s in stmt.seq]
             if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
@@ -271,7 +275,7 @@ def inject_weight_prefetch(func):
                 body = rebuild(block.body, ahead, pixels)
                 if body.same_as(block.body):
                     return stmt
-                new = with_body(block, body)
+                new = block_with_body(block, body)
             if new.same_as(block):
                 return stmt
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)

@@ -195,6 +195,17 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
     return lines
 
 
+def _layer_table(layers: list[dict], otherwise: str) -> list[str]:
+    """Each layer of a lowering with its kernel, or `otherwise` and why it kept that."""
+    if not layers:
+        return []
+    lines = ["| layer | op | computed as |", "|---|---|---|"]
+    for layer in layers:
+        how = layer["kernel"] or f"{otherwise}: {layer['reason']}"
+        lines.append(f"| {layer.get('node', layer['index'])} | {layer['op']} | {how} |")
+    return lines + [""]
+
+
 def float_conv_lines(f: dict) -> list[str]:
     lines = ["## Float convolutions", ""]
     if f["kernels"] == "tvm":
@@ -206,13 +217,7 @@ def float_conv_lines(f: dict) -> list[str]:
         f"kernels (register tiles of {f['lanes']}-lane float32 vectors).",
         "",
     ]
-    if layers:
-        lines += ["| layer | op | computed as |", "|---|---|---|"]
-        for layer in layers:
-            how = layer["kernel"] or f"TVM: {layer['reason']}"
-            lines.append(f"| {layer.get('node', layer['index'])} | {layer['op']} | {how} |")
-        lines.append("")
-    return lines
+    return lines + _layer_table(layers, "TVM")
 
 
 def int8_compute_lines(i: dict) -> list[str]:
@@ -228,13 +233,7 @@ def int8_compute_lines(i: dict) -> list[str]:
         f"{i['act_dtype']}, {i['lanes']} output channels per weight block, {instruction}.",
         "",
     ]
-    if layers:
-        lines += ["| layer | op | computed as |", "|---|---|---|"]
-        for layer in layers:
-            how = layer["kernel"] or f"float: {layer['reason']}"
-            lines.append(f"| {layer.get('node', layer['index'])} | {layer['op']} | {how} |")
-        lines.append("")
-    return lines
+    return lines + _layer_table(layers, "float")
 
 
 def tuning_lines(tuning: dict | None, kernels: list[dict]) -> list[str]:

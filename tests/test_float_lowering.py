@@ -21,6 +21,19 @@ def _weight(rng, name: str, shape: tuple):
     return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
 
 
+def _saved(tmp_path, name: str, nodes, inits, x_shape: list, y_shape: list):
+    """The graph (input x, output y) saved as tmp_path/name.onnx with opset 17."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path / f"{name}.onnx")
+
+
 def _float_net(tmp_path):
     """x 1x3x26x26 -> Conv 3x3 s2 (13x13, 32 ch) -> Relu -> MaxPool 3x3 s2 pad 1 (7x7) ->
     depthwise Conv 3x3 -> Clip(0, 6) -> 1x1 Conv to 24 channels (not a whole 16-lane block),
@@ -59,15 +72,7 @@ def _float_net(tmp_path):
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "float_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 26, 26])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return save(model, tmp_path / "float_net.onnx")
+    return _saved(tmp_path, "float_net", nodes, inits, [1, 3, 26, 26], [1, 10])
 
 
 def _host_has_avx512() -> bool:
@@ -79,8 +84,10 @@ def _host_has_avx512() -> bool:
     return "avx512f" in line.split(":", 1)[-1].split()
 
 
-def _matches_onnxruntime(cli, tmp_path, source, out) -> None:
-    x = np.random.default_rng(12).standard_normal((1, 3, 26, 26)).astype(np.float32)
+def _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 3, 26, 26)) -> None:
+    """The artifact in `out`, run by `compress run` on a random x of `shape`, equals
+    onnxruntime on `source` to the fp32 artifact tolerance."""
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
     r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
     assert r.code == 0, r.err
@@ -130,15 +137,7 @@ def _residual_block(tmp_path):
         helper.make_node("Add", ["c2", "x"], ["s"]),
         helper.make_node("Relu", ["s"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "residual",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 14, 14])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return save(model, tmp_path / "residual.onnx")
+    return _saved(tmp_path, "residual", nodes, inits, [1, 16, 14, 14], [1, 16, 14, 14])
 
 
 @pytest.mark.parametrize("choice", ["edgepress", "direct"])
@@ -155,14 +154,7 @@ def test_same_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, cho
     assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == [want, want]
     names = [k["name"] for k in report["kernels"]]
     assert any(n.startswith("winograd_products") for n in names) == (choice == "edgepress")
-    x = np.random.default_rng(13).standard_normal((1, 16, 14, 14)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
-    assert r.code == 0, r.err
-    (ref,) = ort_outputs(source, {"x": x})
-    np.testing.assert_allclose(
-        np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
-    )
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, 14, 14))
 
 
 def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
@@ -241,24 +233,10 @@ def test_an_add_along_the_columns_is_not_taken_for_the_bias(cli, tmp_path):
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["c", "v"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "columns",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    source = save(model, tmp_path / "columns.onnx")
+    source = _saved(tmp_path, "columns", nodes, inits, [1, 3, 8, 8], [1, 8, 8, 8])
     out = tmp_path / "columns"
     assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
-    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    assert cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz").code == 0
-    (ref,) = ort_outputs(source, {"x": x})
-    np.testing.assert_allclose(
-        np.load(tmp_path / "o.npz")["y"], ref, rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL
-    )
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 3, 8, 8))
 
 
 def test_float_conv_tvm_keeps_tvms_kernels(cli, tmp_path):
