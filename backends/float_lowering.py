@@ -186,12 +186,13 @@ class _Plan:
 
 
 def _winograd_fits(conv: _Conv, call) -> bool:
-    """A 3x3 stride-1 conv padded by 1 ("same" output), of even height and width with enough
-    tiles (WINOGRAD_MIN_TILES)."""
-    _, _, height, width = (int(d) for d in call.ty.shape)
+    """A 3x3 stride-1 conv padded by 1 ("same" output) of one image, of even height and width
+    with enough tiles (WINOGRAD_MIN_TILES)."""
+    batch, _, height, width = (int(d) for d in call.ty.shape)
     rows, cols = winograd_tiles(height, width)
     return (
-        not conv.depthwise
+        batch == 1
+        and not conv.depthwise
         and conv.weight.shape[2:] == (3, 3)
         and conv.strides == (1, 1)
         and conv.dilation == (1, 1)

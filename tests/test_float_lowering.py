@@ -120,7 +120,7 @@ def test_float_convs_run_as_nhwc_kernels_and_match_onnxruntime(cli, tmp_path, mc
     _matches_onnxruntime(cli, tmp_path, source, out)
 
 
-def _residual_block(tmp_path):
+def _residual_block(tmp_path, batch: int = 1):
     """x 1x16x14x14 -> Conv 3x3 pad 1 -> Relu -> Conv 3x3 pad 1 -> + x -> Relu: two 'same'
     3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""
     rng = np.random.default_rng(6)
@@ -137,7 +137,8 @@ def _residual_block(tmp_path):
         helper.make_node("Add", ["c2", "x"], ["s"]),
         helper.make_node("Relu", ["s"], ["y"]),
     ]
-    return _saved(tmp_path, "residual", nodes, inits, [1, 16, 14, 14], [1, 16, 14, 14])
+    shape = [batch, 16, 14, 14]
+    return _saved(tmp_path, f"residual{batch}", nodes, inits, shape, shape)
 
 
 @pytest.mark.parametrize("choice", ["edgepress", "direct"])
@@ -169,6 +170,17 @@ def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
         assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
         assert report["float_conv"]["lanes"] == 4
         assert all(layer["kernel"] for layer in report["float_conv"]["layers"])
+
+
+def test_a_batch_of_two_keeps_the_direct_kernel(cli, tmp_path):
+    """The Winograd kernels transform one image: a batch of 2 takes the direct kernel (which
+    loops over images) and still equals onnxruntime."""
+    source = _residual_block(tmp_path, batch=2)
+    out = tmp_path / "batch2"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct", "direct"]
+    _matches_onnxruntime(cli, tmp_path, source, out, (2, 16, 14, 14))
 
 
 def test_winograd_weights_transform_like_the_direct_convolution():
