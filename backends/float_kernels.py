@@ -68,11 +68,14 @@ def conv2d_nhwc(
     strides: tuple[int, int],
     dilation: tuple[int, int],
     out_channels: int,
+    out_width: int | None = None,
 ):
     """conv2d of padded NHWC `xp` with packed weights (pack_conv_weight) plus `bias` [OC]
     (None: no bias): NHWC [N, OH, OW, out_channels]. Weights of rank 6 hold one packed weight
     per image of the batch ([N, OC/lanes, IC, KH, KW, lanes]: Winograd's 16 products, one per
-    tile position). The accumulating block names float_schedules' rule."""
+    tile position). The accumulating block names float_schedules' rule. `out_width` < the
+    columns `xp` gives: those beyond it are computed (float_schedules.padded_width: a row
+    length with a better tile) and dropped."""
     from tvm import te
 
     from edgepress.backends.float_schedules import RULE
@@ -105,7 +108,8 @@ def conv2d_nhwc(
         total = acc[b, c // lanes, y, z, c % lanes]
         return total if bias is None else total + bias[c]
 
-    return te.compute((n, oh, ow, out_channels), out, name="bias_add")
+    shape = (n, oh, ow if out_width is None else out_width, out_channels)
+    return te.compute(shape, out, name="bias_add")
 
 
 def depthwise_conv2d_nhwc(

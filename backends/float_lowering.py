@@ -28,7 +28,8 @@ from edgepress.backends.float_kernels import (
     winograd_tiles,
     winograd_weight,
 )
-from edgepress.backends.int8_kernels import pack_depthwise_weight, per_channel
+from edgepress.backends.float_schedules import padded_width, tile_is_full
+from edgepress.backends.int8_kernels import _output_size, pack_depthwise_weight, per_channel
 from edgepress.backends.int8_lowering import LayerLowering, emit_pool, nhwc_pool
 from edgepress.backends.nhwc_rewriter import op_name, rewrite, static_shape
 
@@ -100,7 +101,8 @@ def _check_out_dtype(out_dtype) -> None:
 class _Plan:
     """{output var: _Conv} for the lowerable ops of `func`, and every op's fate."""
 
-    def __init__(self, func, skip_winograd: bool, winograd: bool) -> None:
+    def __init__(self, func, lanes: int, skip_winograd: bool, winograd: bool) -> None:
+        self.lanes = lanes
         self.winograd = winograd
         self.value: dict = {}
         self.uses: dict = {}
@@ -181,17 +183,20 @@ class _Plan:
         conv = _Conv(
             call, x, weight, bias, strides, (top, left, bottom, right), dilation, depthwise, False
         )
-        conv.winograd = self.winograd and _winograd_fits(conv, call)
+        conv.winograd = self.winograd and _winograd_fits(conv, call, self.lanes)
         return out_var, conv
 
 
-def _winograd_fits(conv: _Conv, call) -> bool:
+def _winograd_fits(conv: _Conv, call, lanes: int) -> bool:
     """A 3x3 stride-1 conv padded by 1 ("same" output) of one image, of even height and width
-    with enough tiles (WINOGRAD_MIN_TILES)."""
+    with enough tiles (WINOGRAD_MIN_TILES), whose count gives the products a full register
+    tile (a prime count does not; the direct kernel pads its rows instead)."""
     batch, _, height, width = (int(d) for d in call.ty.shape)
     rows, cols = winograd_tiles(height, width)
+    out_channels, in_channels = conv.weight.shape[:2]
     return (
         batch == 1
+        and tile_is_full(rows * cols, -(-out_channels // lanes), in_channels, lanes)
         and not conv.depthwise
         and conv.weight.shape[2:] == (3, 3)
         and conv.strides == (1, 1)
@@ -267,16 +272,24 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
             primfunc_name_hint="depthwise_conv2d_float",
             **common,
         )
-    if any(conv.padding):
+    out_channels, in_channels, kh, kw = conv.weight.shape
+    width = int(x_nhwc.ty.shape[2])
+    top, left, bottom, right = conv.padding
+    out_width = _output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])
+    blocks = -(-out_channels // lanes)
+    computed = padded_width(out_width, blocks, in_channels * kh * kw, lanes)
+    padding = (top, left, bottom, right + (computed - out_width) * conv.strides[1])
+    if any(padding):
         x_nhwc = builder.emit(
-            builder.call_te(pad_nhwc, x_nhwc, padding=conv.padding, primfunc_name_hint="pad")
+            builder.call_te(pad_nhwc, x_nhwc, padding=padding, primfunc_name_hint="pad")
         )
     return builder.call_te(
         conv2d_nhwc,
         x_nhwc,
         relax.const(pack_conv_weight(conv.weight, lanes)),
         relax.const(conv.bias),
-        out_channels=conv.weight.shape[0],
+        out_channels=out_channels,
+        out_width=out_width,
         primfunc_name_hint="matmul_float" if conv.matmul else "conv2d_float",
         **common,
     )
@@ -294,7 +307,7 @@ def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool 
     int8_schedules.register()
     # Constants first: the bias reshapes, the FC weight's transpose, clip's bounds.
     mod = relax.transform.FoldConstant()(mod)
-    plan = _Plan(mod["main"], skip_winograd, winograd)
+    plan = _Plan(mod["main"], lanes, skip_winograd, winograd)
     if not plan.convs:
         return mod, plan.layers
 

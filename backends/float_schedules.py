@@ -66,6 +66,32 @@ def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, in
     return max(tiles, key=lambda t: (t[0] * t[1], t[1]))
 
 
+EXTRA_COLUMNS = 7  # computed and dropped, at most, to give a row a tile of enough pixels
+
+
+def padded_width(width: int, blocks: int, depth: int, lanes: int) -> int:
+    """The row length a conv computes for an output row of `width`: more where its divisors
+    allow only small tiles (a prime width of 17 or more gets 1 pixel per tile: 2 accumulators,
+    a fraction of the FMA rate). Each candidate up to EXTRA_COLUMNS longer is scored by the
+    tile's accumulators (of the most the target has) times the share of useful columns; the
+    extra columns read padding and their outputs are dropped."""
+    if width == 1:  # a matmul: its tiles are channel blocks
+        return 1
+    most = ACCUMULATORS.get(lanes, 8)
+
+    def score(w: int) -> float:
+        z, b = float_tile(w, blocks, depth, lanes)
+        return min(z * b, most) / most * width / w
+
+    return max(range(width, width + EXTRA_COLUMNS + 1), key=lambda w: (score(w), -w))
+
+
+def tile_is_full(width: int, blocks: int, depth: int, lanes: int) -> bool:
+    """Whether float_tile finds a tile of at least half the target's accumulators."""
+    z, b = float_tile(width, blocks, depth, lanes)
+    return z * b >= ACCUMULATORS.get(lanes, 8) // 2
+
+
 def schedule_conv2d_float(sch, block):
     """Tile the conv_float block and fuse its epilogue into the tile."""
     b, ob, y, z, oi, rc, ry, rx = sch.get_loops(block)

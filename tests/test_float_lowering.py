@@ -172,6 +172,28 @@ def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
         assert all(layer["kernel"] for layer in report["float_conv"]["layers"])
 
 
+def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
+    """19 columns have no divisor for a register tile: the convs compute 21 (7 x 2 tiles) and
+    drop 2 (float_schedules.padded_width); 19 x 19 = 361 Winograd tiles have none either, so
+    the 3x3 conv is direct. The artifact still equals onnxruntime."""
+    from edgepress.backends.float_schedules import float_tile, padded_width
+
+    assert padded_width(19, 2, 288, 16) == 21 and float_tile(21, 2, 288, 16) == (7, 2)
+    rng = np.random.default_rng(7)
+    inits = [_weight(rng, "w1", (32, 32, 3, 3)), _weight(rng, "w2", (24, 32, 1, 1))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"]),
+    ]
+    source = _saved(tmp_path, "prime", nodes, inits, [1, 32, 19, 19], [1, 24, 19, 19])
+    out = tmp_path / "prime"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct", "direct"]
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 32, 19, 19))
+
+
 def test_a_batch_of_two_keeps_the_direct_kernel(cli, tmp_path):
     """The Winograd kernels transform one image: a batch of 2 takes the direct kernel (which
     loops over images) and still equals onnxruntime."""
