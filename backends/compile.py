@@ -15,6 +15,11 @@ from edgepress.compiler.errors import BackendError, UsageError, first_line
 
 # --tune-minutes alone: trials are bounded by the clock, not by this.
 TRIALS_FOR_A_TIME_BUDGET = 100_000
+# --int8-compute: QDQ layers as integer kernels (int8_lowering), or TVM's float QDQ
+INT8_COMPUTE = ("integer", "float")
+# --float-conv: float convs as edgepress's kernels (float_lowering) with Winograd F(2x2, 3x3)
+# where it qualifies, the same kernels direct only, or TVM's own
+FLOAT_CONV = ("edgepress", "direct", "tvm")
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,6 @@ from edgepress.backends.int8_lowering import LayerLowering, emit_pool, nhwc_pool
 from edgepress.backends.nhwc_rewriter import op_name, rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
-# --float-conv: this rewrite (3x3 stride-1 convs as Winograd F(2x2, 3x3) where they qualify),
-# this rewrite with direct kernels only, or TVM's own kernels
-FLOAT_CONV = ("edgepress", "direct", "tvm")
 # Winograd F(2x2, 3x3) where the output has at least this many 2x2 tiles. ResNet-18's 3x3
 # layers, each kernel alone (1 thread): 56x56x64 1.11 ms against 1.34 direct, 28x28x128 0.80
 # against 1.33, 14x14x256 0.75 against 1.34 (49 tiles); its 7x7 layers have 16 tiles, of which

@@ -12,16 +12,17 @@ from __future__ import annotations
 from edgepress.backends.int8_schedules import (
     PREFETCH_MIN_BYTES,
     STACK_ALLOCA_BYTES,
-    _inline_between,
-    _last_consumer,
-    _unroll_epilogue,
     block_with_body,
+    inline_between,
+    last_consumer,
     loop_with_body,
+    split_tile,
+    unroll_epilogue,
 )
 
 RULE = "edgepress.conv2d_float"
-# [bytes of weights per ob_o step, output rows, reduction steps] on the tile's innermost
-# reduction loop, for inject_weight_prefetch.
+# [bytes of weights per ob_o step, output rows, reduction steps, ob_o steps in the weights] on
+# the tile's innermost reduction loop, for inject_weight_prefetch.
 PREFETCH_ATTR = "edgepress.prefetch_float_weights"
 LINE = 64  # bytes per cache line
 # Accumulators per tile, by float32 lanes per vector. AVX-512 (16): 15 vectors of 64 bytes is
@@ -99,31 +100,27 @@ def schedule_conv2d_float(sch, block):
     depth = int(sch.get(rc).extent) * int(sch.get(ry).extent) * int(sch.get(rx).extent)
     tile_z, tile_b = float_tile(width, blocks, depth, lanes)
     most = ACCUMULATORS.get(lanes, 8)
-    z_o, z_i = sch.split(
-        z,
-        sch.sample_perfect_tile(
-            z, n=2, max_innermost_factor=most, decision=[width // tile_z, tile_z]
-        ),
-    )
-    ob_o, ob_i = sch.split(
-        ob,
-        sch.sample_perfect_tile(
-            ob, n=2, max_innermost_factor=most, decision=[blocks // tile_b, tile_b]
-        ),
-    )
+    z_o, z_i = split_tile(sch, z, tile_z, most)
+    ob_o, ob_i = split_tile(sch, ob, tile_b, most)
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi)
     tile_blocks = int(sch.get(ob_i).extent)  # the sampled decision: tuning may change it
     on_stack = int(sch.get(z_i).extent) * tile_blocks * lanes * 4 < STACK_ALLOCA_BYTES
     weight_bytes = depth * blocks * lanes * 4
     if on_stack and weight_bytes >= PREFETCH_MIN_BYTES:
         rows = int(sch.get(y).extent)
-        sch.annotate(rx, PREFETCH_ATTR, [weight_bytes * tile_blocks // blocks, rows, depth])
+        # ob_o steps before the weights start over: per image where each image has its own
+        # (Winograd's products, rank 6), else the next image reads the same ones again.
+        steps = blocks // tile_blocks
+        if any(len(region.source.shape) == 6 for region in sch.get(block).reads):
+            steps *= int(sch.get(b).extent)
+        ahead = weight_bytes * tile_blocks // blocks
+        sch.annotate(rx, PREFETCH_ATTR, [ahead, rows, depth, steps])
     sch.set_scope(block, 0, "global" if on_stack else "local")
-    final = _last_consumer(sch, block)
+    final = last_consumer(sch, block)
     if final is not None:
-        _inline_between(sch, block, final)
+        inline_between(sch, block, final)
         sch.reverse_compute_at(final, z_o, preserve_unit_loops=True)
-        _unroll_epilogue(sch, final, lanes)
+        unroll_epilogue(sch, final, lanes)
     sch.parallel(sch.fuse(b, ob_o, y))
     # The root is kept out of MetaSchedule's other rules (whose vectorizing would take the
     # unrolled tile loops); this rule does the function's parallel loop itself.
@@ -179,17 +176,17 @@ def inject_weight_prefetch(func):
         return func
 
     def prefetch(loops, annotation):
-        ahead, rows, steps = (int(v) for v in annotation)
+        ahead, rows, steps, period = (int(v) for v in annotation)
         fused, z_outer, rc, ry, rx = (tirx.Cast("int64", loop.loop_var) for loop in loops[-5:])
         kh, kw = (int(loop.extent) for loop in loops[-2:])
-        step_ob = tirx.floordiv(fused, rows)
+        step_ob = tirx.floormod(tirx.floordiv(fused, rows), period)  # (image, ob_o) -> step
         row = tirx.floormod(fused, rows)
         line = row * steps + (rc * kh + ry) * kw + rx
         address = tirx.call_intrin(
             "handle",
             "tirx.handle_add_byte_offset",
             tirx.address_of(tirx.BufferLoad(weight, [0] * len(weight.shape))),
-            (step_ob + 1) * ahead + line * LINE,
+            tirx.floormod(step_ob + 1, period) * ahead + line * LINE,
         )
         call = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 2, 1)
         first = tirx.all(z_outer == 0, line < ahead // LINE)
@@ -226,9 +223,9 @@ def schedule_winograd_transform(sch, block):
     parallel) and vector of channels, the tile positions unrolled, so that every select of a
     position's coefficient or offset folds to a constant and each input vector is loaded
     once per tile."""
-    final = _last_consumer(sch, block)
+    final = last_consumer(sch, block)
     if final is not None:  # the output transform, and a residual add or relu behind it
-        _inline_between(sch, block, final)
+        inline_between(sch, block, final)
         sch.compute_inline(block)
         block = final
     loops = sch.get_loops(block)

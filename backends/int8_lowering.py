@@ -45,7 +45,6 @@ from edgepress.backends.nhwc_rewriter import op_name as _op_name
 from edgepress.backends.nhwc_rewriter import rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
-INT8_COMPUTE = ("integer", "float")  # --int8-compute: this rewrite, or TVM's float QDQ
 QUANT_TYPES = ("uint8", "int8")
 
 

@@ -71,7 +71,7 @@ def default_tile(width: int, blocks: int, accumulators: int = MAX_ACCUMULATORS) 
 
     This is the rule for the targets whose tiles have not been re-swept (AVX2, arm64, x86
     without an intrinsic); VNNI takes vnni_tile. Its measurements predate the epilogue fix
-    (_unroll_epilogue), which made tiles of several blocks much cheaper on VNNI; arm64's
+    (unroll_epilogue), which made tiles of several blocks much cheaper on VNNI; arm64's
     cannot be timed here (qemu)."""
     best, best_key = (1, 1), (0, 0, 0)
     for z in (d for d in range(1, width + 1) if width % d == 0):
@@ -118,7 +118,17 @@ def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
     return z, b
 
 
-def _inline_between(sch, conv, output) -> None:
+def split_tile(sch, loop, inner: int, most: int):
+    """`loop` split into (outer, inner) by a sampled perfect tile whose untuned decision has
+    `inner` iterations inside: tuning searches inner factors up to `most`."""
+    extent = int(sch.get(loop).extent)
+    factors = sch.sample_perfect_tile(
+        loop, n=2, max_innermost_factor=most, decision=[extent // inner, inner]
+    )
+    return sch.split(loop, factors)
+
+
+def inline_between(sch, conv, output) -> None:
     """Inline every other elementwise block of the function so the output block reads the
     accumulators directly (the conv and the output block stay)."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
@@ -133,7 +143,7 @@ def _inline_between(sch, conv, output) -> None:
                 pass
 
 
-def _last_consumer(sch, block):
+def last_consumer(sch, block):
     """The end of the chain of blocks reading `block` (the function's output), if any."""
     outputs = sch.get_consumers(block)
     final = outputs[0] if outputs else None
@@ -142,7 +152,7 @@ def _last_consumer(sch, block):
     return final
 
 
-def _unroll_epilogue(sch, block, lanes: int) -> None:
+def unroll_epilogue(sch, block, lanes: int) -> None:
     """The tile's epilogue as straight-line code: one vector of `lanes` output channels per
     pixel and channel block. Vectorized across blocks, each vector read the accumulators
     at c // lanes, c % lanes, which LLVM gathered lane by lane (ResNet-18's and MobileNetV2's
@@ -299,18 +309,8 @@ def schedule_conv2d_int8(sch, block):
         tile_z, tile_b = vnni_tile(width, blocks, depth)
     else:
         tile_z, tile_b = default_tile(width, blocks, accumulators)
-    z_o, z_i = sch.split(
-        z,
-        sch.sample_perfect_tile(
-            z, n=2, max_innermost_factor=accumulators, decision=[width // tile_z, tile_z]
-        ),
-    )
-    ob_o, ob_i = sch.split(
-        ob,
-        sch.sample_perfect_tile(
-            ob, n=2, max_innermost_factor=accumulators, decision=[blocks // tile_b, tile_b]
-        ),
-    )
+    z_o, z_i = split_tile(sch, z, tile_z, accumulators)
+    ob_o, ob_i = split_tile(sch, ob, tile_b, accumulators)
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, *pair, r4)
     vector_bytes = int(sch.get(oi).extent) * 4 * (1 + len(pair))  # int32 (pair) sums
     tile_bytes = int(sch.get(z_i).extent) * int(sch.get(ob_i).extent) * vector_bytes
@@ -328,11 +328,11 @@ def schedule_conv2d_int8(sch, block):
         *_, lanes, pairs = sch.get_loops(start)
         sch.reorder(pairs, lanes)
         sch.vectorize(lanes)
-    final = _last_consumer(sch, start)
+    final = last_consumer(sch, start)
     if final is not None:
-        _inline_between(sch, start, final)
+        inline_between(sch, start, final)
         sch.reverse_compute_at(final, z_o, preserve_unit_loops=True)
-        _unroll_epilogue(sch, final, int(sch.get(oi).extent))
+        unroll_epilogue(sch, final, int(sch.get(oi).extent))
     sch.parallel(sch.fuse(b, ob_o, y))
     # MetaSchedule's parallelize/vectorize pass over the root would vectorize the unrolled
     # tile loops around the intrinsic call, which LLVM's vectorizer then rejects: the root is
@@ -397,23 +397,13 @@ def schedule_depthwise(sch, block):
     b, y, z, c, ry, rx = sch.get_loops(block)
     width, channels = int(sch.get(z).extent), int(sch.get(c).extent)
     tile_z, tile_c = depthwise_tile(width, channels, lanes)
-    z_o, z_i = sch.split(
-        z,
-        sch.sample_perfect_tile(
-            z, n=2, max_innermost_factor=16, decision=[width // tile_z, tile_z]
-        ),
-    )
-    c_o, c_i = sch.split(
-        c,
-        sch.sample_perfect_tile(
-            c, n=2, max_innermost_factor=64, decision=[channels // tile_c, tile_c]
-        ),
-    )
+    z_o, z_i = split_tile(sch, z, tile_z, 16)
+    c_o, c_i = split_tile(sch, c, tile_c, 64)
     sch.reorder(b, y, z_o, c_o, ry, rx, z_i, c_i)
     tile_bytes = int(sch.get(z_i).extent) * int(sch.get(c_i).extent) * 4  # float32 sums
     sch.set_scope(block, 0, "global" if tile_bytes < STACK_ALLOCA_BYTES else "local")
-    final = _last_consumer(sch, block)
-    _inline_between(sch, block, final)
+    final = last_consumer(sch, block)
+    inline_between(sch, block, final)
     sch.reverse_compute_at(final, c_o, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(final)[-1])
     sch.vectorize(c_i)
@@ -479,9 +469,9 @@ def schedule_spatial_mean(sch, block):
     c_o, c_i = sch.split(c, [channels // vector, vector])
     sch.reorder(b, c_o, ry, rx, c_i)
     sch.vectorize(c_i)
-    final = _last_consumer(sch, block)
+    final = last_consumer(sch, block)
     if final is not None:
-        _inline_between(sch, block, final)
+        inline_between(sch, block, final)
         last = sch.get_loops(final)[-1]
         extent = int(sch.get(last).extent)
         if extent % MEAN_VECTOR == 0:

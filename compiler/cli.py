@@ -37,6 +37,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from edgepress.backends.compile import FLOAT_CONV, INT8_COMPUTE
     from edgepress.backends.targets import TARGETS
     from edgepress.compiler.verify import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL
 
@@ -116,7 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--float-conv",
-        choices=("edgepress", "direct", "tvm"),
+        choices=FLOAT_CONV,
         default="edgepress",
         help="CPU targets: float Conv/Gemm/MatMul as edgepress's register-tiled NHWC kernels, "
         "3x3 stride-1 convs with enough 2x2 tiles as Winograd F(2x2, 3x3) (default); the same "
@@ -131,7 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=("int8",), help="post-training quantization")
     q.add_argument(
         "--int8-compute",
-        choices=("integer", "float"),
+        choices=INT8_COMPUTE,
         default="integer",
         help="how a QDQ model's Conv/Gemm/MatMul are compiled: int8 x int8 -> int32 kernels "
         "with int8 weights (default; CPU targets), or TVM's own float arithmetic with rounding",
