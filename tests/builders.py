@@ -11,6 +11,11 @@ def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def random_initializer(rng, name: str, shape: tuple, scale: float = 0.3) -> onnx.TensorProto:
+    """A float32 initializer of normal values times `scale` (weights of a plausible size)."""
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
 def conv_relu(opset: int = 17, batch: int | str = 1, size: int = 8) -> onnx.ModelProto:
     """x[batch,3,size,size] -> Conv(8, 3x3) -> Relu -> y."""
     rng = _rng()

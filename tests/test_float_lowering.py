@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.builders import random_initializer
 from tests.conftest import ort_outputs, save
 from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
-
-
-def _weight(rng, name: str, shape: tuple):
-    return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
 
 
 def _saved(tmp_path, name: str, nodes, inits, x_shape: list, y_shape: list):
@@ -41,17 +38,17 @@ def _float_net(tmp_path):
     -> GlobalAveragePool -> Flatten -> Gemm to 10."""
     rng = np.random.default_rng(5)
     inits = [
-        _weight(rng, "w1", (32, 3, 3, 3)),
-        _weight(rng, "b1", (32,)),
-        _weight(rng, "wd", (32, 1, 3, 3)),
-        _weight(rng, "bd", (32,)),
-        _weight(rng, "w2", (24, 32, 1, 1)),
-        _weight(rng, "w3", (32, 24, 1, 1)),
-        _weight(rng, "b3", (32,)),
-        _weight(rng, "w4", (40, 32, 3, 3)),
-        _weight(rng, "b4", (40,)),
-        _weight(rng, "wf", (10, 40)),
-        _weight(rng, "bf", (10,)),
+        random_initializer(rng, "w1", (32, 3, 3, 3)),
+        random_initializer(rng, "b1", (32,)),
+        random_initializer(rng, "wd", (32, 1, 3, 3)),
+        random_initializer(rng, "bd", (32,)),
+        random_initializer(rng, "w2", (24, 32, 1, 1)),
+        random_initializer(rng, "w3", (32, 24, 1, 1)),
+        random_initializer(rng, "b3", (32,)),
+        random_initializer(rng, "w4", (40, 32, 3, 3)),
+        random_initializer(rng, "b4", (40,)),
+        random_initializer(rng, "wf", (10, 40)),
+        random_initializer(rng, "bf", (10,)),
         numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
         numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
     ]
@@ -125,10 +122,10 @@ def _residual_block(tmp_path, batch: int = 1):
     3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""
     rng = np.random.default_rng(6)
     inits = [
-        _weight(rng, "w1", (16, 16, 3, 3)),
-        _weight(rng, "b1", (16,)),
-        _weight(rng, "w2", (16, 16, 3, 3)),
-        _weight(rng, "b2", (16,)),
+        random_initializer(rng, "w1", (16, 16, 3, 3)),
+        random_initializer(rng, "b1", (16,)),
+        random_initializer(rng, "w2", (16, 16, 3, 3)),
+        random_initializer(rng, "b2", (16,)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
@@ -180,7 +177,10 @@ def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
 
     assert padded_width(19, 2, 288, 16) == 21 and float_tile(21, 2, 288, 16) == (7, 2)
     rng = np.random.default_rng(7)
-    inits = [_weight(rng, "w1", (32, 32, 3, 3)), _weight(rng, "w2", (24, 32, 1, 1))]
+    inits = [
+        random_initializer(rng, "w1", (32, 32, 3, 3)),
+        random_initializer(rng, "w2", (24, 32, 1, 1)),
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -262,7 +262,7 @@ def test_an_add_along_the_columns_is_not_taken_for_the_bias(cli, tmp_path):
     """Conv (8 channels, 8 columns) + a constant of shape [8] adds along the columns, not the
     channels: it must stay an add after the kernel, not be folded in as the conv's bias."""
     rng = np.random.default_rng(9)
-    inits = [_weight(rng, "w", (8, 3, 3, 3)), _weight(rng, "v", (8,))]
+    inits = [random_initializer(rng, "w", (8, 3, 3, 3)), random_initializer(rng, "v", (8,))]
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["c", "v"], ["y"]),

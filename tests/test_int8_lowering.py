@@ -11,8 +11,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from tests.builders import random_initializer
 from tests.conftest import ort_outputs, save
 
 
@@ -303,10 +304,6 @@ def test_integer_max_pool_equals_numpy(dtype, padding, strides):
     np.testing.assert_array_equal(got, np.max(windows, axis=0).astype(dtype))
 
 
-def _random_initializer(rng, name: str, shape: tuple, scale: float = 0.3):
-    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
-
-
 def _saved_with_calibration(path, nodes, inits, y_shape: list, rng):
     """The graph (input x: 1x3x16x16, output y) saved at `path` with opset 17, and 24
     calibration inputs beside it: (model path, calibration path)."""
@@ -331,16 +328,16 @@ def _qdq_net(tmp_path):
     rng = np.random.default_rng(3)
 
     inits = [
-        _random_initializer(rng, "wa", (16, 3, 3, 3)),
-        _random_initializer(rng, "ba", (16,)),
-        _random_initializer(rng, "wd", (16, 1, 3, 3)),
-        _random_initializer(rng, "bd", (16,)),
-        _random_initializer(rng, "wb", (16, 16, 1, 1)),
-        _random_initializer(rng, "bb", (16,)),
-        _random_initializer(rng, "wg", (16, 8, 3, 3)),
-        _random_initializer(rng, "bg", (16,)),
-        _random_initializer(rng, "wf", (10, 16)),
-        _random_initializer(rng, "bf", (10,)),
+        random_initializer(rng, "wa", (16, 3, 3, 3)),
+        random_initializer(rng, "ba", (16,)),
+        random_initializer(rng, "wd", (16, 1, 3, 3)),
+        random_initializer(rng, "bd", (16,)),
+        random_initializer(rng, "wb", (16, 16, 1, 1)),
+        random_initializer(rng, "bb", (16,)),
+        random_initializer(rng, "wg", (16, 8, 3, 3)),
+        random_initializer(rng, "bg", (16,)),
+        random_initializer(rng, "wf", (10, 16)),
+        random_initializer(rng, "bf", (10,)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, name="conv_a"),
@@ -500,12 +497,12 @@ def _conv_transpose_net(tmp_path):
     rng = np.random.default_rng(5)
 
     inits = [
-        _random_initializer(rng, "wa", (8, 3, 3, 3)),
-        _random_initializer(rng, "ba", (8,)),
-        _random_initializer(rng, "wt", (8, 12, 3, 2)),  # IOHW
-        _random_initializer(rng, "bt", (12,)),
-        _random_initializer(rng, "wg", (12, 6, 3, 3)),
-        _random_initializer(rng, "wc", (12, 4, 2, 2)),
+        random_initializer(rng, "wa", (8, 3, 3, 3)),
+        random_initializer(rng, "ba", (8,)),
+        random_initializer(rng, "wt", (8, 12, 3, 2)),  # IOHW
+        random_initializer(rng, "bt", (12,)),
+        random_initializer(rng, "wg", (12, 6, 3, 3)),
+        random_initializer(rng, "wc", (12, 4, 2, 2)),
     ]
     transpose = "ConvTranspose"
     nodes = [
