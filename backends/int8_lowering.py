@@ -462,11 +462,12 @@ PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
 
 def nhwc_pool(call) -> bool:
     """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call: TOPI's pool ran 6x
-    slower."""
+    slower. Any binding value may be asked (a TupleGetItem has no attrs)."""
+    if _op_name(call) != "relax.nn.max_pool2d":
+        return False
     attrs = call.attrs
     return (
-        _op_name(call) == "relax.nn.max_pool2d"
-        and str(attrs.layout) == str(attrs.out_layout) == "NCHW"
+        str(attrs.layout) == str(attrs.out_layout) == "NCHW"
         and not attrs.ceil_mode
     )
 

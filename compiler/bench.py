@@ -20,6 +20,7 @@ from edgepress.backends.targets import get_backend
 from edgepress.backends.threads import use_threads
 from edgepress.compiler import report as reports
 from edgepress.compiler.errors import UsageError
+from edgepress.compiler.input_values import fixed_from_json
 from edgepress.compiler.inputs import complete_feeds, random_inputs
 from edgepress.compiler.manifest import read_manifest, write_manifest
 from edgepress.compiler.model_io import sha256_file
@@ -96,7 +97,7 @@ def bench(
     ordered = [feeds[s.name] for s in specs]
     reference = _reference_model(artifact, manifest)
     session = _ort_session(reference, threads)
-    feeds = complete_feeds(session, feeds)
+    feeds = complete_feeds(session, {**feeds, **fixed_from_json(manifest.get("fixed_inputs"))})
     int8 = _ort_session(artifact / "model.onnx", threads) if _is_int8(artifact) else None
     use_threads(threads)
 

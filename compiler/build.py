@@ -19,6 +19,7 @@ from edgepress.backends.targets import get_backend
 from edgepress.compiler import outdir as outdirs
 from edgepress.compiler import report as reports
 from edgepress.compiler.errors import ModelError, VerificationError
+from edgepress.compiler.input_values import fix_input_values, fixed_to_json
 from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file
@@ -45,6 +46,7 @@ class BuildOptions:
     target: str
     outdir: Path
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_values: dict[str, list[float]] = field(default_factory=dict)  # --input-value
     target_options: TargetOptions = field(default_factory=TargetOptions)
     passes: list[str] = field(default_factory=lambda: list(DEFAULT_PIPELINE))
     verify_inputs: Path | None = None
@@ -115,7 +117,9 @@ def build(opts: BuildOptions) -> BuildResult:
     proto = load_model(source)
     source_sha = sha256_file(source)
     model = ir.from_proto(proto)
-    fix_input_shapes(model, opts.input_shapes, str(source))
+    fixed = fix_input_values(model, opts.input_values, opts.input_shapes, str(source))
+    shapes = {k: v for k, v in opts.input_shapes.items() if k not in fixed}
+    fix_input_shapes(model, shapes, str(source))
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
 
@@ -172,7 +176,7 @@ def build(opts: BuildOptions) -> BuildResult:
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        reference = run_onnxruntime(source, inputs)
+        reference = run_onnxruntime(source, {**inputs, **fixed})
         tolerance = opts.tolerance
         compressed_outputs = run_onnxruntime(model_path, inputs)
         # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
@@ -216,6 +220,7 @@ def build(opts: BuildOptions) -> BuildResult:
             "source": {"path": str(source), "sha256": source_sha},
             "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
             "inputs": [s.to_json() for s in artifact_specs],
+            "fixed_inputs": fixed_to_json(fixed),
             "outputs": [s.to_json() for s in output_specs],
             "verification_inputs": str(opts.verify_inputs)
             if opts.verify_inputs
@@ -242,6 +247,7 @@ def build(opts: BuildOptions) -> BuildResult:
             source_sha256=source_sha,
             target=report["target"],
             inputs=report["inputs"],
+            fixed_inputs=report["fixed_inputs"],
             outputs=report["outputs"],
             status=status,
         )

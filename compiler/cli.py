@@ -61,6 +61,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D1,D2,...",
         help="fix an input's shape (repeat for each dynamic input)",
     )
+    p.add_argument(
+        "--input-value",
+        action="append",
+        default=[],
+        metavar="NAME=V[,V...]",
+        help="fix an input's value at build time (a sample rate, a flag): it becomes a constant, "
+        "what depends on it folds, and the artifact no longer takes it",
+    )
     p.add_argument("--mcpu", help="CPU to generate code for (x86_64: default this machine's)")
     p.add_argument("--mattr", default="", help="extra CPU features, e.g. +dotprod,+i8mm (arm64)")
     p.add_argument("--arch", default="sm_80", help="CUDA architecture (cuda target)")
@@ -370,6 +378,7 @@ def cmd_build(argv: list[str]) -> int:
     from edgepress.backends.target_base import TargetOptions
     from edgepress.compiler.build import BuildOptions, build
     from edgepress.compiler.errors import VerificationError
+    from edgepress.compiler.input_values import parse_input_values
     from edgepress.compiler.pipeline import parse_pass_list
     from edgepress.compiler.shapes import parse_input_shapes
     from edgepress.compiler.verify import Tolerance
@@ -391,6 +400,7 @@ def cmd_build(argv: list[str]) -> int:
         target=args.target,
         outdir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
+        input_values=parse_input_values(args.input_value),
         target_options=TargetOptions(
             mcpu=args.mcpu,
             arch=args.arch,

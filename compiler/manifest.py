@@ -31,6 +31,7 @@ def write_manifest(
     inputs: list[dict],
     outputs: list[dict],
     status: str,
+    fixed_inputs: list[dict] | None = None,
 ) -> Path:
     """Hash every file in the folder (the manifest itself aside) and write the manifest."""
     files = {}
@@ -45,6 +46,8 @@ def write_manifest(
         "source": {"path": str(source), "sha256": source_sha256},
         "target": target,
         "inputs": inputs,
+        # Source inputs fixed at build time (--input-value): not in the artifact's signature.
+        "fixed_inputs": fixed_inputs or [],
         "outputs": outputs,
         "versions": tool_versions(),
         "files": files,

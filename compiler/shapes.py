@@ -51,18 +51,27 @@ def model_inputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
 
 
+def is_fixed_dim(dim) -> bool:
+    """A dim with a size. Paddle's exporter writes -1 as the dim_value of a dynamic dim, and
+    onnxruntime reads it as dynamic: so does edgepress."""
+    return isinstance(dim, int) and dim >= 0
+
+
 def _dims_text(value: ir.Value) -> str:
     if value.shape is None:
         return "unknown rank"
     return (
         "["
-        + ", ".join(str(d) if isinstance(d, int) else f"{d.value or '?'}*" for d in value.shape)
+        + ", ".join(
+            str(d) if is_fixed_dim(d) else f"{getattr(d, 'value', None) or '?'}*"
+            for d in value.shape
+        )
         + "]"
     )
 
 
 def _is_static(value: ir.Value) -> bool:
-    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+    return value.shape is not None and all(is_fixed_dim(d) for d in value.shape)
 
 
 def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str) -> None:
@@ -83,7 +92,7 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source
                     f"'{name}' with rank {len(value.shape)} {_dims_text(value)}, not rank {len(dims)}"
                 )
             for axis, (have, want) in enumerate(zip(value.shape, dims)):
-                if isinstance(have, int) and have != want:
+                if is_fixed_dim(have) and have != want:
                     raise UsageError(
                         f"--input-shape {name}={','.join(map(str, dims))}: dimension {axis} of "
                         f"input '{name}' is fixed to {have} in {source}, not {want}"
@@ -99,7 +108,7 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source
             "--input-shape "
             + v.name
             + "="
-            + ",".join(str(d) if isinstance(d, int) else "1" for d in (v.shape or [1]))
+            + ",".join(str(d) if is_fixed_dim(d) else "1" for d in (v.shape or [1]))
             for v in dynamic
         )
         raise ModelError(
@@ -108,10 +117,12 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source
             + f". Pass for example: {suggestion} (replace each 1 put for a symbolic dim by the "
             "size you deploy with)."
         )
-    # Outputs declared with symbolic dims are re-inferred from the now static inputs.
+    # Outputs declared with symbolic dims are re-inferred from the now static inputs; their
+    # dims become anonymous (not None: the checker wants a shape on every graph output, and
+    # shape inference cannot fill one behind an op it does not know).
     for out in model.graph.outputs:
-        if out.shape is not None and not all(isinstance(d, int) for d in out.shape):
-            out.shape = None
+        if out.shape is not None and not all(is_fixed_dim(d) for d in out.shape):
+            out.shape = ir.Shape([d if is_fixed_dim(d) else None for d in out.shape])
 
 
 def numpy_dtype(value: ir.Value) -> str:

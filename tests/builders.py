@@ -148,3 +148,93 @@ def conv_relu_pool() -> onnx.ModelProto:
     graph.output[0].type.tensor_type.shape.dim[2].dim_value = 4
     graph.output[0].type.tensor_type.shape.dim[3].dim_value = 4
     return model
+
+
+def if_on_sample_rate(opset: int = 16) -> onnx.ModelProto:
+    """A voice detector's shape: If on a scalar int64 input `sr` (16000 or not); the 16 kHz branch
+    holds a second If on a run-time condition (max(x) > 0) whose else branch is Identity of a
+    value the enclosing branch makes. x[N, 3] -> y[N, 3]."""
+    scalar = lambda name, value, dtype: numpy_helper.from_array(np.array(value, dtype), name)  # noqa: E731
+    inner_then = helper.make_graph(
+        [helper.make_node("Mul", ["relu", "two"], ["inner_t"])],
+        "inner_then",
+        [],
+        [helper.make_tensor_value_info("inner_t", TensorProto.FLOAT, None)],
+    )
+    inner_else = helper.make_graph(
+        [helper.make_node("Identity", ["relu"], ["inner_e"])],
+        "inner_else",
+        [],
+        [helper.make_tensor_value_info("inner_e", TensorProto.FLOAT, None)],
+    )
+    khz16 = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["relu"]),
+            helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+            helper.make_node("Greater", ["top", "zero"], ["positive"]),
+            helper.make_node(
+                "If", ["positive"], ["inner"], then_branch=inner_then, else_branch=inner_else
+            ),
+            helper.make_node("Identity", ["inner"], ["khz16_out"]),
+        ],
+        "khz16",
+        [],
+        [helper.make_tensor_value_info("khz16_out", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["other_out"])],
+        "other",
+        [],
+        [helper.make_tensor_value_info("other_out", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+            helper.make_node("If", ["is16k"], ["y"], then_branch=khz16, else_branch=other),
+        ],
+        "if_on_sample_rate",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [
+            scalar("rate", 16000, np.int64),
+            scalar("two", 2.0, np.float32),
+            scalar("zero", 0.0, np.float32),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def paddle_dynamic_dims() -> onnx.ModelProto:
+    """Conv -> Relu with the input's batch and width written as dim_value -1, as Paddle's exporter
+    writes dynamic dims."""
+    model = conv_relu()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis in (0, 3):
+        dims[axis].Clear()
+        dims[axis].dim_value = -1
+    return model
+
+
+def padded_by_constant_of_shape() -> onnx.ModelProto:
+    """Pad whose pads are built at run time as exporters build them (ConstantOfShape of zeros,
+    Concat with the real pads), then Shape of the padded tensor into a Reshape: folds only if the
+    ConstantOfShape does. x[1, 8] -> y[1, 12]."""
+    i64 = lambda name, values: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConstantOfShape", ["two"], ["zeros"],
+                             value=numpy_helper.from_array(np.array([0], np.int64))),  # fmt: skip
+            helper.make_node("Concat", ["zeros", "ends"], ["pads"], axis=0),
+            helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+            helper.make_node("Shape", ["padded"], ["shape"]),
+            helper.make_node("Reshape", ["padded", "shape"], ["y"]),
+        ],
+        "padded_by_constant_of_shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])],
+        [i64("two", [2]), i64("ends", [0, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -22,6 +22,17 @@ def _no_tuning_records_from_the_user(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _kernel_failures_fail_tests():
+    """A crash in edgepress's own kernels falls back to TVM's lowering for users, with a warning;
+    in the tests it raises, so that CI sees it."""
+    import os
+
+    from edgepress.backends.compile import STRICT_ENV
+
+    os.environ[STRICT_ENV] = "1"
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _no_shipped_records(tmp_path_factory):
     """Builds in tests see no shipped records either (whether they apply depends on the CPU the
     tests run on); the test of shipped records ships its own."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
@@ -24,6 +25,21 @@ log = logging.getLogger(__name__)
 INPUT_SIZE_LIMIT = 1 << 20
 OUTPUT_SIZE_LIMIT = 1 << 22
 MAX_ROUNDS = 4
+# onnxscript keeps every ConstantOfShape (folding a big one would grow the file); a small one is
+# shape arithmetic (Paddle and PyTorch build Pad's pads with it) and must fold for the shapes
+# after it to become static.
+SMALL_CONSTANT_OF_SHAPE = 4096
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """True for a ConstantOfShape of a small constant shape; None leaves onnxscript's rules."""
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return None
+    shape = node.inputs[0].const_value if node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    dims = np.asarray(shape.numpy()).ravel()
+    return True if (dims >= 0).all() and int(np.prod(dims)) <= SMALL_CONSTANT_OF_SHAPE else None
 
 
 @register_pass("fold_constants")
@@ -42,6 +58,7 @@ def fold_constants(model: ir.Model, *, max_rounds: int = MAX_ROUNDS) -> PassResu
             onnx_shape_inference=True,
             input_size_limit=INPUT_SIZE_LIMIT,
             output_size_limit=OUTPUT_SIZE_LIMIT,
+            should_fold=_should_fold,
         )
         removed = common_passes.RemoveUnusedNodesPass()(model)
         log.debug(

@@ -102,6 +102,40 @@ def _dropouts_to_identity(graph: ir.Graph) -> None:
         new.name, new.shape, new.type = old.name, old.shape, old.type
 
 
+def _merge_shape(x: ir.Value, y: ir.Value) -> None:
+    if x.shape is None or (y.shape is not None and _static_shape(x) is None and _static_shape(y)):
+        x.shape = y.shape
+    if x.type is None:
+        x.type = y.type
+
+
+def _eliminate_identities(model: ir.Model) -> None:
+    """y = Identity(x) => uses of y read x, in every graph and subgraph.
+
+    Where y is its graph's output, x takes y's place (and name) only if a node of that same
+    graph makes x and x is no output already; else the Identity stays. onnx-ir's
+    IdentityEliminationPass also moves x into a subgraph's outputs when x comes from the outer
+    graph, leaving an output no node of the subgraph makes (an If branch ending in
+    Identity(outer value): seen on a real voice detector).
+    """
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.inputs) != 1 or len(node.outputs) != 1 or node.inputs[0] is None:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        output = y.is_graph_output()
+        if output:
+            producer = x.producer()
+            if producer is None or producer.graph is not node.graph or x.is_graph_output():
+                continue
+        _merge_shape(x, y)
+        ir.convenience.replace_all_uses_with(y, x, replace_graph_outputs=True)
+        if output:
+            x.name = y.name
+        node.graph.remove(node, safe=True)
+
+
 @register_pass("remove_no_ops")
 def remove_no_ops(model: ir.Model) -> PassResult:
     """Remove Identity, inference Dropout, no-op Cast/Reshape/Expand/Transpose, cancelling pairs.
@@ -113,6 +147,6 @@ def remove_no_ops(model: ir.Model) -> PassResult:
     common_passes.ShapeInferencePass()(model)
     _dropouts_to_identity(model.graph)
     apply_rules(model, RULES)
-    common_passes.IdentityEliminationPass()(model)
+    _eliminate_identities(model)
     common_passes.RemoveUnusedNodesPass()(model)
     return PassResult(model, before - count_nodes(model))
