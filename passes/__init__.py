@@ -10,6 +10,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
     remove_no_ops,
     remove_unused_inputs,
 )
+from edgepress.passes.decompose import lower_integer_ops, unroll_recurrent  # noqa: F401
 from edgepress.passes.fusion import (  # noqa: F401
     fold_conv_affine,
     fuse_conv_bn,

@@ -22,11 +22,14 @@ PassFn = Callable[..., PassResult]
 PASSES: dict[str, PassFn] = {}
 
 # The order `compress` runs when --passes is not given: fold shapes and constants first (the
-# fusions need static shapes and constant operands), drop what does nothing, then fuse (BN before
+# fusions need static shapes and constant operands), unroll recurrent layers (their step count
+# is a static shape) and compute integer ops as float (TVM imports neither), drop what does nothing, then fuse (BN before
 # the per-channel affine fold, which would otherwise take BN's decomposed form), then clean up
 # what the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
+    "unroll_recurrent",
+    "lower_integer_ops",
     "remove_no_ops",
     "fuse_conv_bn",
     "fold_conv_affine",

@@ -33,3 +33,20 @@ def apply_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule]) -> int:
 def onnx_opset(model: ir.Model) -> int:
     """The model's default-domain opset version."""
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def replace_node(node: ir.Node, new_nodes: Sequence[ir.Node], outputs: Sequence) -> None:
+    """Put `new_nodes` where `node` stands and let `outputs[i]` take the place of its output i
+    (None: that output is unused); a graph output keeps its name."""
+    graph = node.graph
+    graph.insert_before(node, list(new_nodes))
+    for old, new in zip(node.outputs, outputs):
+        if new is None:
+            continue
+        new.shape, new.type = old.shape, old.type
+        keep_name = old.name if old.is_graph_output() else None
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        if keep_name is not None:
+            old.name = None
+            new.name = keep_name
+    graph.remove(node, safe=True)

@@ -1,0 +1,79 @@
+"""lower_integer_ops: ConvInteger and MatMulInteger (onnxruntime's dynamic quantization writes
+them, after DynamicQuantizeLinear) as the float Conv and MatMul of the centred integers.
+
+    ConvInteger(x, w, xz, wz)   =>  Cast(Conv(float(x) - float(xz), float(w - wz)), int32)
+    MatMulInteger(a, b, az, bz) =>  Cast(MatMul(float(a) - float(az), float(b - bz)), int32)
+
+The integers are exact in float32: an 8-bit value less its zero point fits in 9 bits, a product
+in 17, and a sum stays exact below 2^24 (256 products at the extremes, far more in practice).
+The result is the int32 the op defines, so the Cast-and-scale after it stays as it is; and the
+layer runs through the backend's float kernels. Needs a constant weight (and weight zero
+point); anything else stays, with its reason in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepress.passes.naming import add_initializer
+from edgepress.passes.registry import PassResult, register_pass
+from edgepress.passes.rewrite import replace_node
+
+log = logging.getLogger(__name__)
+
+OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}
+
+
+def _centred_weight(node: ir.Node) -> np.ndarray:
+    """float32 (w - w_zero_point), with a per-output-channel zero point broadcast."""
+    weight = node.inputs[1]
+    if weight is None or weight.const_value is None:
+        raise ValueError("its weight is not a constant")
+    w = np.asarray(weight.const_value.numpy()).astype(np.float32)
+    zero = node.inputs[3] if len(node.inputs) > 3 else None
+    if zero is None:
+        return w
+    if zero.const_value is None:
+        raise ValueError("its weight zero point is not a constant")
+    z = np.asarray(zero.const_value.numpy()).astype(np.float32)
+    if z.size == 1:
+        return w - z.reshape(())
+    if node.op_type == "ConvInteger":  # per output channel: axis 0 of OIHW
+        return w - z.reshape(-1, *([1] * (w.ndim - 1)))
+    return w - z.reshape(*([1] * (w.ndim - 1)), -1)  # per column of [.., K, N]
+
+
+def why_not_lowerable(node: ir.Node) -> str | None:
+    try:
+        _centred_weight(node)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@register_pass("lower_integer_ops")
+def lower_integer_ops(model: ir.Model) -> PassResult:
+    """ConvInteger / MatMulInteger with constant weights => float Conv / MatMul, Cast to int32."""
+    changes = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type not in OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if reason := why_not_lowerable(node):
+            log.info("keep %s '%s': %s", node.op_type, node.name, reason)
+            continue
+        tape = ir.tape.Tape()
+        x = tape.op("Cast", [node.inputs[0]], {"to": ir.DataType.FLOAT})
+        x_zero = node.inputs[2] if len(node.inputs) > 2 else None
+        if x_zero is not None:
+            x = tape.op("Sub", [x, tape.op("Cast", [x_zero], {"to": ir.DataType.FLOAT})])
+        name = node.name or node.op_type
+        weight = add_initializer(model.graph, f"{name}_weight", _centred_weight(node))
+        attributes = {k: v for k, v in node.attributes.items()} if node.op_type == "ConvInteger" else {}
+        product = tape.op(OPS[node.op_type], [x, weight], attributes or None)
+        result = tape.op("Cast", [product], {"to": ir.DataType.INT32})
+        replace_node(node, tape.nodes, [result])
+        changes += 1
+    return PassResult(model, changes)
