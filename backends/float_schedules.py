@@ -19,6 +19,7 @@ from edgepress.backends.int8_schedules import (
     split_tile,
     unroll_epilogue,
 )
+from edgepress.backends.tir_walk import sblocks
 
 RULE = "edgepress.conv2d_float"
 # [bytes of weights per ob_o step, output rows, reduction steps, ob_o steps in the weights] on
@@ -134,21 +135,7 @@ def schedule_conv2d_float(sch, block):
 def _weight_buffer(func):
     """The buffer of packed weights the conv's update block reads: the one of rank 5 or more
     (the accumulators have rank 5 too, but the function allocates them)."""
-    from tvm import s_tir
-
-    blocks = []
-
-    def walk(stmt) -> None:  # TVM 0.27 has no TIR visitor in Python
-        if stmt is None:
-            return
-        if isinstance(stmt, s_tir.SBlock):
-            blocks.append(stmt)
-        for part in getattr(stmt, "seq", ()):
-            walk(part)
-        for name in ("block", "body", "then_case", "else_case"):
-            walk(getattr(stmt, name, None))
-
-    walk(func.body)
+    blocks = sblocks(func)
     allocated = [b for block in blocks for b in block.alloc_buffers]
     for block in blocks:
         if block.name_hint.startswith("conv_float"):

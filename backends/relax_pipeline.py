@@ -69,7 +69,37 @@ def prepare(mod, target, *, winograd: bool = False):
     if not is_gpu(target):
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(passes)(mod)
+    return mod if is_gpu(target) else _layout_free_where_read_directly(mod)
+
+
+def _layout_free_where_read_directly(mod):
+    """Drop the layout-free mark of a function that transforms its weights before use (a block
+    reading nothing but a layout-free buffer: conv2d_transpose's flipped IOHW -> OIHW copy).
+
+    MetaSchedule's weight layout rewrite of such a function computed wrong results: a
+    conv2d_transpose to one output channel (a PaddleOCR detector's last layer) was off by up to
+    20 on unit inputs; without the mark it is exact.
+    """
+    import tvm
+
+    from edgepress.backends.tir_walk import sblocks
+
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+            continue
+        marked = func.attrs.get("layout_free_buffers")
+        if not marked:
+            continue
+        # Python sees no buffer_map: a parameter's buffer shares its name
+        free = {func.params[int(i)].name for i in marked}
+        for block in sblocks(func):
+            sources = {r.source.name for r in block.reads}
+            if sources and sources <= free:
+                mod[gv] = func.with_attr("layout_free_buffers", [])
+                log.debug("%s transforms its weights: no layout rewrite", gv.name_hint)
+                break
+    return mod
 
 
 def _legalize_map(target, winograd: bool) -> dict | None:

@@ -34,14 +34,15 @@ def verification_lines(title: str, v: dict) -> list[str]:
         )
         lines += [
             "",
-            "| output | ok | max abs err | max rel err | cosine | mismatched | problem |",
+            "| output | ok | max abs err | max rel err | cosine | mismatched | problem or note |",
             "|---|---|---|---|---|---|---|",
         ]
         for o in v["outputs"]:
             lines.append(
                 f"| {o['name']} | {'yes' if o['ok'] else 'NO'} | {_num(o['max_abs_err'])} | "
                 f"{_num(o['max_rel_err'])} | {_num(o['cosine'], '.7f')} | "
-                f"{o['mismatched'] if o['mismatched'] is not None else '-'} | {o['problem'] or ''} |"
+                f"{o['mismatched'] if o['mismatched'] is not None else '-'} | "
+                f"{o['problem'] or o.get('note') or ''} |"
             )
     steps = [o for o in v.get("outputs") or [] if o.get("step")]
     if steps:

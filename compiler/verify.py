@@ -4,6 +4,13 @@ An output passes when every element satisfies |got - ref| <= atol + rtol * |ref|
 allclose) and the cosine similarity of the flattened outputs is at least min_cosine. The
 reported max relative error divides by max(|ref|, 1e-3 * max|ref|), so elements near zero are
 measured against the output's scale instead of blowing up.
+
+Some real models amplify fp32 rounding: a text detector's output on a photograph without text
+is a field of sigmoids near 1e-6, where any reordering of the sums (folding BatchNorm into the
+conv, onnxruntime's own graph optimizations) moves the cosine to 0.999. An output outside the
+tolerance still passes when its error is within NOISE_FACTOR x the difference between
+onnxruntime's optimized and unoptimized runs of the same model on the same inputs: two correct
+fp32 implementations differ that much there. The check says so, with both figures.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import onnxruntime as ort
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 DEFAULT_MIN_COSINE = 0.9999
+# An output outside tolerance passes within this factor of onnxruntime's own optimized-vs-
+# unoptimized difference (max abs error and 1 - cosine).
+NOISE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class OutputCheck:
     # from the reference (a rounding boundary crossed in a different summation order)
     step: float | None = None
     off_by_one_step: int | None = None
+    # set when the output passed within onnxruntime's own fp32 noise (see the module docstring)
+    note: str | None = None
 
 
 @dataclass
@@ -133,6 +145,28 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
     )
 
 
+def within_noise(check: OutputCheck, got: np.ndarray, ref: np.ndarray, other: np.ndarray) -> None:
+    """Pass a failed float `check` whose error is within NOISE_FACTOR x the difference between
+    two runs of the reference (`other`: onnxruntime optimized, `ref`: unoptimized)."""
+    if check.ok or check.max_abs_err is None or other.shape != ref.shape:
+        return
+    ref64, other64 = ref.astype(np.float64), other.astype(np.float64)
+    finite = np.isfinite(ref64) & np.isfinite(other64)
+    noise = float(np.abs(other64[finite] - ref64[finite]).max(initial=0.0))
+    noise_cosine = cosine_similarity(other64[finite], ref64[finite])
+    if noise == 0.0 or check.cosine is None:
+        return
+    if check.max_abs_err <= NOISE_FACTOR * noise and (1 - check.cosine) <= NOISE_FACTOR * (
+        1 - noise_cosine
+    ):
+        check.note = (
+            f"outside atol/rtol/cosine ({check.problem}) but within {NOISE_FACTOR:g}x "
+            f"onnxruntime's own optimized-vs-unoptimized difference (max abs {noise:.3g}, "
+            f"cosine {noise_cosine:.6f})"
+        )
+        check.ok, check.problem = True, None
+
+
 def check_quantized_output(
     name: str, got: np.ndarray, ref: np.ndarray, step: float, tol: Tolerance
 ) -> OutputCheck:
@@ -166,9 +200,11 @@ def compare(
     tol: Tolerance,
     reference: str,
     steps: dict[str, float] | None = None,
+    noise: dict[str, np.ndarray] | None = None,
 ) -> Verification:
     """Output by output; an output named in `steps` (an int8 grid step) is checked to within
-    one step (check_quantized_output), the others with the float tolerance."""
+    one step (check_quantized_output), the others with the float tolerance, or within
+    onnxruntime's own noise where `noise` (its optimized run's outputs) is given."""
     checks = []
     for name, ref_array in ref.items():
         if name not in got:
@@ -181,7 +217,10 @@ def compare(
                 )
             )
             continue
-        checks.append(check_output(name, np.asarray(got[name]), np.asarray(ref_array), tol))
+        check = check_output(name, np.asarray(got[name]), np.asarray(ref_array), tol)
+        if noise and name in noise:
+            within_noise(check, np.asarray(got[name]), np.asarray(ref_array), noise[name])
+        checks.append(check)
     status = "ok" if all(c.ok for c in checks) else "failed"
     return Verification(status=status, reference=reference, outputs=checks, tolerance=tol)
 

@@ -9,6 +9,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
     fold_constants,
     remove_no_ops,
     remove_unused_inputs,
+    simplify_pow,
 )
 from edgepress.passes.decompose import lower_integer_ops, unroll_recurrent  # noqa: F401
 from edgepress.passes.fusion import (  # noqa: F401

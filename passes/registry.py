@@ -23,8 +23,9 @@ PASSES: dict[str, PassFn] = {}
 
 # The order `compress` runs when --passes is not given: fold shapes and constants first (the
 # fusions need static shapes and constant operands), unroll recurrent layers (their step count
-# is a static shape) and compute integer ops as float (TVM imports neither), drop what does nothing, then fuse (BN before
-# the per-channel affine fold, which would otherwise take BN's decomposed form), then clean up
+# is a static shape) and compute integer ops in float (TVM imports neither), drop what does
+# nothing, then fuse (BN before the per-channel affine fold, which would otherwise take BN's
+# decomposed form), then simplify Pow (after the fusions, whose patterns match it) and clean up
 # what the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
@@ -37,6 +38,7 @@ DEFAULT_PIPELINE: list[str] = [
     "fuse_layer_norm",
     "fuse_gelu",
     "fuse_hard_swish",
+    "simplify_pow",
     "eliminate_dead_code",
     "deduplicate_initializers",
     "remove_unused_inputs",

@@ -107,3 +107,43 @@ def test_remove_unused_inputs_drops_inputs_nobody_reads():
     )
     after = check_pass("remove_unused_inputs", proto, changes=1, **EXACT)
     assert [i.name for i in after.graph.input] == ["x", "passthrough"]
+
+
+def test_simplify_pow_rewrites_small_exponents_and_keeps_the_rest():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 14]>
+        g (float[2,3] x) => (float[2,3] y, float[2,3] keep, float[2,3] same) {
+          sq = Pow (x, two)
+          cube = Pow (sq, three)
+          root = Pow (cube, half)
+          inv = Pow (root, minus_one)
+          y = Pow (inv, one)
+          keep = Pow (x, other)
+          same = Pow (x, one)
+        }
+        """,
+        {
+            "two": np.array(2.0, np.float32),
+            "three": np.array([3.0], np.float32),
+            "half": np.array(0.5, np.float32),
+            "minus_one": np.array(-1.0, np.float32),
+            "one": np.array(1.0, np.float32),
+            "other": np.array(1.7, np.float32),
+        },
+    )
+    after = check_pass("simplify_pow", proto, changes=6, **EXACT)
+    assert ops(after) == {"Mul": 3, "Sqrt": 1, "Reciprocal": 1, "Pow": 1, "Identity": 2}
+
+
+def test_simplify_pow_keeps_a_pow_that_broadcasts_the_base():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 14]>
+        g (float[3] x) => (float[2,3] y) {
+          y = Pow (x, two)
+        }
+        """,
+        {"two": np.full((2, 3), 2.0, np.float32)},
+    )
+    check_pass("simplify_pow", proto, changes=0, **EXACT)

@@ -59,3 +59,32 @@ def test_int8_outputs_pass_within_one_grid_step_and_count_the_off_by_one():
     check = compare({"y": got}, {"y": ref}, Tolerance(min_cosine=0.99), "r", {"y": step})
     assert check.failed and check.outputs[0].mismatched == 1
     assert "more than one int8 step" in check.outputs[0].problem
+
+
+def _ill_conditioned(seed: int = 0):
+    """A detector's output on an input without its objects: sigmoids near 1e-6, and a second
+    onnxruntime run (its graph optimizations on) that differs by a few percent of that."""
+    rng = np.random.default_rng(seed)
+    ref = (rng.uniform(0.5, 1.5, 1000) * 1e-6).astype(np.float32)
+    other = ref * (1 + rng.normal(0, 0.03, ref.shape)).astype(np.float32)
+    return rng, ref, other
+
+
+def test_an_error_within_onnxruntimes_own_noise_passes_and_says_so():
+    rng, ref, other = _ill_conditioned()
+    got = ref * (1 + rng.normal(0, 0.03, ref.shape)).astype(np.float32)
+    plain = compare({"y": got}, {"y": ref}, Tolerance(), "test")
+    assert plain.failed and "cosine" in plain.outputs[0].problem
+    v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise={"y": other})
+    assert v.ok and "optimized-vs-unoptimized" in v.outputs[0].note
+
+
+def test_an_error_beyond_onnxruntimes_own_noise_still_fails():
+    rng, ref, other = _ill_conditioned()
+    tenfold = ref * (1 + rng.normal(0, 0.3, ref.shape)).astype(np.float32)
+    for got in (tenfold, ref[::-1].copy(), np.zeros_like(ref)):  # noisier, swapped, dropped
+        v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise={"y": other})
+        assert v.failed and v.outputs[0].note is None
+    # no noise at all (the two runs agree exactly): nothing is excused
+    v = compare({"y": other}, {"y": ref}, Tolerance(), "test", noise={"y": ref})
+    assert v.failed

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from edgepress.passes.naming import add_initializer
 from edgepress.passes.registry import PassResult, register_pass
-from edgepress.passes.rewrite import replace_node
+from edgepress.passes.rewrite import onnx_opset, replace_node
 
 log = logging.getLogger(__name__)
 
@@ -333,10 +333,6 @@ def _unroll(node: ir.Node, graph: ir.Graph, opset: int, prefix: str):
     return b.tape.nodes, [y, y_h, y_c][: len(node.outputs)]
 
 
-def _default_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-
-
 @register_pass("unroll_recurrent")
 def unroll_recurrent(model: ir.Model) -> PassResult:
     """LSTM / GRU / RNN (static input shape, constant weights) => their steps as plain ops.
@@ -345,7 +341,7 @@ def unroll_recurrent(model: ir.Model) -> PassResult:
     backend's unsupported-op scan then names it).
     """
     changes = 0
-    opset = _default_opset(model)
+    opset = onnx_opset(model)
     for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
         if node.domain not in DOMAINS.get(node.op_type, ()):
             continue
