@@ -147,3 +147,25 @@ def test_simplify_pow_keeps_a_pow_that_broadcasts_the_base():
         {"two": np.full((2, 3), 2.0, np.float32)},
     )
     check_pass("simplify_pow", proto, changes=0, **EXACT)
+
+
+def test_deduplicate_initializers_takes_non_contiguous_views():
+    """A folded Transpose leaves an initializer as a transposed numpy view, which onnx-ir's hash
+    refused ('ndarray is not C-contiguous'); equal tensors are still merged."""
+    import onnx_ir as ir
+
+    from edgepress.passes import get_pass
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    view = ir.Value(name="view", const_value=ir.Tensor(weight.T), type=ir.TensorType(ir.DataType.FLOAT))
+    copy = ir.Value(name="copy", const_value=ir.Tensor(weight.T.copy()), type=ir.TensorType(ir.DataType.FLOAT))
+    x = ir.Value(name="x", shape=ir.Shape([4, 3]), type=ir.TensorType(ir.DataType.FLOAT))
+    first = ir.node("Add", [x, view])
+    second = ir.node("Add", [first.outputs[0], copy])
+    second.outputs[0].name = "y"
+    graph = ir.Graph([x], [second.outputs[0]], nodes=[first, second], initializers=[view, copy],
+                     opset_imports={"": 17})  # fmt: skip
+    result = get_pass("deduplicate_initializers")(ir.Model(graph, ir_version=8))
+    assert result.changes == 1
+    (kept,) = result.model.graph.initializers.values()
+    np.testing.assert_array_equal(kept.const_value.numpy(), weight.T)
