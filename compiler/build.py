@@ -22,7 +22,7 @@ from edgepress.compiler.errors import ModelError, VerificationError
 from edgepress.compiler.input_values import fix_input_values, fixed_to_json
 from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
-from edgepress.compiler.model_io import load_model, sha256_file
+from edgepress.compiler.model_io import load_model, sha256_file, to_ir, to_proto
 from edgepress.compiler.pipeline import run_pipeline
 from edgepress.compiler.prune_step import PruneOptions, prune
 from edgepress.compiler.quantize_step import (
@@ -34,7 +34,13 @@ from edgepress.compiler.quantize_step import (
 )
 from edgepress.compiler.sqnr_plot import write_sqnr_plot
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
-from edgepress.compiler.verify import Tolerance, compare, not_verified, run_onnxruntime
+from edgepress.compiler.verify import (
+    Tolerance,
+    check_reference_loads,
+    compare,
+    not_verified,
+    run_onnxruntime,
+)
 from edgepress.passes import DEFAULT_PIPELINE
 
 log = logging.getLogger(__name__)
@@ -116,10 +122,13 @@ def build(opts: BuildOptions) -> BuildResult:
     t = time.perf_counter()
     proto = load_model(source)
     source_sha = sha256_file(source)
-    model = ir.from_proto(proto)
+    model = to_ir(proto, source)
     fixed = fix_input_values(model, opts.input_values, opts.input_shapes, str(source))
     shapes = {k: v for k, v in opts.input_shapes.items() if k not in fixed}
     fix_input_shapes(model, shapes, str(source))
+    check_reference_loads(
+        to_proto(model, source, "with its inputs fixed").SerializeToString(), str(source)
+    )
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
 

@@ -608,6 +608,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
         logging.DEBUG if args.debug else logging.WARNING
     )
+    # onnx-ir logs a failed shape inference as a warning with its traceback; the build goes on
+    # without the shapes, and what it cannot do then is reported as an error of its own.
+    logging.getLogger("onnx_ir").setLevel(logging.DEBUG if args.debug else logging.ERROR)
 
 
 def _print_help() -> None:

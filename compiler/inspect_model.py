@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from edgepress.compiler.model_io import load_model
+from edgepress.compiler.model_io import load_model, to_ir
 from edgepress.compiler.shapes import model_inputs
 from edgepress.passes import get_pass
 from edgepress.passes.analysis.macs import count_macs
@@ -22,7 +22,7 @@ def _dims(value: ir.Value) -> list:
 
 def summarize(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     proto = load_model(Path(path))
-    model = ir.from_proto(proto)
+    model = to_ir(proto, path)
     inputs = model_inputs(model)
     for value in inputs:
         if input_shapes and value.name in input_shapes:

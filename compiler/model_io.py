@@ -61,3 +61,30 @@ def load_model(path: Path, *, check: bool = True) -> onnx.ModelProto:
                 "Fix the exporter's output or re-export the model."
             ) from err
     return model
+
+
+def to_ir(model: onnx.ModelProto, path: Path):
+    """The onnx_ir model of a loaded file; a protobuf the checker let through but onnx-ir cannot
+    read (an unknown element type, say) is the user's model's fault, said as such."""
+    import onnx_ir as ir
+
+    try:
+        return ir.from_proto(model)
+    except Exception as err:  # onnx-ir's SerdeError wraps whatever it met
+        raise ModelError(
+            f"{path}: the model cannot be read as a graph ({' '.join(str(err).split())[:300]}). "
+            "Export it again."
+        ) from err
+
+
+def to_proto(model, path: Path, after: str) -> onnx.ModelProto:
+    """The protobuf of an onnx_ir model, with a message naming the file and the step."""
+    import onnx_ir as ir
+
+    try:
+        return ir.to_proto(model)
+    except Exception as err:
+        raise ModelError(
+            f"{path}: the model cannot be written back as ONNX {after} "
+            f"({' '.join(str(err).split())[:300]})"
+        ) from err

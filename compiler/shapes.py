@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from edgepress.compiler.errors import ModelError, UsageError
@@ -117,12 +118,40 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source
             + f". Pass for example: {suggestion} (replace each 1 put for a symbolic dim by the "
             "size you deploy with)."
         )
+    for v in inputs.values():
+        _check_size(v, source)
     # Outputs declared with symbolic dims are re-inferred from the now static inputs; their
     # dims become anonymous (not None: the checker wants a shape on every graph output, and
     # shape inference cannot fill one behind an op it does not know).
     for out in model.graph.outputs:
         if out.shape is not None and not all(is_fixed_dim(d) for d in out.shape):
             out.shape = ir.Shape([d if is_fixed_dim(d) else None for d in out.shape])
+
+
+# An input larger than this is a typo in a shape, not a deployment: verification would allocate it.
+MAX_INPUT_BYTES = 1 << 32
+
+
+def _check_size(value: ir.Value, source: str) -> None:
+    dims = tuple(value.shape)
+    if any(d == 0 for d in dims):
+        raise ModelError(
+            f"{source}: input '{value.name}' {_dims_text(value)} has a dimension of 0 (an empty "
+            f"tensor); give the size you deploy with, --input-shape {value.name}=D1,D2,..."
+        )
+    try:
+        itemsize = value.dtype.itemsize
+    except (AttributeError, TypeError):  # no dtype, UNDEFINED, STRING
+        raise ModelError(
+            f"{source}: input '{value.name}' has element type {value.dtype}, not a numeric tensor "
+            "type edgepress can compile"
+        ) from None
+    size = int(np.prod(dims, dtype=object)) * itemsize
+    if size > MAX_INPUT_BYTES:
+        raise ModelError(
+            f"{source}: input '{value.name}' {_dims_text(value)} would take {size / 2**30:.0f} "
+            f"GiB; check its shape (--input-shape {value.name}=D1,D2,...)"
+        )
 
 
 def numpy_dtype(value: ir.Value) -> str:

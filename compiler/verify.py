@@ -244,9 +244,45 @@ def run_onnxruntime(
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors come back in the exception, said once below
     source = model_path if isinstance(model_path, bytes) else str(model_path)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    return dict(zip(names, session.run(names, {k: v for k, v in inputs.items() if k in wanted})))
+    try:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+        outputs = session.run(names, {k: v for k, v in inputs.items() if k in wanted})
+    except Exception as err:  # onnxruntime's own exception types share no base but Exception
+        from edgepress.compiler.errors import ModelError
+
+        where = "the model" if isinstance(model_path, bytes) else str(model_path)
+        raise ModelError(
+            f"{where}: onnxruntime, the reference, fails to run it on the verification inputs: "
+            f"{' '.join(str(err).split())[:400]}"
+        ) from err
+    return dict(zip(names, outputs))
+
+
+def check_reference_loads(model: bytes, source: str) -> None:
+    """Fail early, and clearly, when onnxruntime (the reference every build is checked against)
+    cannot load the model with its input shapes fixed: a malformed graph (a type or shape that
+    does not infer, a missing tensor) or an op it has no kernel for at that opset."""
+    from edgepress.compiler.errors import ModelError, UnsupportedOpError, first_line
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types, not a common base
+        text = " ".join(str(err).split())
+        if "Could not find an implementation" in text or "NOT_IMPLEMENTED" in text:
+            raise UnsupportedOpError(
+                f"{source}: onnxruntime, the reference edgepress verifies against, has no kernel "
+                f"for an op of this model at its opset: {text[-400:]}. Convert the model to a "
+                "newer opset (onnx.version_converter) and build that."
+            ) from err
+        raise ModelError(
+            f"{source}: onnxruntime cannot load the model with its inputs fixed: "
+            f"{first_line(err, 400) if len(text) > 400 else text}. Fix the exporter's output "
+            "or the --input-shape/--input-value flags."
+        ) from err
