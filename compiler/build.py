@@ -39,6 +39,7 @@ from edgepress.compiler.verify import (
     check_reference_loads,
     compare,
     not_verified,
+    reference_noise,
     run_onnxruntime,
 )
 from edgepress.passes import DEFAULT_PIPELINE
@@ -201,7 +202,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 compressed_outputs, reference, tolerance, "onnxruntime on the source model"
             )
             if after_passes.failed:
-                noise = run_onnxruntime(source, source_feeds, optimize=True)
+                noise = reference_noise(source, source_feeds)
                 after_passes = compare(
                     compressed_outputs,
                     reference,
@@ -230,7 +231,7 @@ def build(opts: BuildOptions) -> BuildResult:
             got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
             artifact_check = compare(got, artifact_reference, tolerance, reference_name, steps)
             if artifact_check.failed and changed_by is None:
-                noise = noise or run_onnxruntime(source, source_feeds, optimize=True)
+                noise = noise or reference_noise(source, source_feeds)
                 artifact_check = compare(
                     got, artifact_reference, tolerance, reference_name, steps, noise=noise
                 )

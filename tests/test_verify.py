@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepress.compiler.verify import Tolerance, compare
+from edgepress.compiler.verify import Noise, Tolerance, compare, cosine_similarity
 
 
 def test_figures_match_numpy():
@@ -45,7 +45,7 @@ def test_integer_outputs_must_match_exactly():
 
 
 def test_int8_outputs_pass_within_one_grid_step_and_count_the_off_by_one():
-    from edgepress.compiler.verify import Tolerance, compare
+    from edgepress.compiler.verify import Noise, Tolerance, compare, cosine_similarity
 
     step = 0.05
     ref = np.arange(-20, 20, dtype=np.float32) * step
@@ -62,29 +62,30 @@ def test_int8_outputs_pass_within_one_grid_step_and_count_the_off_by_one():
 
 
 def _ill_conditioned(seed: int = 0):
-    """A detector's output on an input without its objects: sigmoids near 1e-6, and a second
-    onnxruntime run (its graph optimizations on) that differs by a few percent of that."""
+    """A detector's output on an input without its objects: sigmoids near 1e-6, and the noise
+    of a second onnxruntime run (its graph optimizations on) off by a few percent of that."""
     rng = np.random.default_rng(seed)
     ref = (rng.uniform(0.5, 1.5, 1000) * 1e-6).astype(np.float32)
     other = ref * (1 + rng.normal(0, 0.03, ref.shape)).astype(np.float32)
-    return rng, ref, other
+    diff = np.abs(other.astype(np.float64) - ref).max()
+    return rng, ref, {"y": Noise(float(diff), cosine_similarity(other, ref))}
 
 
 def test_an_error_within_onnxruntimes_own_noise_passes_and_says_so():
-    rng, ref, other = _ill_conditioned()
+    rng, ref, noise = _ill_conditioned()
     got = ref * (1 + rng.normal(0, 0.03, ref.shape)).astype(np.float32)
     plain = compare({"y": got}, {"y": ref}, Tolerance(), "test")
     assert plain.failed and "cosine" in plain.outputs[0].problem
-    v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise={"y": other})
-    assert v.ok and "optimized-vs-unoptimized" in v.outputs[0].note
+    v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise=noise)
+    assert v.ok and "own fp32 noise" in v.outputs[0].note
 
 
 def test_an_error_beyond_onnxruntimes_own_noise_still_fails():
-    rng, ref, other = _ill_conditioned()
+    rng, ref, noise = _ill_conditioned()
     tenfold = ref * (1 + rng.normal(0, 0.3, ref.shape)).astype(np.float32)
     for got in (tenfold, ref[::-1].copy(), np.zeros_like(ref)):  # noisier, swapped, dropped
-        v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise={"y": other})
+        v = compare({"y": got}, {"y": ref}, Tolerance(), "test", noise=noise)
         assert v.failed and v.outputs[0].note is None
-    # no noise at all (the two runs agree exactly): nothing is excused
-    v = compare({"y": other}, {"y": ref}, Tolerance(), "test", noise={"y": ref})
+    # no noise at all (the runs agree exactly): nothing is excused
+    v = compare({"y": ref[::-1].copy()}, {"y": ref}, Tolerance(), "test", noise={"y": Noise(0.0, 1.0)})
     assert v.failed
