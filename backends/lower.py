@@ -12,15 +12,16 @@ from edgepress.compiler.errors import BackendError, UnsupportedOpError, first_li
 log = logging.getLogger(__name__)
 
 
-def _all_nodes(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, int, onnx.NodeProto]]:
+def all_nodes(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, int, onnx.NodeProto]]:
+    """(where, index, node) for every node of the graph and its subgraphs."""
     for index, node in enumerate(graph.node):
         yield path, index, node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g, f"{path}{node.name or node.op_type}.{attr.name}/")
+                yield from all_nodes(attr.g, f"{path}{node.name or node.op_type}.{attr.name}/")
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _all_nodes(g, f"{path}{node.name or node.op_type}.{attr.name}/")
+                    yield from all_nodes(g, f"{path}{node.name or node.op_type}.{attr.name}/")
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -37,7 +38,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
     supported = set(_get_convert_map()) | {"If", "Constant"}
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     found = []
-    for path, index, node in _all_nodes(model.graph):
+    for path, index, node in all_nodes(model.graph):
         domain = node.domain or "ai.onnx"
         if domain != "ai.onnx" or node.op_type not in supported:
             opset = opsets.get(domain, "?")

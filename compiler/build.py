@@ -127,9 +127,7 @@ def build(opts: BuildOptions) -> BuildResult:
     fixed = fix_input_values(model, opts.input_values, opts.input_shapes, str(source))
     shapes = {k: v for k, v in opts.input_shapes.items() if k not in fixed}
     fix_input_shapes(model, shapes, str(source))
-    check_reference_loads(
-        to_proto(model, source, "with its inputs fixed").SerializeToString(), str(source)
-    )
+    check_reference_loads(to_proto(model, source, "with its inputs fixed"), str(source))
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
 

@@ -291,19 +291,34 @@ def run_onnxruntime(
     return dict(zip(names, outputs))
 
 
-def check_reference_loads(model: bytes, source: str) -> None:
+def check_reference_loads(model, source: str) -> None:
     """Fail early, and clearly, when onnxruntime (the reference every build is checked against)
-    cannot load the model with its input shapes fixed: a malformed graph (a type or shape that
-    does not infer, a missing tensor) or an op it has no kernel for at that opset."""
-    from edgepress.compiler.errors import ModelError, UnsupportedOpError, first_line
+    cannot load `model` (a ModelProto with its input shapes fixed): an op it does not know (exit
+    3, naming every node of an unknown domain), an op it has no kernel for at that opset (exit
+    3), or a malformed graph (a type or shape that does not infer, a missing tensor: exit 2)."""
+    from edgepress.backends.lower import all_nodes
+    from edgepress.compiler.errors import ModelError, UnsupportedOpError, first_line, node_label
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     try:
-        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types, not a common base
         text = " ".join(str(err).split())
+        if "is not a registered function/op" in text:
+            opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+            custom = [
+                f"{path}{node_label(node, index)} in opset {node.domain} "
+                f"{opsets.get(node.domain, '?')}"
+                for path, index, node in all_nodes(model.graph)
+                if node.domain not in ("", "ai.onnx", "com.microsoft")
+            ]
+            raise UnsupportedOpError(
+                f"{source}: neither onnxruntime (the reference) nor TVM knows "
+                + ("; ".join(custom) if custom else text[-300:])
+                + ". Replace these operators before compiling."
+            ) from err
         if "Could not find an implementation" in text or "NOT_IMPLEMENTED" in text:
             raise UnsupportedOpError(
                 f"{source}: onnxruntime, the reference edgepress verifies against, has no kernel "
