@@ -58,6 +58,9 @@ def _p90(samples: list[float]) -> float:
 
 def _reference_model(artifact: Path, manifest: dict) -> Path:
     source = Path(manifest["source"]["path"])
+    upgrade = manifest["source"].get("opset_upgrade")
+    if upgrade and upgrade["reference"] == "converted":  # onnxruntime cannot run the file itself
+        return artifact / "model.onnx"
     if source.is_file() and sha256_file(source) == manifest["source"]["sha256"]:
         return source
     log.warning(

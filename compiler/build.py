@@ -22,6 +22,7 @@ from edgepress.compiler.errors import ModelError, VerificationError
 from edgepress.compiler.input_values import fix_input_values, fixed_to_json
 from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
+from edgepress.compiler.opset_upgrade import upgrade_opset
 from edgepress.compiler.model_io import load_model, sha256_file, to_ir, to_proto
 from edgepress.compiler.pipeline import run_pipeline
 from edgepress.compiler.prune_step import PruneOptions, prune
@@ -123,6 +124,11 @@ def build(opts: BuildOptions) -> BuildResult:
     t = time.perf_counter()
     proto = load_model(source)
     source_sha = sha256_file(source)
+    proto, upgraded = upgrade_opset(proto, str(source))
+    # What onnxruntime runs as the reference: the source file, or its conversion to an opset
+    # onnxruntime still has kernels for.
+    converted = upgraded is not None and upgraded["reference"] == "converted"
+    reference_model = proto.SerializeToString() if converted else source
     model = to_ir(proto, source)
     fixed = fix_input_values(model, opts.input_values, opts.input_shapes, str(source))
     shapes = {k: v for k, v in opts.input_shapes.items() if k not in fixed}
@@ -143,6 +149,9 @@ def build(opts: BuildOptions) -> BuildResult:
         model, records, quantization, held_out = quantize(model, opts.quantize, done)
         pass_records += records
     compressed = ir.to_proto(model)
+    # IR 3 lists every initializer among the graph inputs; the passes add initializers (folded
+    # constants) that are not: model.onnx is written as IR 4, where that is not required.
+    compressed.ir_version = max(compressed.ir_version, 4)
     try:
         onnx.checker.check_model(compressed)
     except onnx.checker.ValidationError as err:
@@ -185,7 +194,7 @@ def build(opts: BuildOptions) -> BuildResult:
 
         t = time.perf_counter()
         source_feeds = {**inputs, **fixed}
-        reference = run_onnxruntime(source, source_feeds)
+        reference = run_onnxruntime(reference_model, source_feeds)
         tolerance = opts.tolerance
         compressed_outputs = run_onnxruntime(model_path, inputs)
         # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
@@ -200,7 +209,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 compressed_outputs, reference, tolerance, "onnxruntime on the source model"
             )
             if after_passes.failed:
-                noise = reference_noise(source, source_feeds)
+                noise = reference_noise(reference_model, source_feeds)
                 after_passes = compare(
                     compressed_outputs,
                     reference,
@@ -219,7 +228,7 @@ def build(opts: BuildOptions) -> BuildResult:
             reference_name = f"onnxruntime on the {changed_by} model.onnx"
         if quantization is not None:
             quantization["fidelity"] = fidelity(
-                outputs_over(model_path, held_out), outputs_over(source, held_out)
+                outputs_over(model_path, held_out), outputs_over(reference_model, held_out)
             )
         runner = backend.runner(staging)
         if isinstance(runner, str):
@@ -229,7 +238,7 @@ def build(opts: BuildOptions) -> BuildResult:
             got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
             artifact_check = compare(got, artifact_reference, tolerance, reference_name, steps)
             if artifact_check.failed and changed_by is None:
-                noise = noise or reference_noise(source, source_feeds)
+                noise = noise or reference_noise(reference_model, source_feeds)
                 artifact_check = compare(
                     got, artifact_reference, tolerance, reference_name, steps, noise=noise
                 )
@@ -241,7 +250,7 @@ def build(opts: BuildOptions) -> BuildResult:
         status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
         report = {
             "status": status,
-            "source": {"path": str(source), "sha256": source_sha},
+            "source": {"path": str(source), "sha256": source_sha, "opset_upgrade": upgraded},
             "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
             "inputs": [s.to_json() for s in artifact_specs],
             "fixed_inputs": fixed_to_json(fixed),
@@ -274,6 +283,7 @@ def build(opts: BuildOptions) -> BuildResult:
             fixed_inputs=report["fixed_inputs"],
             outputs=report["outputs"],
             status=status,
+            opset_upgrade=upgraded,
         )
         outdirs.commit(staging, Path(opts.outdir))
     except BaseException:

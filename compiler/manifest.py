@@ -32,6 +32,7 @@ def write_manifest(
     outputs: list[dict],
     status: str,
     fixed_inputs: list[dict] | None = None,
+    opset_upgrade: dict | None = None,
 ) -> Path:
     """Hash every file in the folder (the manifest itself aside) and write the manifest."""
     files = {}
@@ -43,7 +44,7 @@ def write_manifest(
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "status": status,
-        "source": {"path": str(source), "sha256": source_sha256},
+        "source": {"path": str(source), "sha256": source_sha256, "opset_upgrade": opset_upgrade},
         "target": target,
         "inputs": inputs,
         # Source inputs fixed at build time (--input-value): not in the artifact's signature.

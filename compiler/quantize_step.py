@@ -282,7 +282,8 @@ def outputs_over(model_path, samples: dict[str, np.ndarray]) -> dict[str, np.nda
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     count = min(a.shape[0] for a in samples.values())
     runs = [

@@ -285,6 +285,18 @@ def render_markdown(report: dict) -> str:
         f"Status: **{report['status']}**",
         "",
     ]
+    upgrade = report["source"].get("opset_upgrade")
+    if upgrade:
+        reference = (
+            "and that conversion is the reference below"
+            if upgrade["reference"] == "converted"
+            else "and checked against the source as given"
+        )
+        lines += [
+            f"Converted from opset {upgrade['from']} to {upgrade['to']} with onnx's version "
+            f"converter ({upgrade['why']}), {reference}.",
+            "",
+        ]
     lines += ["## Sizes", "", "| file | bytes | size |", "|---|---|---|"]
     for name, n in report["sizes"].items():
         lines.append(f"| {name} | {n} | {_size(n)} |")

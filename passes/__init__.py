@@ -11,7 +11,11 @@ from edgepress.passes.cleanup import (  # noqa: F401
     remove_unused_inputs,
     simplify_pow,
 )
-from edgepress.passes.decompose import lower_integer_ops, unroll_recurrent  # noqa: F401
+from edgepress.passes.decompose import (  # noqa: F401
+    gather_nearest_resize,
+    lower_integer_ops,
+    unroll_recurrent,
+)
 from edgepress.passes.fusion import (  # noqa: F401
     fold_conv_affine,
     fuse_conv_bn,
