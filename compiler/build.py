@@ -227,8 +227,13 @@ def build(opts: BuildOptions) -> BuildResult:
             artifact_reference = compressed_outputs
             reference_name = f"onnxruntime on the {changed_by} model.onnx"
         if quantization is not None:
+            count = min(a.shape[0] for a in held_out.values())
+            with_fixed = {
+                **held_out,
+                **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in fixed.items()},
+            }
             quantization["fidelity"] = fidelity(
-                outputs_over(model_path, held_out), outputs_over(reference_model, held_out)
+                outputs_over(model_path, held_out), outputs_over(reference_model, with_fixed)
             )
         runner = backend.runner(staging)
         if isinstance(runner, str):
