@@ -9,16 +9,12 @@ schedule. With --tune-trials/--tune-minutes, the tasks no database covers are tu
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepress.compiler.errors import BackendError, UsageError, first_line
+from edgepress.compiler.errors import BackendError, UsageError, first_line, strict
 
 log = logging.getLogger(__name__)
-# Set to 1 (the test suite does), a failure inside edgepress's own kernels raises instead of
-# falling back to TVM's generic lowering: tests must see it.
-STRICT_ENV = "EDGEPRESS_STRICT_KERNELS"
 # --tune-minutes alone: trials are bounded by the clock, not by this.
 TRIALS_FOR_A_TIME_BUDGET = 100_000
 # --int8-compute: QDQ layers as integer kernels (int8_lowering), or TVM's float QDQ
@@ -110,7 +106,7 @@ def compile_module(
 
     # edgepress's own kernels are an optimization: a model they break (a crash in the lowering,
     # or a build that fails after it) is built again with TVM's generic lowering, and the
-    # report says why. EDGEPRESS_STRICT_KERNELS=1 (the test suite sets it) raises instead.
+    # report says why. EDGEPRESS_STRICT=1 (the test suite sets it) raises instead.
     int8 = float_conv = None
     lowering_done = False
     try:
@@ -123,7 +119,7 @@ def compile_module(
         raise
     except Exception as err:
         ours = not lowering_done or _lowered_any(int8, float_conv)
-        if not ours or os.environ.get(STRICT_ENV) == "1":
+        if not ours or strict():
             raise
         why = f"edgepress's kernels failed on this model ({type(err).__name__}: {first_line(err)})"
         log.warning("%s; building with TVM's generic lowering instead", why)

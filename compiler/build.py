@@ -24,7 +24,7 @@ from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.opset_upgrade import upgrade_opset
 from edgepress.compiler.model_io import load_model, sha256_file, to_ir, to_proto
-from edgepress.compiler.pipeline import run_pipeline
+from edgepress.compiler.pipeline import run_optional_pipeline
 from edgepress.compiler.prune_step import PruneOptions, prune
 from edgepress.compiler.quantize_step import (
     QuantizeOptions,
@@ -133,12 +133,14 @@ def build(opts: BuildOptions) -> BuildResult:
     fixed = fix_input_values(model, opts.input_values, opts.input_shapes, str(source))
     shapes = {k: v for k, v in opts.input_shapes.items() if k not in fixed}
     fix_input_shapes(model, shapes, str(source))
-    check_reference_loads(to_proto(model, source, "with its inputs fixed"), str(source))
+    fixed_proto = to_proto(model, source, "with its inputs fixed")
+    check_reference_loads(fixed_proto, str(source))
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model, pass_records = run_pipeline(model, opts.passes)
+    # The passes are optimizations: one that crashes is skipped, not the end of the build.
+    model, pass_records = run_optional_pipeline(fixed_proto, opts.passes, str(source))
     pruning = None
     if opts.prune:
         model, records, pruning = prune(model, opts.prune, opts.passes)

@@ -6,6 +6,18 @@ Each message says where (file, node, option), what, and what to do about it.
 from __future__ import annotations
 
 
+# Set to 1 (the test suite does), a failure inside an optional optimization (a pass of the
+# default pipeline, edgepress's own kernels) raises instead of being skipped with a warning:
+# tests must see it.
+STRICT_ENV = "EDGEPRESS_STRICT"
+
+
+def strict() -> bool:
+    import os
+
+    return os.environ.get(STRICT_ENV) == "1"
+
+
 class EdgepressError(Exception):
     """Base of every error the CLI reports as a one-paragraph message."""
 
@@ -30,6 +42,10 @@ class PassError(EdgepressError):
     """A graph pass failed; the message names the pass and the passes before it."""
 
     exit_code = 4
+
+    def __init__(self, message: str, pass_name: str | None = None) -> None:
+        super().__init__(message)
+        self.pass_name = pass_name
 
 
 class BackendError(EdgepressError):

@@ -65,7 +65,7 @@ def run_pipeline(
         except Exception as err:
             before = ", ".join([*(done or []), *(r.name for r in records)]) or "nothing"
             raise PassError(
-                f"pass '{name}' failed after [{before}]: {type(err).__name__}: {err}"
+                f"pass '{name}' failed after [{before}]: {type(err).__name__}: {err}", name
             ) from err
         model = result.model
         record = PassRecord(
@@ -87,4 +87,29 @@ def run_pipeline(
             record.seconds,
         )
         records.append(record)
+    return model, records
+
+
+def run_optional_pipeline(
+    proto, names: list[str], source: str
+) -> tuple[ir.Model, list[PassRecord]]:
+    """run_pipeline on a fresh onnx_ir copy of `proto`; a pass that crashes is dropped (a warning,
+    and a record with its error and no changes) and the pipeline runs again without it, from the
+    start (a crash may leave the model half-rewritten). EDGEPRESS_STRICT=1 raises instead."""
+    from edgepress.compiler.errors import strict
+    from edgepress.compiler.model_io import to_ir
+
+    skipped: dict[str, str] = {}
+    while True:
+        active = [n for n in names if n not in skipped]
+        try:
+            model, records = run_pipeline(to_ir(proto, source), active)
+            break
+        except PassError as err:
+            if strict() or err.pass_name is None:
+                raise
+            skipped[err.pass_name] = str(err)
+            log.warning("%s: %s; building without it", source, err)
+    for name, error in skipped.items():
+        records.insert(names.index(name), PassRecord(name, 0, 0, 0, 0, 0, 0.0, {"failed": error}))
     return model, records

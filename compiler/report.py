@@ -308,6 +308,10 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for p in report["passes"]:
+        failed = (p.get("details") or {}).get("failed")
+        if failed:
+            lines.append(f"| {p['name']} | skipped: {failed.replace('|', '/')} | | | | | |")
+            continue
         lines.append(
             f"| {p['name']} | {p['changes']} | {p['nodes_before']} | {p['nodes_after']} | "
             f"{p['param_bytes_before']} | {p['param_bytes_after']} | {p['seconds']:.2f} |"

@@ -57,7 +57,8 @@ def _build_and_match(cli, name: str, target: str, tmp_path) -> dict:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_corpus_model_builds_and_matches_onnxruntime(cli, tmp_path, name):
-    """(The suite runs with EDGEPRESS_STRICT_KERNELS=1: a kernel that would fall back fails.)"""
+    """(The suite runs with EDGEPRESS_STRICT=1: a kernel that would fall back, or a pass that
+    would be skipped, fails it.)"""
     _build_and_match(cli, name, "x86_64", tmp_path)
 
 

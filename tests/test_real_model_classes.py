@@ -13,7 +13,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from edgepress.backends.compile import STRICT_ENV
+from edgepress.compiler.errors import STRICT_ENV
 from tests import builders
 from tests.conftest import ort_outputs, save
 from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
@@ -69,6 +69,30 @@ def test_a_crashing_optimization_falls_back_to_tvm_and_says_why(cli, tmp_path, m
     assert report["float_conv"]["fallback"] is True
     assert "planted bug" in report["float_conv"]["why"]
     assert "planted bug" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_crashing_pass_is_skipped_and_reported(cli, tmp_path, monkeypatch):
+    from edgepress.passes import registry
+
+    def broken(model):
+        raise RuntimeError("planted pass bug")
+
+    monkeypatch.setitem(registry.PASSES, "fuse_conv_bn", broken)
+    source = save(builders.conv_relu(), tmp_path / "tiny.onnx")
+    strict = cli(source, "--target", "x86_64", "-o", tmp_path / "strict", "-q")
+    assert strict.code == 4 and "pass 'fuse_conv_bn' failed" in strict.err
+    monkeypatch.delenv(STRICT_ENV)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "-q")
+    assert r.code == 0, r.err
+    report = _report(tmp_path / "out")
+    assert report["verification"]["artifact"]["status"] == "ok"
+    names = [p["name"] for p in report["passes"]]
+    from edgepress.passes import DEFAULT_PIPELINE
+
+    assert names == DEFAULT_PIPELINE  # the skipped pass keeps its place in the table
+    skipped = report["passes"][names.index("fuse_conv_bn")]
+    assert "planted pass bug" in skipped["details"]["failed"]
+    assert "skipped: pass 'fuse_conv_bn' failed" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_minus_one_dims_are_dynamic(cli, tmp_path):
