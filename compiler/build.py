@@ -33,6 +33,7 @@ from edgepress.compiler.quantize_step import (
     outputs_over,
     quantize,
 )
+from edgepress.compiler.shape_operands import check_shape_operands
 from edgepress.compiler.sqnr_plot import write_sqnr_plot
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
 from edgepress.compiler.verify import (
@@ -150,6 +151,7 @@ def build(opts: BuildOptions) -> BuildResult:
         done = [r.name for r in pass_records]
         model, records, quantization, held_out = quantize(model, opts.quantize, done)
         pass_records += records
+    check_shape_operands(model, str(source))
     compressed = ir.to_proto(model)
     # IR 3 lists every initializer among the graph inputs; the passes add initializers (folded
     # constants) that are not: model.onnx is written as IR 4, where that is not required.

@@ -206,3 +206,35 @@ def test_conv_transpose_to_one_channel_matches_onnxruntime(cli, tmp_path, float_
     assert r.code == 0, r.err
     check = _report(out)["verification"]["artifact"]["outputs"][0]
     assert check["ok"] and check["note"] is None
+
+
+def _expand_by_input() -> onnx.ModelProto:
+    """Expand(x, shape) with `shape` a graph input: the output's shape is the input's value."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="expand")],
+        "expand_by_input",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", "B", "C"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_an_input_that_feeds_a_shape_needs_its_value(cli, tmp_path):
+    """TVM built a wrong program for it (onnx's expand_shape test models: shape (3, 3, 1, 3)
+    where (3, 3, 3, 3) was expected); now the error names the node and the flag."""
+    source = save(_expand_by_input(), tmp_path / "expand.onnx")
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "o", "--input-shape", "shape=3")
+    assert r.code == 2
+    assert "node 'expand' (Expand, #0) input 1 from shape" in r.err
+    assert "--input-value shape=" in r.err
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "--input-value", "shape=2,3,4", "-q")
+    assert r.code == 0, r.err
+    x = np.random.default_rng(0).standard_normal((3, 1)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    assert cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz", "-q").code == 0
+    want = ort_outputs(source, {"x": x, "shape": np.array([2, 3, 4], np.int64)})[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["y"], want)
