@@ -111,13 +111,16 @@ def run_case(folder: Path, work: Path) -> Case:
     name = f"{folder.parent.name}/{folder.name}"
     model = onnx.load(folder / "model.onnx", load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
-    input_names = [i.name for i in model.graph.input if i.name not in initializers]
+    input_names = [i.name for i in model.graph.input]
     inputs = _tensors(folder / "test_data_set_0", "input")
     expected = _tensors(folder / "test_data_set_0", "output")
     out = work / folder.name
+    if len(inputs) != len(input_names):  # the data set feeds only the non-initializer inputs
+        input_names = [n for n in input_names if n not in initializers]
     usable = len(inputs) == len(input_names) and all(a is not None for a in inputs)
     arrays = dict(zip(input_names, inputs)) if usable else {}
-    fixed: set[str] = set()
+    # an initializer listed among the inputs is a default the data set overrides: fixed by value
+    fixed = {n for n in arrays if n in initializers}
     while True:
         build = _build(folder, out, arrays, fixed)
         # An input that feeds a shape: deploy it with its value fixed, as the error says.

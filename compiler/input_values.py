@@ -73,8 +73,12 @@ def fix_input_values(
     shapes: dict[str, tuple[int, ...]],
     source: str,
 ) -> dict[str, np.ndarray]:
-    """Turn each named input into an initializer holding its value; returns {name: array}."""
-    inputs = {v.name: v for v in model_inputs(model)}
+    """Turn each named input into an initializer holding its value; returns {name: array}.
+
+    An initializer that old exporters list among the graph inputs (a default a caller may
+    override) can be named too: its value is replaced. Every such input then stops being an
+    input: the artifact's signature never had them, and the passes may fold them."""
+    inputs = {v.name: v for v in model.graph.inputs}
     unknown = sorted(set(values) - set(inputs))
     if unknown:
         raise UsageError(
@@ -92,8 +96,12 @@ def fix_input_values(
         model.graph.inputs.remove(value)
         value.shape = ir.Shape(array.shape)
         value.const_value = ir.tensor(array, name=name)
-        model.graph.register_initializer(value)
+        if name not in model.graph.initializers:
+            model.graph.register_initializer(value)
         fixed[name] = array
+    for value in list(model.graph.inputs):
+        if value.name in model.graph.initializers:
+            model.graph.inputs.remove(value)
     return fixed
 
 

@@ -13,12 +13,15 @@ import onnx_ir as ir
 
 from edgepress.compiler.errors import UsageError, node_label
 
-# op -> indices of its inputs that are shapes, axes, counts or bounds (values TVM needs statically)
+# op -> indices of its inputs that are shapes, axes, counts, bounds or positions (values TVM
+# needs at build time)
 SHAPE_OPERANDS = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Resize": (2, 3),
     "Upsample": (1,), "Slice": (1, 2, 3, 4), "Pad": (1,), "TopK": (1,), "Unsqueeze": (1,),
     "Squeeze": (1,), "Split": (1,), "OneHot": (1,), "Range": (0, 1, 2), "ReduceMean": (1,),
     "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    # positions in a sequence (TVM returned wrong elements for run-time ones)
+    "SequenceAt": (1,), "SequenceInsert": (2,), "SequenceErase": (1,), "SplitToSequence": (1,),
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
 from edgepress.passes.decompose import (  # noqa: F401
     gather_nearest_resize,
     lower_integer_ops,
+    resolve_sequences,
     unroll_recurrent,
 )
 from edgepress.passes.fusion import (  # noqa: F401

@@ -22,13 +22,15 @@ PassFn = Callable[..., PassResult]
 PASSES: dict[str, PassFn] = {}
 
 # The order `compress` runs when --passes is not given: fold shapes and constants first (the
-# fusions need static shapes and constant operands), unroll recurrent layers (their step count
+# fusions need static shapes and constant operands), resolve sequences of known length into
+# their tensors, unroll recurrent layers (their step count
 # is a static shape), compute integer ops in float (TVM imports neither) and take nearest
 # Resizes TVM maps wrongly as Gathers, drop what does nothing, then fuse (BN before the per-channel affine fold, which would otherwise take BN's
 # decomposed form), then simplify Pow (after the fusions, whose patterns match it) and clean up
 # what the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
+    "resolve_sequences",
     "unroll_recurrent",
     "lower_integer_ops",
     "gather_nearest_resize",

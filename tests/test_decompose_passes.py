@@ -206,3 +206,51 @@ def test_dynamic_quantized_model_builds_and_verifies(cli, dynamic_quantized, tmp
     got = np.load(tmp_path / "o.npz")
     want = _ort(onnx.load(dynamic_quantized), {"x": x})
     np.testing.assert_allclose(got[got.files[0]], want[0], rtol=ARTIFACT_RTOL, atol=ARTIFACT_ATOL)
+
+
+def _sequences_model() -> onnx.ModelProto:
+    """Construct (x, y, z) -> erase 1 -> insert x at 0 -> at -1; split y into a sequence of
+    rows -> length, and concat on a new axis."""
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    graph = helper.make_graph(
+        [
+            helper.make_node("SequenceConstruct", ["x", "y", "z"], ["s1"]),
+            helper.make_node("SequenceErase", ["s1", "one"], ["s2"]),
+            helper.make_node("SequenceInsert", ["s2", "x", "zero"], ["s3"]),
+            helper.make_node("SequenceAt", ["s3", "minus_one"], ["picked"]),
+            helper.make_node("SplitToSequence", ["y"], ["rows"], axis=0, keepdims=0),
+            helper.make_node("SequenceLength", ["rows"], ["count"]),
+            helper.make_node("ConcatFromSequence", ["rows"], ["stacked"], axis=-1, new_axis=1),
+        ],
+        "sequences",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "xyz"],
+        [
+            helper.make_tensor_value_info("picked", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, []),
+            helper.make_tensor_value_info("stacked", TensorProto.FLOAT, [3, 2]),
+        ],
+        [i64("one", 1), i64("zero", 0), i64("minus_one", -1)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_resolve_sequences_matches_onnxruntime():
+    model = _sequences_model()
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((2, 3)).astype(np.float32) for n in "xyz"}
+    after, changes = _unrolled(model, "resolve_sequences")
+    assert changes == 7
+    assert not {n.op_type for n in after.graph.node} & {"SequenceConstruct", "SequenceAt",
+                                                        "SplitToSequence"}  # fmt: skip
+    for got, ref in zip(_ort(after, feeds), _ort(model, feeds), strict=True):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_resolve_sequences_leaves_run_time_positions():
+    model = _sequences_model()
+    model.graph.input.append(helper.make_tensor_value_info("zero", TensorProto.INT64, []))
+    model.graph.initializer.pop(1)  # "zero" is now a run-time input
+    result = get_pass("resolve_sequences")(ir.from_proto(model))
+    after = ir.to_proto(result.model)
+    onnx.checker.check_model(after, full_check=True)
+    assert result.changes == 0 and "SequenceInsert" in {n.op_type for n in after.graph.node}
