@@ -99,9 +99,11 @@ def fix_input_values(
         if name not in model.graph.initializers:
             model.graph.register_initializer(value)
         fixed[name] = array
-    for value in list(model.graph.inputs):
-        if value.name in model.graph.initializers:
-            model.graph.inputs.remove(value)
+    listed = [v for v in model.graph.inputs if v.name in model.graph.initializers]
+    for value in listed:
+        model.graph.inputs.remove(value)
+    if listed:  # IR 3 wants every initializer among the inputs; IR 4 on does not
+        model.ir_version = max(model.ir_version, 4)
     return fixed
 
 

@@ -296,7 +296,7 @@ def match(source: Path, feeds: dict[str, np.ndarray], outputs: list[np.ndarray])
     for error, drift, ref in zip(errors, noise, refs):
         if error <= RELATIVE_LIMIT:
             continue
-        relative = drift.max_abs_err / max(np.abs(ref).max(initial=0.0), 1e-12)
+        relative = float(drift.max_abs_err / max(np.abs(ref).max(initial=0.0), 1e-12))
         seen = max(seen, relative)
         ok &= error <= NOISE_FACTOR * relative
     return Match(worst, seen, ok)
