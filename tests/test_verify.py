@@ -45,7 +45,7 @@ def test_integer_outputs_must_match_exactly():
 
 
 def test_int8_outputs_pass_within_one_grid_step_and_count_the_off_by_one():
-    from edgepress.compiler.verify import Noise, Tolerance, compare, cosine_similarity
+    from edgepress.compiler.verify import Tolerance, compare
 
     step = 0.05
     ref = np.arange(-20, 20, dtype=np.float32) * step

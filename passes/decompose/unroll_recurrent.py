@@ -26,7 +26,6 @@ shape; a node with anything else (input_forget=1, an unknown activation) stays, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
