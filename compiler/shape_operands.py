@@ -25,8 +25,13 @@ SHAPE_OPERANDS = {
 }  # fmt: skip
 
 
+# Ops whose output depends on their input's shape, not its values: a walk stops there.
+SHAPE_ONLY = {"Shape", "Size"}
+
+
 def _feeding_inputs(value: ir.Value, inputs: set[str]) -> list[str]:
-    """The graph inputs `value` is computed from (a walk up its producers)."""
+    """The graph inputs whose values `value` is computed from (a walk up its producers that
+    does not pass through Shape or Size: the input shapes are fixed)."""
     found, seen, stack = [], set(), [value]
     while stack:
         v = stack.pop()
@@ -37,7 +42,7 @@ def _feeding_inputs(value: ir.Value, inputs: set[str]) -> list[str]:
             found.append(v.name)
             continue
         producer = v.producer()
-        if producer is not None:
+        if producer is not None and producer.op_type not in SHAPE_ONLY:
             stack.extend(producer.inputs)
     return sorted(set(found))
 
