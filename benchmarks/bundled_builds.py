@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()  # before TVM's thread pool starts
 

@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("build/fusion"))
     args = parser.parse_args()
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
     import numpy as np

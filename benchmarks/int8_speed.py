@@ -82,7 +82,7 @@ def main() -> int:
     if args.runs < 1 or args.repeat < 1 or args.threads < 1:
         parser.error("--runs, --repeat and --threads must be at least 1")
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
     from edgepress.compiler.bench import bench

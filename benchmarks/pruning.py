@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("build/pruning"))
     args = parser.parse_args()
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("build/quant"))
     args = parser.parse_args()
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
     from edgepress.compiler.calibration_data import Preprocess, load_calibration

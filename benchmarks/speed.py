@@ -7,7 +7,7 @@ artifacts (untuned and tuned), timed in one run with the same inputs and thread 
 
 Artifacts per model:
 - untuned: no tuning record (--no-shipped-records): convolutions and matmuls as edgepress's
-  NHWC kernels with their rules' default tiles (backends/float_lowering.py), every other
+  NHWC kernels with their rules' default tiles (backends/kernels/float/lowering.py), every other
   kernel one untimed sample of MetaSchedule's default CPU schedules (what a build gets for a
   model edgepress never saw);
 - tuned: the records shipped with edgepress for this exact CPU (benchmarks/tune_bundled.py
@@ -22,7 +22,7 @@ Artifacts per model:
 Each artifact is timed by `compress bench` (onnxruntime and the artifact in alternating rounds,
 same inputs, same threads); ratio = onnxruntime_ms / artifact_ms (above 1: edgepress faster).
 The fraction of peak is the model's FLOPs (2 x the MACs of its Conv/Gemm/MatMul nodes, counted
-from the ONNX graph) per second over the fp32 peak of the threads used (backends/cpu_peak.py
+from the ONNX graph) per second over the fp32 peak of the threads used (backends/runtime/cpu_peak.py
 says how the peak is derived). --profile adds each tuned artifact's per-kernel table: where the
 time goes, and each kernel's distance from its roofline.
 
@@ -53,7 +53,7 @@ def _model_flops(path: Path) -> float:
 
 
 def _tuning_facts(target: dict) -> dict:
-    from edgepress.backends.tuning import SHIPPED_DIR, target_key
+    from edgepress.backends.tuning.database import SHIPPED_DIR, target_key
 
     facts = SHIPPED_DIR / target_key(target) / "tuning.json"
     return json.loads(facts.read_text()) if facts.is_file() else {}
@@ -85,12 +85,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="per-kernel tables, tuned")
     args = parser.parse_args()
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
-    from edgepress.backends.cpu_peak import cpu_peak
-    from edgepress.backends.target_base import TargetOptions
-    from edgepress.backends.x86_64 import tvm_target
+    from edgepress.backends.runtime.cpu_peak import cpu_peak
+    from edgepress.backends.targets.base import TargetOptions
+    from edgepress.backends.targets.x86_64 import tvm_target
     from edgepress.compiler.bench import bench, profile_kernels
     from edgepress.compiler.cli import main as compress
     from edgepress.models import EXAMPLES

@@ -10,7 +10,7 @@ Each model is built for x86_64 with `--tune-minutes` and `--retune` into one wor
 (kept between runs, so a second run goes on improving the records of the first: the database
 keeps the best record of every workload; delete WORK to start over). The shipped records are
 ignored while tuning (--no-shipped-records), so the work database alone decides. Then the
-best record of every workload is copied into backends/tuned/<target>/, which every build for
+best record of every workload is copied into backends/tuning/shipped/<target>/, which every build for
 exactly that target (same CPU name, same core count) applies. Records for another machine are
 never applied: the folder's target.json must equal the build's target.
 
@@ -57,12 +57,12 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from edgepress.backends.threads import size_pool_to_all_cores
+    from edgepress.backends.runtime.threads import size_pool_to_all_cores
 
     size_pool_to_all_cores()
-    from edgepress.backends.target_base import TargetOptions
-    from edgepress.backends.tuning import SHIPPED_DIR, export_best_records, target_key
-    from edgepress.backends.x86_64 import tvm_target
+    from edgepress.backends.targets.base import TargetOptions
+    from edgepress.backends.tuning.database import SHIPPED_DIR, export_best_records, target_key
+    from edgepress.backends.targets.x86_64 import tvm_target
     from edgepress.compiler.cli import main as compress
     from edgepress.models import EXAMPLES
 

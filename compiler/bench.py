@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepress.backends.targets import get_backend
-from edgepress.backends.threads import use_threads
+from edgepress.backends.runtime.threads import use_threads
 from edgepress.compiler import report as reports
 from edgepress.compiler.errors import UsageError
 from edgepress.compiler.input_values import fixed_from_json
@@ -159,7 +159,7 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
     of `threads` cores; a JSON-ready dict with "rows", "peak" and "markdown"."""
     import json
 
-    from edgepress.backends.cpu_peak import cpu_peak
+    from edgepress.backends.runtime.cpu_peak import cpu_peak
     from edgepress.compiler.kernel_profile import DOT_PEAK_FACTOR, kernel_rows, render
 
     manifest = read_manifest(artifact)

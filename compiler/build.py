@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgepress.backends.compile import TuningOptions
-from edgepress.backends.lower import import_onnx
-from edgepress.backends.target_base import TargetOptions
+from edgepress.backends.options import LoweringOptions, TuningOptions
+from edgepress.backends.pipeline import compile_model
 from edgepress.backends.targets import get_backend
+from edgepress.backends.targets.base import TargetOptions
 from edgepress.compiler import outdir as outdirs
 from edgepress.compiler import report as reports
 from edgepress.compiler.errors import ModelError, VerificationError
@@ -63,6 +63,7 @@ class BuildOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     force: bool = False
     tuning: TuningOptions = field(default_factory=TuningOptions)
+    lowering: LoweringOptions = field(default_factory=LoweringOptions)
     quantize: QuantizeOptions | None = None
     prune: PruneOptions | None = None
 
@@ -75,24 +76,6 @@ class BuildResult:
     @property
     def status(self) -> str:
         return self.report["status"]
-
-
-# The ONNX ops TVM imports as the conv2d/conv2d_transpose/matmul calls the int8 lowering lists,
-# one call per node, in graph order; the float lowering lists conv2d and matmul.
-INT8_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def name_layers(lowering: dict | None, model: onnx.ModelProto, ops: tuple) -> dict | None:
-    """A lowering's layer list with each layer's ONNX node name (by position; left as
-    numbered when the counts differ)."""
-    if not lowering or not lowering.get("layers"):
-        return lowering
-    nodes = [n for n in model.graph.node if n.op_type in ops]
-    if len(nodes) == len(lowering["layers"]):
-        for layer, node in zip(lowering["layers"], nodes):
-            layer["node"] = node.name or f"{node.op_type} -> {node.output[0]}"
-    return lowering
 
 
 def _file_sizes(folder: Path, source: Path) -> dict[str, int]:
@@ -111,7 +94,6 @@ def build(opts: BuildOptions) -> BuildResult:
 
     timings["start TVM"] = time.perf_counter() - started
     backend = get_backend(opts.target)
-    tvm_target = backend.tvm_target(opts.target_options)
     source = Path(opts.model)
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
     for step in (opts.quantize, opts.prune):
@@ -186,14 +168,15 @@ def build(opts: BuildOptions) -> BuildResult:
             )
 
         t = time.perf_counter()
-        mod = import_onnx(compressed, str(source))
-        timings["import"] = time.perf_counter() - t
-        t = time.perf_counter()
-        files, notes = backend.build(mod, tvm_target, staging, opts.tuning)
-        tuning = notes.pop("tuning", None)
-        kernels = notes.pop("kernels", [])
-        int8_compute = name_layers(notes.pop("int8", None), compressed, INT8_LAYER_OPS)
-        float_conv = name_layers(notes.pop("float_conv", None), compressed, FLOAT_LAYER_OPS)
+        compiled = compile_model(
+            compressed,
+            str(source),
+            backend,
+            opts.target_options,
+            opts.lowering,
+            opts.tuning,
+            staging,
+        )
         timings["compile"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -257,7 +240,12 @@ def build(opts: BuildOptions) -> BuildResult:
         report = {
             "status": status,
             "source": {"path": str(source), "sha256": source_sha, "opset_upgrade": upgraded},
-            "target": {"name": backend.name, "tvm": tvm_target, "notes": notes},
+            "target": {
+                "name": backend.name,
+                "tvm": compiled.target,
+                "description": compiled.description.to_json(),
+                "notes": compiled.notes,
+            },
             "inputs": [s.to_json() for s in artifact_specs],
             "fixed_inputs": fixed_to_json(fixed),
             "outputs": [s.to_json() for s in output_specs],
@@ -267,10 +255,10 @@ def build(opts: BuildOptions) -> BuildResult:
             "passes": [r.to_json() for r in pass_records],
             "pruning": pruning,
             "quantization": quantization,
-            "int8_compute": int8_compute,
-            "float_conv": float_conv,
-            "tuning": tuning,
-            "kernels": kernels,
+            "int8_compute": compiled.int8,
+            "float_conv": compiled.float_conv,
+            "tuning": compiled.tuning,
+            "kernels": compiled.kernels,
             "verification": {
                 "artifact": artifact_check.to_json(),
                 "passes": after_passes.to_json(),

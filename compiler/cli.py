@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edgepress.backends.threads import size_pool_to_all_cores
+from edgepress.backends.runtime.threads import size_pool_to_all_cores
 from edgepress.compiler import __version__
 from edgepress.compiler.errors import EdgepressError, UsageError
 
@@ -37,7 +37,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from edgepress.backends.compile import FLOAT_CONV, INT8_COMPUTE
+    from edgepress.backends.options import FloatConv, Int8Compute
     from edgepress.backends.targets import TARGETS
     from edgepress.compiler.verify import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL
 
@@ -125,7 +125,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--float-conv",
-        choices=FLOAT_CONV,
+        choices=[c.value for c in FloatConv],
         default="edgepress",
         help="CPU targets: float Conv/Gemm/MatMul as edgepress's register-tiled NHWC kernels, "
         "3x3 stride-1 convs with enough 2x2 tiles as Winograd F(2x2, 3x3) (default); the same "
@@ -140,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=("int8",), help="post-training quantization")
     q.add_argument(
         "--int8-compute",
-        choices=INT8_COMPUTE,
+        choices=[c.value for c in Int8Compute],
         default="integer",
         help="how a QDQ model's Conv/Gemm/MatMul are compiled: int8 x int8 -> int32 kernels "
         "with int8 weights (default; CPU targets), or TVM's own float arithmetic with rounding",
@@ -374,8 +374,8 @@ def _quantize_options(args: argparse.Namespace):
 
 
 def cmd_build(argv: list[str]) -> int:
-    from edgepress.backends.compile import TuningOptions
-    from edgepress.backends.target_base import TargetOptions
+    from edgepress.backends.options import LoweringOptions, TuningOptions
+    from edgepress.backends.targets.base import TargetOptions
     from edgepress.compiler.build import BuildOptions, build
     from edgepress.compiler.errors import VerificationError
     from edgepress.compiler.input_values import parse_input_values
@@ -419,11 +419,13 @@ def cmd_build(argv: list[str]) -> int:
             args.tune_minutes,
             args.tuning_db,
             shipped=not args.no_shipped_records,
-            untuned=args.untuned,
             retune=args.retune,
-            winograd=args.winograd,
+        ),
+        lowering=LoweringOptions(
             int8_compute=args.int8_compute,
             float_conv=args.float_conv,
+            winograd=args.winograd,
+            untuned=args.untuned,
         ),
     )
     try:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgepress.backends.cpu_peak import CpuPeak
+from edgepress.backends.runtime.cpu_peak import CpuPeak
 
 VM_OVERHEAD = "(VM: allocation, shape checks, reshapes)"
 # Multiply-adds per instruction and lane, over an fp32 FMA's, of each int8 intrinsic
-# (backends/dot_intrinsics.py); on the same vector ports as the FMAs.
+# (backends/kernels/int8/dot_intrinsics.py); on the same vector ports as the FMAs.
 DOT_PEAK_FACTOR = {
     "dot_16x4_vnni": 4,
     "dot_4x4_i8i8s32_sdot": 4,

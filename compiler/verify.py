@@ -300,7 +300,7 @@ def check_reference_loads(model, source: str) -> None:
     cannot load `model` (a ModelProto with its input shapes fixed): an op it does not know (exit
     3, naming every node of an unknown domain), an op it has no kernel for at that opset (exit
     3), or a malformed graph (a type or shape that does not infer, a missing tensor: exit 2)."""
-    from edgepress.backends.lower import all_nodes
+    from edgepress.backends.relax.importer import all_nodes
     from edgepress.compiler.errors import ModelError, UnsupportedOpError, first_line, node_label
 
     options = ort.SessionOptions()

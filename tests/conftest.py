@@ -36,7 +36,7 @@ def _optimization_failures_fail_tests():
 def _no_shipped_records(tmp_path_factory):
     """Builds in tests see no shipped records either (whether they apply depends on the CPU the
     tests run on); the test of shipped records ships its own."""
-    from edgepress.backends import tuning
+    from edgepress.backends.tuning import database as tuning
 
     tuning.SHIPPED_DIR = tmp_path_factory.mktemp("no-shipped-records")
 

@@ -135,7 +135,7 @@ def test_verification_failure_exits_nonzero_and_names_the_output(cli, tiny, tmp_
     import dataclasses
 
     from edgepress.backends import targets
-    from edgepress.backends.runners.host import HostRunner
+    from edgepress.backends.runtime.host import HostRunner
 
     class OffByOne(HostRunner):
         def run(self, inputs):

@@ -110,7 +110,7 @@ def test_int8_dot_product_kernels_are_held_to_their_instructions_peak():
     [("fma avx2 avx512f", 16), ("sse4_2 fma avx2", 8), ("sse4_2 avx", 4)],
 )
 def test_cpu_peak_from_the_instruction_sets(monkeypatch, flags, lanes):
-    from edgepress.backends import cpu_peak as peak_module
+    from edgepress.backends.runtime import cpu_peak as peak_module
 
     monkeypatch.setattr(peak_module, "_cpuinfo", lambda: f"flags\t: {flags}\ncpu MHz : 2500.0\n")
     monkeypatch.setattr(peak_module.platform, "machine", lambda: "x86_64")
@@ -137,8 +137,11 @@ def test_only_the_targets_tensor_intrinsics_are_imported():
 
     code = (
         "import sys\n"
-        "from edgepress.backends import tensor_intrinsics as t\n"
-        "t.load(t.families_for({'kind': 'llvm', 'mtriple': 'x86_64-linux-gnu'}))\n"
+        "import tvm\n"
+        "from edgepress.backends.kernels.common import tensor_intrinsics as t\n"
+        "from edgepress.backends.targets.description import describe\n"
+        "target = tvm.target.Target({'kind': 'llvm', 'mtriple': 'x86_64-linux-gnu'})\n"
+        "t.load(describe(target).intrinsic_families)\n"
         "import tvm.s_tir.tensor_intrin\n"
         "from tvm.s_tir import TensorIntrin\n"
         "assert TensorIntrin.get('dot_16x4_avx512') is not None\n"

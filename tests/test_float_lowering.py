@@ -1,4 +1,4 @@
-"""Float convolutions as edgepress's NHWC kernels (backends/float_lowering.py): every Conv,
+"""Float convolutions as edgepress's NHWC kernels (backends/kernels/float/lowering.py): every Conv,
 depthwise Conv and Gemm of a small net is lowered, and the artifact still equals onnxruntime
 on AVX-512 and AVX2 code; the register-tile rule; the weight prefetch.
 
@@ -173,7 +173,7 @@ def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
     """19 columns have no divisor for a register tile: the convs compute 21 (7 x 2 tiles) and
     drop 2 (float_schedules.padded_width); 19 x 19 = 361 Winograd tiles have none either, so
     the 3x3 conv is direct. The artifact still equals onnxruntime."""
-    from edgepress.backends.float_schedules import float_tile, padded_width
+    from edgepress.backends.kernels.float.schedules import float_tile, padded_width
 
     assert padded_width(19, 2, 288, 16) == 21 and float_tile(21, 2, 288, 16) == (7, 2)
     rng = np.random.default_rng(7)
@@ -212,19 +212,21 @@ def test_winograd_weights_transform_like_the_direct_convolution():
     import tvm
     from tvm import te
 
-    from edgepress.backends import float_schedules, int8_schedules
-    from edgepress.backends import float_kernels as fk
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends.kernels.float import schedules as float_schedules
+    from edgepress.backends.kernels.int8 import schedules as int8_schedules
+    from edgepress.backends.kernels.float import compute as fk
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
 
-    float_schedules.register()
-    int8_schedules.register()
     target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
 
     def run(fn, arrays):
         ph = [te.placeholder(a.shape, "float32", name=f"a{i}") for i, a in enumerate(arrays)]
         out = fn(*ph)
         mod = tvm.IRModule({"main": te.create_prim_func([*ph, out])})
-        mod, done = sample_schedules(mod, target, {"main"})
+        rules.register(describe(target))
+        mod, done = sample_schedules(mod, target, describe(target), {"main"})
         assert done == {"main"}
         lib = tvm.compile(mod, target=target)
         got = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
@@ -286,7 +288,7 @@ def test_float_conv_tvm_keeps_tvms_kernels(cli, tmp_path):
 def test_register_tiles_divide_the_row_and_fit_the_registers():
     """Every tile is an exact divisor of the row and of the channel blocks and stays within
     the target's accumulators; the measured choices hold (module docstring of float_tile)."""
-    from edgepress.backends.float_schedules import ACCUMULATORS, float_tile
+    from edgepress.backends.kernels.float.schedules import ACCUMULATORS, float_tile
 
     assert float_tile(56, 4, 576, 16) == (7, 2)  # ResNet-18's 3x3 layers on AVX-512
     assert float_tile(7, 32, 4608, 16) == (7, 2)
@@ -308,22 +310,25 @@ def test_conv_with_large_weights_prefetches_them_and_stays_exact():
     import tvm
     from tvm import te
 
-    from edgepress.backends import float_schedules, int8_schedules
-    from edgepress.backends.float_kernels import conv2d_nhwc, pack_conv_weight
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends.kernels.float import schedules as float_schedules
+    from edgepress.backends.kernels.common import tiles
+    from edgepress.backends.kernels.float.compute import conv2d_nhwc, pack_conv_weight
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 9, 9, 64)).astype(np.float32)  # padded 7x7
     w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(64).astype(np.float32)
     arrays = [x, pack_conv_weight(w, 16), bias]
-    assert arrays[1].nbytes >= int8_schedules.PREFETCH_MIN_BYTES
-    float_schedules.register()
+    assert arrays[1].nbytes >= tiles.PREFETCH_MIN_BYTES
     ph = [te.placeholder(a.shape, "float32", name=f"a{i}") for i, a in enumerate(arrays)]
     out = conv2d_nhwc(*ph, strides=(1, 1), dilation=(1, 1), out_channels=64)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1})
     mod = tvm.IRModule({"main": te.create_prim_func([*ph, out])})
-    mod, done = sample_schedules(mod, target, {"main"})
+    rules.register(describe(target))
+    mod, done = sample_schedules(mod, target, describe(target), {"main"})
     assert done == {"main"}
     mod["main"] = float_schedules.inject_weight_prefetch(mod["main"])
     lib = tvm.compile(mod, target=target)

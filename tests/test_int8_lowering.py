@@ -57,17 +57,19 @@ def _run_te(outputs_fn, arrays):
     import tvm
     from tvm import te
 
-    from edgepress.backends import int8_schedules
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends.kernels.int8 import schedules as int8_schedules
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
 
     placeholders = [
         te.placeholder(a.shape, str(a.dtype), name=f"a{i}") for i, a in enumerate(arrays)
     ]
     out = outputs_fn(*placeholders)
-    int8_schedules.register()
     target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
     mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
-    mod, done = sample_schedules(mod, target, {"main"})
+    rules.register(describe(target))
+    mod, done = sample_schedules(mod, target, describe(target), {"main"})
     assert done == {"main"}
     lib = tvm.compile(mod, target=target)
     result = tvm.runtime.empty([int(d) for d in out.shape], str(out.dtype), tvm.cpu())
@@ -90,7 +92,7 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
 ):
     """Both epilogues: saturation in float, and rounding straight to int32 where the layer's
     scaled sums provably fit (scaled_in_int32)."""
-    from edgepress.backends.int8_kernels import (
+    from edgepress.backends.kernels.int8.compute import (
         pack_activations,
         pack_weight,
         packed_conv2d,
@@ -147,9 +149,12 @@ def _scheduled_conv(arrays, mcpu: str, intrinsic: str, out_zero_point: int):
     import tvm
     from tvm import te
 
-    from edgepress.backends import int8_schedules, tensor_intrinsics
-    from edgepress.backends.int8_kernels import packed_conv2d
-    from edgepress.backends.relax_pipeline import sample_schedules
+    from edgepress.backends.kernels.int8 import schedules as int8_schedules
+    from edgepress.backends.kernels.common import tensor_intrinsics
+    from edgepress.backends.kernels.int8.compute import packed_conv2d
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
 
     placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
     out = packed_conv2d(
@@ -166,9 +171,9 @@ def _scheduled_conv(arrays, mcpu: str, intrinsic: str, out_zero_point: int):
         {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": 1}
     )
     tensor_intrinsics.load(("x86",))
-    int8_schedules.register()
     mod = tvm.IRModule({"main": te.create_prim_func([*placeholders, out])})
-    mod, done = sample_schedules(mod, target, {"main"})
+    rules.register(describe(target))
+    mod, done = sample_schedules(mod, target, describe(target), {"main"})
     assert done == {"main"}
     return mod, target, out
 
@@ -190,7 +195,7 @@ def test_tensorized_conv_is_exact_where_int16_pairs_would_saturate(
         pytest.skip(f"this CPU has no {flag}")
     import tvm
 
-    from edgepress.backends.int8_kernels import pack_weight
+    from edgepress.backends.kernels.int8.compute import pack_weight
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 9, 9)).astype(np.uint8)
@@ -232,12 +237,8 @@ def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(
     int32 where one channel's bias is too large for float32 to hold exactly. The padding is
     read in the kernel: a 58-pixel row has border and interior tiles, a 5-pixel one only a
     border tile."""
-    from edgepress.backends.int8_kernels import (
-        depthwise_conv2d,
-        depthwise_sums_exact,
-        pack_depthwise_weight,
-        per_channel,
-    )
+    from edgepress.backends.kernels.common.nhwc_compute import pack_depthwise_weight, per_channel
+    from edgepress.backends.kernels.int8.compute import depthwise_conv2d, depthwise_sums_exact
 
     rng = np.random.default_rng(1)
     info = np.iinfo(x_dtype)
@@ -277,7 +278,7 @@ def test_integer_depthwise_conv_equals_numpy_integer_arithmetic(
     "dtype, padding, strides", [("uint8", (1, 1, 1, 1), (2, 2)), ("int8", (0, 1, 2, 0), (1, 2))]
 )
 def test_integer_max_pool_equals_numpy(dtype, padding, strides):
-    from edgepress.backends.int8_kernels import max_pool2d
+    from edgepress.backends.kernels.common.nhwc_compute import max_pool2d
 
     info = np.iinfo(dtype)
     x = np.random.default_rng(2).integers(info.min, info.max + 1, (1, 5, 9, 11)).astype(dtype)
@@ -456,7 +457,7 @@ def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
     import tvm
     from tvm import relax
 
-    from edgepress.backends.nhwc_rewriter import is_scalar as _is_scalar
+    from edgepress.backends.kernels.common.nhwc_rewriter import is_scalar as _is_scalar
 
     clip = relax.op.clip(relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32")), 0.0, 6.0)
     assert _is_scalar(clip.args[1]) and _is_scalar(clip.args[2])
@@ -469,7 +470,7 @@ def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
 def test_depthwise_windows_too_large_for_exact_float_sums_are_refused():
     """23 x 23 taps of 255 x 128 reach 2^24, where float32 stops holding every integer: such a
     layer must not take the float-FMA depthwise kernel (the lowering leaves it float)."""
-    from edgepress.backends.int8_kernels import depthwise_sums_exact
+    from edgepress.backends.kernels.int8.compute import depthwise_sums_exact
 
     def window(k: int) -> np.ndarray:
         return np.full((8, 1, k, k), -128, np.int8)
@@ -482,7 +483,7 @@ def test_depthwise_windows_too_large_for_exact_float_sums_are_refused():
 @pytest.mark.parametrize("keepdims", [True, False])
 def test_spatial_mean_of_nhwc_equals_numpy(keepdims):
     """The global average pool the lowering runs on the kernels' NHWC values."""
-    from edgepress.backends.int8_kernels import spatial_mean
+    from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
 
     x = np.random.default_rng(4).standard_normal((1, 7, 7, 48)).astype(np.float32)
     got = _run_te(lambda xt: spatial_mean(xt, keepdims=keepdims), [x])
@@ -551,7 +552,7 @@ def test_quantized_conv_transpose_runs_integer_kernels_within_one_step_of_onnxru
 def test_pack_spreads_the_input_by_the_upsample_factors():
     """pack_activations with upsample: the input's pixels at multiples of the factors, after
     the padding; the zero point everywhere else, channels padded to 4."""
-    from edgepress.backends.int8_kernels import pack_activations
+    from edgepress.backends.kernels.int8.compute import pack_activations
 
     x = np.random.default_rng(6).integers(0, 256, (1, 3, 4, 5), dtype=np.uint8)  # NHWC
     padding, zero_point = (2, 1, 1, 3), 7
@@ -576,8 +577,9 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
         pytest.skip("this CPU has no avx512_vnni")
     import tvm
 
-    from edgepress.backends import int8_schedules
-    from edgepress.backends.int8_kernels import pack_weight
+    from edgepress.backends.kernels.common import tiles
+    from edgepress.backends.kernels.int8 import schedules as int8_schedules
+    from edgepress.backends.kernels.int8.compute import pack_weight
 
     rng = np.random.default_rng(8)
     x = rng.integers(0, 256, (1, 256, 7, 7)).astype(np.uint8)
@@ -586,7 +588,7 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
     multiplier = rng.uniform(1e-6, 1e-5, 64).astype(np.float32)
     arrays = [np.pad(_nhwc(x), ((0, 0), (1, 1), (1, 1), (0, 0))), pack_weight(w, 16)]
     arrays += [bias, multiplier]
-    assert arrays[1].nbytes >= int8_schedules.PREFETCH_MIN_BYTES
+    assert arrays[1].nbytes >= tiles.PREFETCH_MIN_BYTES
     mod, target, out = _scheduled_conv(arrays, "icelake-server", "dot_16x4_vnni", out_zero_point=3)
     mod["main"] = int8_schedules.inject_weight_prefetch(mod["main"])
     lib = tvm.compile(mod, target=target)
@@ -604,7 +606,7 @@ def test_quantized_add_follows_onnxruntimes_qlinearadd_arithmetic(out_dtype):
     """A residual add's quantize(dequantize(a) + dequantize(b)) as one kernel: a * sa/sc +
     b * sb/sc + (zc - za sa/sc - zb sb/sc) in float32, rounded half to even, saturated (MLAS's
     QLinearAdd), against numpy; within one step where the compiler contracts to an FMA."""
-    from edgepress.backends.int8_kernels import quantized_add, quantized_add_terms
+    from edgepress.backends.kernels.int8.compute import quantized_add, quantized_add_terms
 
     rng = np.random.default_rng(9)
     a = rng.integers(0, 256, (1, 5, 6, 32)).astype(np.uint8)

@@ -52,7 +52,7 @@ def test_tuple_between_float_kernels_builds(cli, tmp_path):
 
 
 def test_a_crashing_optimization_falls_back_to_tvm_and_says_why(cli, tmp_path, monkeypatch):
-    from edgepress.backends import float_lowering
+    from edgepress.backends.kernels.float import lowering as float_lowering
 
     def broken(*args, **kwargs):
         raise RuntimeError("planted bug")

@@ -49,7 +49,7 @@ def test_cpu_target_builds_verifies_and_runs(cli, tiny, tmp_path, target):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_target_embeds_device_code(cli, tiny, tmp_path):
-    from edgepress.backends import cuda_codegen
+    from edgepress.backends.runtime import cuda_codegen
 
     out = tmp_path / "art-cuda"
     result = cli(tiny, "--target", "cuda", "--arch", "sm_80", "-o", out)

@@ -139,7 +139,7 @@ def test_untuned_build_says_so(cli, tmp_path):
 def test_shipped_records_apply_to_their_target_only(tuned, cli, tmp_path, monkeypatch):
     """Records exported as edgepress ships them are applied to a build with no database of its
     own (nothing measured, every task 'shipped'), and never to another target's build."""
-    from edgepress.backends import tuning as tuning_module
+    from edgepress.backends.tuning import database as tuning_module
 
     folder, source, db = tuned
     target = json.loads((db / "target.json").read_text())
@@ -197,15 +197,15 @@ def test_retune_measures_tasks_that_already_have_records(tuned, cli):
 
 
 def test_shipped_record_folders_are_well_formed():
-    """Every folder under backends/tuned/ is named after its target and holds a database that
+    """Every folder under backends/tuning/shipped/ is named after its target and holds a database that
     opens: a broken or misnamed folder would silently never apply."""
     from pathlib import Path
 
-    import edgepress.backends as backends_package
-    from edgepress.backends import tuning
+    from edgepress.backends.tuning import database as tuning
 
-    shipped = Path(backends_package.__file__).parent / "tuned"
-    folders = sorted(p for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []
+    shipped = Path(tuning.__file__).parent / "shipped"
+    folders = sorted(p for p in shipped.iterdir() if p.is_dir())
+    assert folders, f"no shipped records under {shipped}"
     for folder in folders:
         target = json.loads((folder / tuning.TARGET_FILE).read_text())
         assert folder.name == tuning.target_key(target)
@@ -225,7 +225,7 @@ def test_a_task_whose_search_raises_is_ended_not_the_tuning():
     that task must end (no candidates) and not be asked again, instead of killing the build."""
     import time
 
-    from edgepress.backends.tuning import TuningClock, TuningSummary, _until_deadline
+    from edgepress.backends.tuning.search import TuningClock, TuningSummary, _until_deadline
 
     class Failing:
         calls = 0

@@ -37,17 +37,11 @@ class Kernel:
         return asdict(self)
 
 
-def is_gpu(target) -> bool:
-    from tvm.relax.backend.utils import BackendDispatcher
-
-    return BackendDispatcher.is_gpu_target(target)
-
-
-def prepare(mod, target, *, winograd: bool = False):
+def prepare(mod, target, description, *, legalize: dict | None = None):
     """Imported Relax module -> fused TIR functions with layout-free weights (not yet scheduled).
 
-    `winograd` (CPU only) legalizes 3x3 stride-1 convolutions with constant weights as Winograd
-    F(4x4, 3x3) (backends/winograd.py)."""
+    `legalize` overrides the legalization of some ops (--winograd: conv2d as TOPI's Winograd
+    F(4x4, 3x3), kernels/float/winograd_legalize.py)."""
     import tvm
     from tvm import relax
     from tvm.relax import pipeline
@@ -60,17 +54,17 @@ def prepare(mod, target, *, winograd: bool = False):
         *dispatch,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        relax.transform.LegalizeOps(customize_legalize_map=_legalize_map(target, winograd)),
+        relax.transform.LegalizeOps(customize_legalize_map=legalize),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
-    if not is_gpu(target):
+    if not description.is_gpu:
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
         mod = tvm.transform.Sequential(passes)(mod)
-    return mod if is_gpu(target) else _layout_free_where_read_directly(mod)
+    return mod if description.is_gpu else _layout_free_where_read_directly(mod)
 
 
 def _layout_free_where_read_directly(mod):
@@ -83,7 +77,7 @@ def _layout_free_where_read_directly(mod):
     """
     import tvm
 
-    from edgepress.backends.tir_walk import sblocks
+    from edgepress.backends.kernels.common.tir_walk import sblocks
 
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
@@ -100,14 +94,6 @@ def _layout_free_where_read_directly(mod):
                 log.debug("%s transforms its weights: no layout rewrite", gv.name_hint)
                 break
     return mod
-
-
-def _legalize_map(target, winograd: bool) -> dict | None:
-    if not winograd or is_gpu(target):
-        return None
-    from edgepress.backends.winograd import legalize_conv2d
-
-    return {"relax.nn.conv2d": legalize_conv2d}
 
 
 def _is_scheduled(func) -> bool:
@@ -143,13 +129,11 @@ def _tensorized(spaces):
     return None
 
 
-def sample_schedules(mod, target, names: set[str], seed: int = 0):
+def sample_schedules(mod, target, description, names: set[str], seed: int = 0):
     """Schedule the PrimFuncs named in `names` with one valid sample of MetaSchedule's design
     space (no measurement); returns the module and the names it scheduled."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
-
-    from edgepress.backends import int8_schedules
 
     done = set()
     for gv, func in list(mod.functions.items()):
@@ -160,7 +144,7 @@ def sample_schedules(mod, target, names: set[str], seed: int = 0):
                 context = ms.TuneContext(
                     mod=tvm.IRModule({"main": func}),
                     target=target,
-                    space_generator=int8_schedules.space_generator(target),
+                    space_generator=description.space_generator(),
                     rand_state=seed + attempt,
                     num_threads=1,
                 )
@@ -228,17 +212,18 @@ def _lowering_passes(target) -> list:
 UNTUNED_CHOICES = ("sampled", "loops")
 
 
-def finish(prepared, target, database=None, *, untuned: str = "sampled"):
+def finish(
+    prepared, target, description, database=None, *, untuned: str = "sampled", post_schedule=None
+):
     """Schedule (records, then the target's fallback), fold weight layouts, build for the VM.
 
     `untuned` picks the CPU fallback: "sampled" or "loops" (TVM's plain loops: faster builds,
-    far slower code). Returns the executable and the kernel list.
+    far slower code). `post_schedule` edits each scheduled PrimFunc (the kernel rules'
+    injectors). Returns the executable and the kernel list.
     """
     import tvm
     from tvm import relax
     from tvm.relax.vm_build import build as relax_build
-
-    from edgepress.backends import float_schedules, int8_schedules
 
     flops = _flops(prepared)
     with target, tvm.transform.PassContext(opt_level=3):
@@ -251,7 +236,7 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
             for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and _is_scheduled(f)
         }
-        if is_gpu(target):
+        if description.is_gpu:
             mod = _gpu_fallback()(mod)
             sampled, fallback = set(), "dlight"
         else:
@@ -263,16 +248,15 @@ def finish(prepared, target, database=None, *, untuned: str = "sampled"):
                     for gv, f in mod.functions.items()
                     if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in tuned
                 }
-                mod, sampled = sample_schedules(mod, target, names)
+                mod, sampled = sample_schedules(mod, target, description, names)
         # The schedules' weight-layout rewrites become separate functions on constants, which
         # FoldConstant evaluates now: the library holds the weights already in the tuned layout.
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
         for gv, func in list(mod.functions.items()):
-            if isinstance(func, tvm.tirx.PrimFunc):
-                func = int8_schedules.inject_weight_prefetch(func)
-                mod[gv] = float_schedules.inject_weight_prefetch(func)
+            if isinstance(func, tvm.tirx.PrimFunc) and post_schedule is not None:
+                mod[gv] = post_schedule(func)
         kernels = kernels_of(mod, tuned, sampled, fallback, flops)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)

@@ -39,16 +39,30 @@ class Runner(Protocol):
         ...
 
 
+def nothing_to_prepare(target: dict) -> None:
+    return None
+
+
+def can_measure() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One target: how to make its TVM target, build, package and run the artifact."""
+    """One target: its TVM target, what it needs before compiling, how its artifact is packaged
+    and run. The compiling itself is the same for all (backends/pipeline.py)."""
 
     name: str
     summary: str
     tvm_target: Callable[[TargetOptions], dict]
-    # Builds the Relax module into the folder with the given TuningOptions; returns the files
-    # written (library first) and facts for the report ("tuning": None or a summary; "kernels").
-    build: Callable[..., tuple[list[Path], dict]]
+    # Writes the compiled executable into the folder: the files written (library first) and
+    # the target's notes for the report.
+    package: Callable[[object, dict, Path], tuple[list[Path], dict]]
     # A runner for an artifact folder, or the reason it cannot run on this machine.
     runner: Callable[[Path], Runner | str]
+    host: dict | None = None  # the TVM host target of a device target
+    # Checks and sets up what compiling needs (a toolchain, nvcc), raising BackendError.
+    prepare: Callable[[dict], None] = nothing_to_prepare
+    # Why candidates cannot be timed here (tuning is refused then), or None.
+    cannot_measure: Callable[[], str | None] = can_measure
     extra_files: tuple[str, ...] = field(default=())

@@ -21,7 +21,7 @@ from edgepress.compiler.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-STUB_SOURCE = Path(__file__).parent / "runner" / "cuda_driver_stub.c"
+STUB_SOURCE = Path(__file__).parent / "src" / "cuda_driver_stub.c"
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
 _state: dict[str, object] = {}
 

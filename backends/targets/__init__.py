@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from edgepress.backends import arm64, cuda, x86_64
-from edgepress.backends.target_base import Backend
+from edgepress.backends.targets import arm64
+from edgepress.backends.targets import cuda
+from edgepress.backends.targets import x86_64
+from edgepress.backends.targets.base import Backend
 from edgepress.compiler.errors import UsageError
 
 TARGETS: dict[str, Backend] = {b.name: b for b in (x86_64.BACKEND, arm64.BACKEND, cuda.BACKEND)}

@@ -5,7 +5,7 @@ TVM's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/de
 the layer between them stays float: dequantize(x_q), dequantize(W_q) -> conv2d -> + bias ->
 quantize. That computes the right numbers in float32 and keeps float weights. This rewrite,
 run on the imported module before legalization, replaces each such chain by one integer kernel
-(backends/int8_kernels.py): the 8-bit input is read as it is, the int8 weights are packed for
+(backends/kernels/int8/compute.py): the 8-bit input is read as it is, the int8 weights are packed for
 the target's dot-product instruction and stay int8, and the int32 result is requantized to the
 next layer's scale in the same kernel. What is left of the float chain is dead and removed.
 The kernels pass NHWC activations from one to the next (with the elementwise ops between
@@ -23,42 +23,33 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgepress.backends.int8_kernels import (
-    DotLayout,
+from edgepress.backends.kernels.common.nhwc_compute import pack_depthwise_weight, per_channel
+from edgepress.backends.kernels.common.relax_lowering import (
+    LayerLowering,
+    NotLowered,
+    constant,
+    emit_pool,
+    nhwc_pool,
+)
+from edgepress.backends.kernels.int8.compute import (
     depthwise_conv2d,
     depthwise_sums_exact,
-    max_pool2d,
     needs_pack,
     pack_activations,
-    pack_depthwise_weight,
     pack_weight,
     packed_conv2d,
-    per_channel,
     quantized_add,
     quantized_add_terms,
     requantize_multiplier,
     scaled_in_int32,
     shift_zero_point,
 )
-
-from edgepress.backends.nhwc_rewriter import op_name as _op_name
-from edgepress.backends.nhwc_rewriter import rewrite, static_shape
+from edgepress.backends.kernels.common.nhwc_rewriter import op_name as _op_name
+from edgepress.backends.kernels.common.nhwc_rewriter import rewrite, static_shape
+from edgepress.backends.targets.description import DotLayout
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
 QUANT_TYPES = ("uint8", "int8")
-
-
-@dataclass(frozen=True)
-class LayerLowering:
-    """One float-compute op of the module: how it was lowered, or why not."""
-
-    index: int  # its place among the module's conv2d/conv2d_transpose/matmul calls
-    op: str  # "conv2d", "conv2d_transpose", "matmul"
-    kernel: str | None  # "dot-product", "depthwise" or None (stayed float)
-    reason: str | None = None
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "op": self.op, "kernel": self.kernel, "reason": self.reason}
 
 
 @dataclass
@@ -93,7 +84,7 @@ def layout_for(target) -> DotLayout | None:
     """
     from tvm.target import codegen
 
-    from edgepress.backends.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, USDOT_4x4, VNNI_16x4
+    from edgepress.backends.kernels.int8.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, USDOT_4x4, VNNI_16x4
 
     if target.kind.name != "llvm":
         return None
@@ -114,19 +105,8 @@ def has_qdq(mod) -> bool:
     return any(_op_name(v) == "relax.quantize" for v in _Bindings(mod["main"]).value.values())
 
 
-class NotLowered(Exception):
-    """Why a chain stays float (the message goes into the report)."""
-
-
-def _constant(expr, what: str) -> np.ndarray:
-    value = getattr(expr, "value", None)
-    if value is None or not hasattr(value, "numpy"):
-        raise NotLowered(f"{what} is not a constant")
-    return value.numpy()
-
-
 def _scalar(expr, what: str) -> float:
-    array = _constant(expr, what)
+    array = constant(expr, what)
     if array.size != 1:
         raise NotLowered(f"{what} is per-channel ({array.size} values)")
     return array.reshape(()).item()
@@ -196,13 +176,13 @@ def _dequantized_weight(bindings: _Bindings, expr, axis: int = 0) -> tuple[np.nd
     dq = bindings.producer(expr, "relax.dequantize")
     if dq is None:
         raise NotLowered("its weight is not dequantized from int8")
-    weight = _constant(dq.args[0], "the weight")
+    weight = constant(dq.args[0], "the weight")
     if weight.dtype != np.int8:
         raise NotLowered(f"its weight is {weight.dtype}, not int8")
-    zero_points = _constant(dq.args[2], "the weight zero point")
+    zero_points = constant(dq.args[2], "the weight zero point")
     if np.any(zero_points != 0):
         raise NotLowered("its weight zero point is not 0")
-    scales = _constant(dq.args[1], "the weight scale").astype(np.float32)
+    scales = constant(dq.args[1], "the weight scale").astype(np.float32)
     if scales.size > 1 and int(dq.attrs.axis) % weight.ndim != axis:
         raise NotLowered(f"its weight is quantized along axis {int(dq.attrs.axis)}, not {axis}")
     return weight, scales
@@ -213,12 +193,12 @@ def _int32_bias(bindings: _Bindings, expr, channels: int, scale: np.ndarray) -> 
     dq = bindings.producer(reshaped.args[0] if reshaped is not None else expr, "relax.dequantize")
     if dq is None:
         raise NotLowered("its bias is not dequantized from int32")
-    bias = _constant(dq.args[0], "the bias")
+    bias = constant(dq.args[0], "the bias")
     if bias.dtype != np.int32:
         raise NotLowered(f"its bias is {bias.dtype}, not int32")
-    if np.any(_constant(dq.args[2], "the bias zero point") != 0):
+    if np.any(constant(dq.args[2], "the bias zero point") != 0):
         raise NotLowered("its bias zero point is not 0")
-    bias_scale = _per_channel(_constant(dq.args[1], "the bias scale"), channels, "the bias scale")
+    bias_scale = _per_channel(constant(dq.args[1], "the bias scale"), channels, "the bias scale")
     bias = _per_channel(bias, channels, "the bias").astype(np.float64)
     # onnxruntime reads the int32 bias as is; it was quantized on scale x_scale * w_scale.
     rescaled = np.rint(bias * bias_scale.astype(np.float64) / scale.astype(np.float64))
@@ -348,20 +328,6 @@ def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object
     return out_var, chain
 
 
-OPAQUE = 8  # relax's OpPatternKind kOpaque
-
-
-def opaque_call_te(builder, compute, *args, **kwargs):
-    """builder.call_te, with the kernel kept out of operator fusion. The max-pool kernel is an
-    elementwise loop nest to FuseOps, which would fuse the next conv's activation packing into
-    it; the fused function loses the kernel's schedule (3-5x slower, measured on the same
-    kernel shape for depthwise convs)."""
-    call = builder.call_te(compute, *args, **kwargs)
-    func = builder.get()[call.args[0]]
-    builder.update_func(call.args[0], func.with_attr("op_pattern", OPAQUE))
-    return call
-
-
 def _packed(builder, x, chain: _Chain, padding):
     """The kernel's NHWC input: `x` itself where it needs no padding, channel rounding or
     change of signedness, else pack_activations' copy of it."""
@@ -460,38 +426,15 @@ def _passthrough_of(bindings: _Bindings, var, call) -> tuple[object, _Passthroug
 PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
 
 
-def nhwc_pool(call) -> bool:
-    """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call: TOPI's pool ran 6x
-    slower. Any binding value may be asked (a TupleGetItem has no attrs)."""
-    if _op_name(call) != "relax.nn.max_pool2d":
-        return False
-    attrs = call.attrs
-    return (
-        str(attrs.layout) == str(attrs.out_layout) == "NCHW"
-        and not attrs.ceil_mode
-    )
-
-
-def emit_pool(builder, call, x_nhwc):
-    """NCHW max pooling as int8_kernels.max_pool2d on the NHWC input (8-bit or float)."""
-    attrs = call.attrs
-    return opaque_call_te(
-        builder,
-        max_pool2d,
-        x_nhwc,
-        pool_size=tuple(int(v) for v in attrs.pool_size),
-        strides=tuple(int(v) for v in attrs.strides),
-        padding=tuple(int(v) for v in attrs.padding),
-        dilation=tuple(int(v) for v in attrs.dilation),
-        primfunc_name_hint=f"max_pool2d_{'float' if 'float' in _dtype(x_nhwc) else 'int8'}",
-    )
-
-
-def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
+def plan(func, layout: DotLayout, names: dict | None = None) -> tuple[dict, list[LayerLowering]]:
     """{quantize var: chain} for the function's lowerable chains, and every compute op's fate."""
     bindings = _Bindings(func)
     chains: dict = {}
     layers: list[LayerLowering] = []
+
+    def node(var) -> str | None:
+        return (names or {}).get(var.name)
+
     for var, value in bindings.value.items():
         op = _op_name(value)
         if op in PASSTHROUGH_OPS:
@@ -505,22 +448,19 @@ def plan(func, layout: DotLayout) -> tuple[dict, list[LayerLowering]]:
         try:
             out_var, chain = _chain_of(bindings, var, value, layout)
         except NotLowered as why:
-            layers.append(LayerLowering(len(layers), short, None, str(why)))
+            layers.append(LayerLowering(len(layers), short, None, str(why), node(var)))
             continue
         chains[out_var] = chain
-        layers.append(LayerLowering(len(layers), short, chain.kind))
+        layers.append(LayerLowering(len(layers), short, chain.kind, node=node(var)))
     return chains, layers
 
 
-def lower_qdq(mod, layout: DotLayout):
-    """Rewrite the module's `main`; returns (module, [LayerLowering])."""
+def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
+    """Rewrite the module's `main`; returns (module, [LayerLowering]). `names`: the ONNX node
+    name of each layer's Relax var (relax/importer.py)."""
     from tvm import relax
 
-    from edgepress.backends import int8_schedules
-
-    int8_schedules.register()
-
-    chains, layers = plan(mod["main"], layout)
+    chains, layers = plan(mod["main"], layout, names)
     bindings = _Bindings(mod["main"])
     if not chains:
         return mod, layers

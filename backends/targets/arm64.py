@@ -9,10 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgepress.backends.aarch64_runtime import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
-from edgepress.backends.compile import TuningOptions, compile_module
-from edgepress.backends.runners.qemu import RunnerProcess, qemu_missing
-from edgepress.backends.target_base import (
+from edgepress.backends.runtime.aarch64 import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
+from edgepress.backends.runtime.qemu import RunnerProcess, qemu_missing
+from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
     Backend,
@@ -41,22 +40,23 @@ def tvm_target(options: TargetOptions) -> dict:
     return target
 
 
-def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
-    from tvm.support import cc
-
+def prepare(target: dict) -> None:
+    """The cross toolchain, and the aarch64 runtime built once into the cache."""
     if shutil.which(CROSS_CXX) is None:
         raise BackendError(
             f"{CROSS_CXX} not found: the arm64 target links with Debian's cross toolchain "
             "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
         )
-    runtime = aarch64_runtime_dir()
-    executable, facts = compile_module(
-        mod,
-        target,
-        tuning,
-        cannot_measure="arm64 code runs only under qemu here, whose times "
-        "mean nothing (tuning needs the device)",
-    )
+    aarch64_runtime_dir()
+
+
+def cannot_measure() -> str:
+    return "arm64 code runs only under qemu here, whose times mean nothing (tuning needs the device)"
+
+
+def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
+    from tvm.support import cc
+
     library = outdir / LIBRARY_NAME
     try:
         executable.export_library(
@@ -66,12 +66,10 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         raise BackendError(f"linking the arm64 library with {CROSS_CXX} failed: {err}") from err
     (outdir / RUNTIME_DIR).mkdir()
     files = [library]
+    runtime = aarch64_runtime_dir()
     for name in RUNTIME_FILES:
         files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
-    return files, {
-        "runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime",
-        **facts,
-    }
+    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime"}
 
 
 def runner(artifact: Path) -> Runner | str:
@@ -93,6 +91,8 @@ BACKEND = Backend(
     name="arm64",
     summary="aarch64 Linux with NEON (--mattr=+dotprod,+i8mm for newer cores); runs under qemu here",
     tvm_target=tvm_target,
-    build=build,
+    package=package,
+    prepare=prepare,
+    cannot_measure=cannot_measure,
     runner=runner,
 )

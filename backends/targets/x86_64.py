@@ -6,9 +6,8 @@ from pathlib import Path
 
 import os
 
-from edgepress.backends.compile import TuningOptions, compile_module
-from edgepress.backends.runners.host import HostRunner
-from edgepress.backends.target_base import (
+from edgepress.backends.runtime.host import HostRunner
+from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
     Backend,
@@ -38,11 +37,10 @@ def tvm_target(options: TargetOptions) -> dict:
     return target
 
 
-def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
-    executable, facts = compile_module(mod, target, tuning)
+def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library), options=LINK_OPTIONS)
-    return [library], facts
+    return [library], {}
 
 
 def runner(artifact: Path) -> Runner | str:
@@ -53,6 +51,6 @@ BACKEND = Backend(
     name="x86_64",
     summary="x86-64 Linux, LLVM for this CPU (--mcpu to choose another), runs natively",
     tvm_target=tvm_target,
-    build=build,
+    package=package,
     runner=runner,
 )

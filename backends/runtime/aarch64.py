@@ -23,7 +23,7 @@ from edgepress.compiler.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-RUNNER_SOURCE = Path(__file__).parent / "runner" / "edgepress_run.cc"
+RUNNER_SOURCE = Path(__file__).parent / "src" / "edgepress_run.cc"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 RUNTIME_FILES = ("edgepress-run", "libtvm_runtime.so", "libtvm_ffi.so")
 _WHEEL_PLATFORM = "manylinux_2_28_aarch64"

@@ -9,7 +9,8 @@ searches them.
 
 from __future__ import annotations
 
-from edgepress.backends.int8_schedules import (
+from edgepress.backends.kernels.common.tiles import (
+    FLOAT_ACCUMULATORS,
     PREFETCH_MIN_BYTES,
     STACK_ALLOCA_BYTES,
     block_with_body,
@@ -19,20 +20,15 @@ from edgepress.backends.int8_schedules import (
     split_tile,
     unroll_epilogue,
 )
-from edgepress.backends.tir_walk import sblocks
+from edgepress.backends.kernels.common.tir_walk import sblocks
 
 RULE = "edgepress.conv2d_float"
 # [bytes of weights per ob_o step, output rows, reduction steps, ob_o steps in the weights] on
 # the tile's innermost reduction loop, for inject_weight_prefetch.
 PREFETCH_ATTR = "edgepress.prefetch_float_weights"
 LINE = 64  # bytes per cache line
-# Accumulators per tile, by float32 lanes per vector. AVX-512 (16): 15 vectors of 64 bytes is
-# the most under STACK_ALLOCA_BYTES, which keeps them in registers (a larger tile is a
-# workspace per tile); 32 registers leave room for the weight vectors, and the broadcasts
-# fold into the FMAs. AVX2 (8): 8 of its 16 registers; the weight vectors and a broadcast
-# need the rest (AVX2 code timed on an AVX-512 CPU, 1 thread: 56x56x64 3x3 on 4 x 2 2.85 ms,
-# 8 x 1 2.90, 7 x 2 4.12, which spills). NEON (4): of 32 registers (not timed: qemu).
-ACCUMULATORS = {16: 15, 8: 8, 4: 24}
+# Accumulators per tile, by float32 lanes per vector (tiles.FLOAT_ACCUMULATORS says why).
+ACCUMULATORS = {lanes: budget.accumulators for lanes, budget in FLOAT_ACCUMULATORS.items()}
 # Below this many multiply-adds per output (input channels x window), a tile of few pixels
 # and many channel blocks ran fastest: the layer is bound by its epilogue and its stores.
 SHALLOW_DEPTH = 64
@@ -236,18 +232,3 @@ def schedule_winograd_transform(sch, block):
     sch.vectorize(c_i)
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
-
-
-def register() -> None:
-    """Make the rules known to MetaSchedule (idempotent)."""
-    import tvm
-
-    from edgepress.backends.float_kernels import WINOGRAD_RULE
-
-    for rule, function in (
-        (RULE, schedule_conv2d_float),
-        (WINOGRAD_RULE, schedule_winograd_transform),
-    ):
-        name = f"s_tir.meta_schedule.cpu.{rule}"
-        if tvm.get_global_func(name, allow_missing=True) is None:
-            tvm.register_global_func(name, function)

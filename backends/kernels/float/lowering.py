@@ -18,20 +18,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepress.backends.float_kernels import (
+from edgepress.backends.kernels.common.nhwc_compute import (
+    output_size,
+    pack_depthwise_weight,
+    pad_nhwc,
+    per_channel,
+)
+from edgepress.backends.kernels.common.relax_lowering import (
+    LayerLowering,
+    NotLowered,
+    constant,
+    emit_pool,
+    nhwc_pool,
+    opaque_call_te,
+)
+from edgepress.backends.kernels.float.compute import (
     conv2d_nhwc,
     depthwise_conv2d_nhwc,
     pack_conv_weight,
-    pad_nhwc,
     winograd_input,
     winograd_output,
     winograd_tiles,
     winograd_weight,
 )
-from edgepress.backends.float_schedules import padded_width, tile_is_full
-from edgepress.backends.int8_kernels import _output_size, pack_depthwise_weight, per_channel
-from edgepress.backends.int8_lowering import LayerLowering, emit_pool, nhwc_pool
-from edgepress.backends.nhwc_rewriter import op_name, rewrite, static_shape
+from edgepress.backends.kernels.float.schedules import padded_width, tile_is_full
+from edgepress.backends.kernels.common.nhwc_rewriter import op_name, rewrite, static_shape
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
 # Winograd F(2x2, 3x3) where the output has at least this many 2x2 tiles. ResNet-18's 3x3
@@ -39,10 +50,6 @@ COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
 # against 1.33, 14x14x256 0.75 against 1.34 (49 tiles); its 7x7 layers have 16 tiles, of which
 # a quarter pads, and 16/9 x their 9.4 MB of weights to stream: they stay direct.
 WINOGRAD_MIN_TILES = 49
-
-
-class NotLowered(Exception):
-    """Why an op keeps TVM's kernel (the message goes into the report)."""
 
 
 @dataclass
@@ -76,13 +83,6 @@ def float_lanes(target) -> int | None:
     return 4
 
 
-def _constant(expr, what: str) -> np.ndarray:
-    value = getattr(expr, "value", None)  # a relax constant's tensor
-    if value is None or not hasattr(value, "numpy"):
-        raise NotLowered(f"{what} is not a constant")
-    return value.numpy()
-
-
 def _static_float32(expr, what: str) -> None:
     dtype = str(getattr(expr.ty, "dtype", ""))
     if dtype != "float32":
@@ -98,7 +98,9 @@ def _check_out_dtype(out_dtype) -> None:
 class _Plan:
     """{output var: _Conv} for the lowerable ops of `func`, and every op's fate."""
 
-    def __init__(self, func, lanes: int, skip_winograd: bool, winograd: bool) -> None:
+    def __init__(
+        self, func, lanes: int, skip_winograd: bool, winograd: bool, names: dict
+    ) -> None:
         self.lanes = lanes
         self.winograd = winograd
         self.value: dict = {}
@@ -121,11 +123,13 @@ class _Plan:
             try:
                 out_var, conv = self._conv_of(var, value, skip_winograd)
             except NotLowered as why:
-                self.layers.append(LayerLowering(len(self.layers), short, None, str(why)))
+                self.layers.append(
+                    LayerLowering(len(self.layers), short, None, str(why), names.get(var.name))
+                )
                 continue
             self.convs[out_var] = conv
             kind = "depthwise" if conv.depthwise else "winograd" if conv.winograd else "direct"
-            self.layers.append(LayerLowering(len(self.layers), short, kind))
+            self.layers.append(LayerLowering(len(self.layers), short, kind, node=names.get(var.name)))
 
     def _bias(self, var, channels: int, shapes: tuple):
         """(the add's var, its per-channel constant) where `var`'s only use is an add of a
@@ -137,7 +141,7 @@ class _Plan:
                     continue
                 other = value.args[1] if value.args[0].same_as(var) else value.args[0]
                 try:
-                    bias = _constant(other, "the bias")
+                    bias = constant(other, "the bias")
                 except NotLowered:
                     break
                 if bias.dtype == np.float32 and bias.shape in shapes:
@@ -150,7 +154,7 @@ class _Plan:
         _static_float32(x, "its input")
         if static_shape(x) is None:
             raise NotLowered("its input's shape is not static")
-        weight = _constant(weight_expr, "its weight")
+        weight = constant(weight_expr, "its weight")
         if weight.dtype != np.float32:
             raise NotLowered(f"its weight is {weight.dtype}, not float32")
         if op_name(call) == "relax.matmul":
@@ -212,7 +216,6 @@ def _emit_winograd(builder, conv: _Conv, x_nhwc, lanes: int):
     residual add."""
     from tvm import relax
 
-    from edgepress.backends.int8_lowering import opaque_call_te
 
     _, height, width, _ = (int(d) for d in x_nhwc.ty.shape)
     channels = conv.weight.shape[0]
@@ -272,7 +275,7 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
     out_channels, in_channels, kh, kw = conv.weight.shape
     width = int(x_nhwc.ty.shape[2])
     top, left, bottom, right = conv.padding
-    out_width = _output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])
+    out_width = output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])
     blocks = -(-out_channels // lanes)
     computed = padded_width(out_width, blocks, in_channels * kh * kw, lanes)
     padding = (top, left, bottom, right + (computed - out_width) * conv.strides[1])
@@ -292,19 +295,22 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
     )
 
 
-def lower_float(mod, lanes: int, *, skip_winograd: bool = False, winograd: bool = True):
+def lower_float(
+    mod,
+    lanes: int,
+    names: dict | None = None,
+    *,
+    skip_winograd: bool = False,
+    winograd: bool = True,
+):
     """Rewrite the module's `main`; returns (module, [LayerLowering]). `skip_winograd` leaves
     3x3 stride-1 convs to TVM (--winograd legalizes them as TVM's Winograd F(4x4, 3x3));
     `winograd` computes those that qualify as Winograd F(2x2, 3x3) (_winograd_fits)."""
     from tvm import relax
 
-    from edgepress.backends import float_schedules, int8_schedules
-
-    float_schedules.register()
-    int8_schedules.register()
     # Constants first: the bias reshapes, the FC weight's transpose, clip's bounds.
     mod = relax.transform.FoldConstant()(mod)
-    plan = _Plan(mod["main"], lanes, skip_winograd, winograd)
+    plan = _Plan(mod["main"], lanes, skip_winograd, winograd, names or {})
     if not plan.convs:
         return mod, plan.layers
 

@@ -41,6 +41,6 @@ def load(families: tuple[str, ...]) -> None:
     for family in families:
         importlib.import_module(f"{PACKAGE}.{family}")
         if family in ("x86", "arm_cpu"):
-            from edgepress.backends import dot_intrinsics
+            from edgepress.backends.kernels.int8 import dot_intrinsics
 
             (dot_intrinsics.register_x86 if family == "x86" else dot_intrinsics.register_arm)()

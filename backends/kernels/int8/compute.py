@@ -29,24 +29,14 @@ is an integer of at most 255 * 128 in magnitude and every partial sum stays belo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from edgepress.backends.kernels.common.nhwc_compute import depthwise_sums, output_size
 
 DOT_DEPTH = 4  # activations per dot-product term
 QUANT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 # Activations as the kernels read them: 8-bit, or widened to int16 (AVX2, from either)
 ACT_RANGE = {**QUANT_RANGE, "int16": (-128, 255)}
-
-
-@dataclass(frozen=True)
-class DotLayout:
-    """What the target's dot-product instruction reads."""
-
-    act_dtype: str  # activations: "uint8" (x86 VNNI), "int16" (x86 AVX2) or "int8" (arm64)
-    lanes: int  # int32 accumulators per instruction (output channels per weight block)
-    intrinsic: str | None  # TVM's tensor intrinsic for it, None where the target has none
-    pair_sums: bool = False  # accumulators hold pair sums (packed_conv2d)
 
 
 def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
@@ -187,10 +177,6 @@ def scaled_in_int32(
     return bool(np.all(total * multiplier.astype(np.float64) < INT32_SAFE))
 
 
-def _output_size(size: int, pad: int, kernel: int, stride: int, dilation: int) -> int:
-    return (size + pad - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def pack_activations(
     x,
     *,
@@ -227,7 +213,7 @@ def pack_activations(
             inside, _convert(value, src, act_dtype), tirx.const(in_zero_point, act_dtype)
         )
 
-    from edgepress.backends.int8_schedules import INTERIOR_ATTR, PACK_RULE
+    from edgepress.backends.kernels.common.nhwc_schedules import INTERIOR_ATTR, PACK_RULE
 
     padded = -(-channels // DOT_DEPTH) * DOT_DEPTH
     shape = (n, rows + top + bottom, cols + left + right, padded)
@@ -265,21 +251,21 @@ def packed_conv2d(
     """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
     pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
     NHWC. `bias` (int32) holds the layer's bias minus the input zero point times sum(w), per
-    output channel. The conv block names its MetaSchedule rule (backends/int8_schedules.py)
+    output channel. The conv block names its MetaSchedule rule (backends/kernels/int8/schedules.py)
     and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to).
     With `pair_sums` (AVX2's dot_8x2x2_avx2) each output channel accumulates two partial sums,
     over the first and the second pair of each 4 input channels, which the epilogue adds: the
     instruction's pair sums need no reduction inside the loop."""
     from tvm import te
 
-    from edgepress.backends.int8_schedules import INTRINSIC_ATTR, RULE
+    from edgepress.backends.kernels.int8.schedules import INTRINSIC_ATTR, RULE
 
     n, height, width, _ = (int(d) for d in xp.shape)
     _, _, kh, kw, lanes, depth = (int(d) for d in weight.shape)
     sh, sw = strides
     dh, dw = dilation
-    oh = _output_size(height, 0, kh, sh, dh)
-    ow = _output_size(width, 0, kw, sw, dw)
+    oh = output_size(height, 0, kh, sh, dh)
+    ow = output_size(width, 0, kw, sw, dw)
     rc = te.reduce_axis((0, int(weight.shape[1])), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -333,97 +319,7 @@ def packed_conv2d(
     )
 
 
-def _window_taps(x, b, y, z, c, pool_size, strides, padding, dilation) -> list:
-    """(in the input?, x[b, ..., c]) for each tap of the window of output pixel (y, z) of NHWC
-    `x`. The test is marked likely: WINDOW_RULE cuts the border rows and columns off the
-    interior, where it is then proven true and the loads become unconditional."""
-    from tvm import tirx
-
-    height, width = (int(d) for d in x.shape[1:3])
-    taps = []
-    for i in range(pool_size[0]):
-        for j in range(pool_size[1]):
-            h = y * strides[0] + i * dilation[0] - padding[0]
-            w = z * strides[1] + j * dilation[1] - padding[1]
-            inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
-            taps.append((tirx.likely(inside), x[b, h, w, c]))
-    return taps
-
-
-def _interior(
-    size: int, before: int, after: int, kernel: int, stride: int, dilation: int
-) -> tuple[int, int]:
-    """[first, last] output index whose whole window lies inside the input (padded by
-    `before` and `after`)."""
-    out = _output_size(size, before + after, kernel, stride, dilation)
-    first = -(-before // stride)
-    last = min(out - 1, (size - 1 + before - (kernel - 1) * dilation) // stride)
-    return first, last
-
-
-def _window_attrs(x, pool_size, strides, padding, dilation) -> dict:
-    from edgepress.backends.int8_schedules import INTERIOR_ATTR, WINDOW_RULE
-
-    height, width = (int(d) for d in x.shape[1:3])
-    top, left, bottom, right = padding
-    rows = _interior(height, top, bottom, pool_size[0], strides[0], dilation[0])
-    cols = _interior(width, left, right, pool_size[1], strides[1], dilation[1])
-    return {"schedule_rule": WINDOW_RULE, INTERIOR_ATTR: [*rows, *cols]}
-
-
-def max_pool2d(
-    x,
-    *,
-    pool_size: tuple[int, int],
-    strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-):
-    """Max pooling on NHWC values: float, or 8-bit ones (between a dequantize and a quantize of
-    one scale: the affine map and its rounding commute with max). Padding reads as the dtype's
-    lowest value (-inf for floats), which never wins a window holding a real pixel.
-
-    The window is written out term by term, so each output pixel is a vector maximum over its
-    channels once WINDOW_RULE has cut off the border. TOPI's pool (a reduction with a padding
-    test per read) took 1.0 ms on ResNet-18's 112x112x64 input with MetaSchedule's untuned
-    sample and 1.4 ms as plain loops."""
-    from tvm import te, tirx
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    top, left, bottom, right = padding
-    lowest = tirx.min_value(str(x.dtype))
-
-    def window(b, y, z, c):
-        taps = _window_taps(x, b, y, z, c, pool_size, strides, padding, dilation)
-        values = [tirx.if_then_else(inside, value, lowest) for inside, value in taps]
-        result = values[0]
-        for value in values[1:]:
-            result = tirx.max(result, value)
-        return result
-
-    shape = (
-        n,
-        _output_size(height, top + bottom, pool_size[0], strides[0], dilation[0]),
-        _output_size(width, left + right, pool_size[1], strides[1], dilation[1]),
-        channels,
-    )
-    attrs = _window_attrs(x, pool_size, strides, padding, dilation)
-    return te.compute(shape, window, name="max_pool", attrs=attrs)
-
-
 FLOAT_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
-
-
-def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 [C, 1, KH, KW] -> int8 [1, KH, KW, C]: each tap's weights a vector over channels.
-    Rank 4 like every other buffer of the kernel: TVM 0.27's loop_partition fails (or
-    crashes) on a function whose buffers differ in rank."""
-    return np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
-
-
-def per_channel(values: np.ndarray) -> np.ndarray:
-    """[C] -> [1, 1, 1, C], for the depthwise kernel (see pack_depthwise_weight)."""
-    return values.reshape(1, 1, 1, -1)
 
 
 def depthwise_sums_exact(weight: np.ndarray, bias: np.ndarray, x_dtype: str) -> bool:
@@ -431,51 +327,6 @@ def depthwise_sums_exact(weight: np.ndarray, bias: np.ndarray, x_dtype: str) -> 
     partial sum is an integer below 2^24 in magnitude. Then the kernel adds the bias in float
     too, which saves two conversions per output vector."""
     return bool(np.all(_reach(weight, x_dtype) + np.abs(bias.astype(np.int64)) < FLOAT_EXACT))
-
-
-def depthwise_sums(
-    x,
-    weight,
-    *,
-    strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-    pad_value: float,
-    lanes: int,
-):
-    """float32 sums x * w over each output pixel's window, per channel, of NHWC `x` with
-    weights [1, KH, KW, C] (both read as float32): the depthwise kernels' reduction, int8 or
-    float. Padding reads as `pad_value`, in the kernel: each tap's test is marked likely, and
-    DEPTHWISE_RULE cuts the border rows and column tiles off, where the tests fold. `lanes`
-    (the target's int32 = float32 vector width) sizes the rule's register tile."""
-    from tvm import te, tirx
-
-    from edgepress.backends.int8_schedules import DEPTHWISE_RULE, LANES_ATTR
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    _, kh, kw, _ = (int(d) for d in weight.shape)
-    top, left, bottom, right = padding
-    oh = _output_size(height, top + bottom, kh, strides[0], dilation[0])
-    ow = _output_size(width, left + right, kw, strides[1], dilation[1])
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    padded = tirx.const(pad_value, "float32")
-
-    def tap(b, y, z, c):
-        h = y * strides[0] + ry * dilation[0] - top
-        w = z * strides[1] + rx * dilation[1] - left
-        inside = tirx.likely(tirx.all(h >= 0, h < height, w >= 0, w < width))
-        return tirx.if_then_else(inside, x[b, h, w, c].astype("float32"), padded)
-
-    attrs = _window_attrs(x, (kh, kw), strides, padding, dilation)
-    return te.compute(
-        (n, oh, ow, channels),
-        lambda b, y, z, c: te.sum(
-            tap(b, y, z, c) * weight[0, ry, rx, c].astype("float32"), axis=[ry, rx]
-        ),
-        name="depthwise_sums",
-        attrs={**attrs, "schedule_rule": DEPTHWISE_RULE, LANES_ATTR: lanes},
-    )
 
 
 def depthwise_conv2d(
@@ -528,25 +379,3 @@ def depthwise_conv2d(
     return te.compute(shape, requantize, name="requantize")
 
 
-def spatial_mean(x, *, keepdims: bool):
-    """Mean over the rows and columns of NHWC `x` ([N, 1, 1, C], or [N, C] without keepdims):
-    a global average pool. Summed in TOPI's order (rows, then columns) and divided by their
-    count as TOPI's mean does; MEAN_RULE runs the channels innermost, as vectors (TOPI's mean
-    with MetaSchedule's sample took 0.04 ms on MobileNetV2's 7x7x1280 output)."""
-    from tvm import te
-
-    from edgepress.backends.int8_schedules import MEAN_RULE
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    ry = te.reduce_axis((0, height), name="ry")
-    rx = te.reduce_axis((0, width), name="rx")
-    total = te.compute(
-        (n, channels),
-        lambda b, c: te.sum(x[b, ry, rx, c], axis=[ry, rx]),
-        name="spatial_sum",
-        attrs={"schedule_rule": MEAN_RULE},
-    )
-    count = float(height * width)
-    if keepdims:
-        return te.compute((n, 1, 1, channels), lambda b, i, j, c: total[b, c] / count)
-    return te.compute((n, channels), lambda b, c: total[b, c] / count)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepress.backends import cuda_codegen
-from edgepress.backends.compile import TuningOptions, compile_module
-from edgepress.backends.runners.host import HostRunner
-from edgepress.backends.target_base import (
+from edgepress.backends.runtime import cuda_codegen
+from edgepress.backends.runtime.host import HostRunner
+from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
     Backend,
@@ -25,12 +24,11 @@ def tvm_target(options: TargetOptions) -> dict:
     return {"kind": "cuda", "arch": options.arch}
 
 
-def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[Path], dict]:
+def prepare(target: dict) -> None:
     cuda_codegen.prepare(target["arch"])
-    cannot_measure = cuda_codegen.gpu_missing() if tuning.requested else None
-    executable, facts = compile_module(
-        mod, target, tuning, host=HOST, cannot_measure=cannot_measure
-    )
+
+
+def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library), options=LINK_OPTIONS)
     fatbin = cuda_codegen.embedded_fatbin_bytes(library)
@@ -38,10 +36,7 @@ def build(mod, target: dict, outdir: Path, tuning: TuningOptions) -> tuple[list[
         raise BackendError(
             f"{library}: the CUDA library holds no device code (only CUDA source); nvcc did not run"
         )
-    return [library], {
-        "device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
-        **facts,
-    }
+    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes"}
 
 
 def runner(artifact: Path) -> Runner | str:
@@ -55,6 +50,9 @@ BACKEND = Backend(
     name="cuda",
     summary="NVIDIA GPU (--arch sm_80 by default); device code compiled by nvcc, runs where a GPU is",
     tvm_target=tvm_target,
-    build=build,
+    package=package,
+    host=HOST,
+    prepare=prepare,
+    cannot_measure=cuda_codegen.gpu_missing,
     runner=runner,
 )

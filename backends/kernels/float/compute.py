@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepress.backends.int8_kernels import _output_size, depthwise_sums
+from edgepress.backends.kernels.common.nhwc_compute import depthwise_sums, output_size
 
 
 def pack_conv_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
@@ -36,28 +36,6 @@ def pack_conv_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(
         padded.reshape(ocp // lanes, lanes, ic, kh, kw).transpose(0, 2, 3, 4, 1)
     )
-
-
-def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
-    """NHWC `x` with zero rows and columns around it (top, left, bottom, right): the conv
-    kernel reads every tap without a test. int8_schedules' pack rule cuts the border off, so
-    the interior is a plain copy."""
-    from tvm import te, tirx
-
-    from edgepress.backends.int8_schedules import INTERIOR_ATTR, PACK_RULE
-
-    n, height, width, channels = (int(d) for d in x.shape)
-    top, left, bottom, right = padding
-
-    def pad(b, h, w, c):
-        y, z = h - top, w - left
-        inside = tirx.all(y >= 0, y < height, z >= 0, z < width)
-        return tirx.if_then_else(inside, x[b, y, z, c], tirx.const(0.0, x.dtype))
-
-    shape = (n, height + top + bottom, width + left + right, channels)
-    interior = [top, top + height - 1, left, left + width - 1]
-    attrs = {"schedule_rule": PACK_RULE, INTERIOR_ATTR: interior}
-    return te.compute(shape, pad, name="pad", attrs=attrs)
 
 
 def conv2d_nhwc(
@@ -78,14 +56,14 @@ def conv2d_nhwc(
     length with a better tile) and dropped."""
     from tvm import te
 
-    from edgepress.backends.float_schedules import RULE
+    from edgepress.backends.kernels.float.schedules import RULE
 
     n, height, width, _ = (int(d) for d in xp.shape)
     blocks, in_channels, kh, kw, lanes = (int(d) for d in weight.shape[-5:])
     sh, sw = strides
     dh, dw = dilation
-    oh = _output_size(height, 0, kh, sh, dh)
-    ow = _output_size(width, 0, kw, sw, dw)
+    oh = output_size(height, 0, kh, sh, dh)
+    ow = output_size(width, 0, kw, sw, dw)
     rc = te.reduce_axis((0, in_channels), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")

@@ -86,7 +86,7 @@ def rewrite(mod, lower: Callable):
     they are. Dead code is removed."""
     from tvm import relax
 
-    from edgepress.backends.int8_kernels import spatial_mean
+    from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):

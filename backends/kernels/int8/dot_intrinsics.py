@@ -14,16 +14,14 @@
   shuffle per instruction) ran ResNet-18 in 72 ms on an AVX2 build timed here.
 - `<name>_local` variants: the same instructions with the accumulators in a "local" buffer.
   TVM's descriptions match only global buffers. The int8 convolution's schedule
-  (backends/int8_schedules.py) keeps a register tile small enough for the stack in a global
+  (backends/kernels/int8/schedules.py) keeps a register tile small enough for the stack in a global
   buffer (an LLVM alloca, which LLVM turns into registers) and a larger one local.
 """
 
 from __future__ import annotations
 
-VNNI_16x4 = "dot_16x4_vnni"
-SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
-USDOT_4x4 = "dot_4x4_u8i8s32_usdot"  # arm64 +i8mm: u8 activations x s8 weights
-AVX2_8x2x2 = "dot_8x2x2_avx2"
+from edgepress.backends.targets.description import AVX2_8x2x2, SDOT_4x4, USDOT_4x4, VNNI_16x4
+
 LOCAL = "_local"
 LLVM_WITH_BYTE_OPERANDS = 22  # first LLVM whose vpdpbusd takes <64 x i8> operands
 

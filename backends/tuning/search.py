@@ -1,24 +1,18 @@
-"""MetaSchedule tuning with a persistent database, one folder per target.
+"""MetaSchedule tuning of a prepared module's tasks, within a trial or time budget.
 
 What makes tuning usable on a small machine (see the notes on TVM 0.27):
 - an in-process builder and runner: MetaSchedule's LocalBuilder starts a worker pool per batch
   whose workers each spend tens of seconds importing TVM on 2 cores;
 - a search sized to what the machine measures (a small evolutionary population), and a time
   budget the builder and the search strategy enforce themselves, since MetaSchedule reports
-  nothing until every task has had its first round;
-- a database that outlives the build (JSON files under the cache, or --tuning-db), whose
-  records a later build applies without measuring anything, for this model or any other
-  model that has the same workload (tasks are keyed by the TIR function's structure);
-- one database per target: the folder's target.json must equal the build's target, so records
-  timed on one CPU are never applied to another; the same holds for the records shipped with
-  edgepress (backends/tuned/), applied beside the user's database, best record first.
+  nothing until every task has had its first round.
+
+The records go into the user's database (tuning/database.py); `tune` returns the databases to
+apply, and the Relax pipeline's `finish` applies them.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -26,21 +20,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgepress.backends.cache import cache_dir
-from edgepress.compiler.errors import UsageError, first_line
+from edgepress.backends.tuning.database import open_database, shipped_database
+from edgepress.compiler.errors import first_line
 
 log = logging.getLogger(__name__)
 
-TUNING_DB_ENV = "EDGEPRESS_TUNING_DB"
-TARGET_FILE = "target.json"
+log = logging.getLogger(__name__)
+
+
 # About what 2 cores measure in a minute (building and timing a candidate takes a few seconds):
 # used only to size the search when the budget is given in minutes.
 TRIALS_PER_MINUTE = 20
-# Records shipped with edgepress (best record per workload, one folder per target).
-SHIPPED_DIR = Path(__file__).parent / "tuned"
+
+
 # Candidates measured per task per round. Every task has its first round before any result is
 # reported (MetaSchedule's scheduler), so smaller rounds reach the cost model sooner.
 PER_ROUND = 8
+
+
 MAX_POPULATION = 128
 
 
@@ -73,57 +70,6 @@ class TuningSummary:
         for task, record in zip(out["tasks"], self.tasks):
             task["from_database"] = record.from_database
         return out
-
-
-def target_key(target: dict) -> str:
-    """A folder name for a target: its kind and a hash of its whole description."""
-    digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{target['kind']}-{digest}"
-
-
-def database_dir(target: dict, path: Path | None, *, create: bool = True) -> Path | None:
-    """The database folder for `target`: `path` (--tuning-db) if given, else a folder per target
-    under $EDGEPRESS_TUNING_DB or, by default, the cache's tuning/ folder.
-
-    None when it does not exist and `create` is false (a build that does not tune and has no
-    records for its target). A folder made for another target is refused.
-    """
-    if path is None:
-        root = (
-            Path(os.environ[TUNING_DB_ENV])
-            if os.environ.get(TUNING_DB_ENV)
-            else cache_dir("tuning")
-        )
-        path = root / target_key(target)
-    path = Path(path)
-    if not create and not (path / TARGET_FILE).is_file():
-        return None
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--tuning-db {path}: is a file; the tuning database is a folder")
-    marker = path / TARGET_FILE
-    if marker.is_file():
-        recorded = json.loads(marker.read_text())
-        if recorded != target:
-            raise UsageError(
-                f"--tuning-db {path}: this tuning database holds records for target "
-                f"{json.dumps(recorded, sort_keys=True)}, not for this build's target "
-                f"{json.dumps(target, sort_keys=True)}; records are never applied across targets. "
-                "Give another --tuning-db folder."
-            )
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
-    return path
-
-
-def open_database(folder: Path):
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.database.JSONDatabase(
-        path_workload=str(folder / "database_workload.json"),
-        path_tuning_record=str(folder / "database_tuning_record.json"),
-        allow_missing=True,
-    )
 
 
 class TuningClock:
@@ -339,7 +285,7 @@ def _search_strategy(trials: int, tasks: int):
     )
 
 
-def _tune_contexts(tasks, strategy, seed: int):
+def _tune_contexts(tasks, strategy, seed: int, description):
     """One TuneContext per task, logging to edgepress's logger.
 
     MetaSchedule's own helper (extracted_tasks_to_tune_contexts) rewrites the process's logging
@@ -348,15 +294,13 @@ def _tune_contexts(tasks, strategy, seed: int):
     from tvm.s_tir.meta_schedule import TuneContext
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    from edgepress.backends import int8_schedules
-
     contexts = []
     for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks))):
         contexts.append(
             TuneContext(
                 mod=task.dispatched[0],
                 target=task.target,
-                space_generator=int8_schedules.space_generator(task.target),
+                space_generator=description.space_generator(),
                 search_strategy=strategy,
                 task_name=task.task_name,
                 logger=logging.getLogger(f"{__name__}.{task.task_name[:100]}"),
@@ -372,82 +316,35 @@ def _has_record(database, task, target) -> bool:
     return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
 
 
-DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
-
-
-def shipped_database(target: dict):
-    """The records shipped with edgepress for exactly this target (benchmarks/tune_bundled.py
-    makes them) as (folder, database), or None. Read only: tuning never writes there.
-
-    They are shipped gzipped (a workload is a serialized TIR function: 5 MB of JSON for the
-    bundled models, 0.4 MB gzipped) and unpacked once into the cache, keyed by their hash.
-    """
-    folder = SHIPPED_DIR / target_key(target)
-    marker = folder / TARGET_FILE
-    if not marker.is_file() or json.loads(marker.read_text()) != target:
-        return None
-    packed = [folder / f"{name}.gz" for name in DATABASE_FILES]
-    if not all(p.is_file() for p in packed):
-        return None
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in packed)).hexdigest()[:16]
-    unpacked = cache_dir("shipped-tuning", f"{folder.name}-{digest}")
-    for name, source in zip(DATABASE_FILES, packed):
-        if not (unpacked / name).is_file():
-            partial = unpacked / f"{name}.partial"
-            partial.write_bytes(gzip.decompress(source.read_bytes()))
-            partial.replace(unpacked / name)
-    return folder, open_database(unpacked)
-
-
-def export_best_records(source: Path, destination: Path, target: dict) -> int:
-    """Copy the best record of each workload in the database `source` into a fresh folder
-    `destination`, gzipped, as edgepress ships them; returns the number of records."""
-    import shutil
-    import tempfile
-
-    if destination.exists():
-        shutil.rmtree(destination)
-    destination.mkdir(parents=True)
-    (destination / TARGET_FILE).write_text(json.dumps(target, sort_keys=True, indent=2) + "\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        open_database(source).dump_pruned(open_database(Path(tmp)))
-        for name in DATABASE_FILES:
-            data = (Path(tmp) / name).read_bytes()
-            (destination / f"{name}.gz").write_bytes(gzip.compress(data, 9, mtime=0))
-        return len((Path(tmp) / DATABASE_FILES[1]).read_text().splitlines())
-
-
-def tune_and_compile(
-    mod,
+def tune(
+    prepared,
     target,
     target_dict: dict,
+    description,
     folder: Path | None,
     *,
     trials: int,
     minutes: float | None,
     use_shipped: bool = True,
-    untuned: str = "sampled",
     retune: bool = False,
-    winograd: bool = False,
     seed: int = 0,
 ):
-    """Tune what the databases lack within the budget, then compile with all records applied.
+    """Tune what the databases lack within the budget; returns the database to apply (the
+    user's and the shipped records together, best record wins; None when neither exists) and
+    a summary saying, per task, whether it is tuned and where its record came from (None
+    without a database).
 
+    `prepared` is the Relax pipeline's prepared module (relax/pipeline.prepare): tasks are
+    extracted from it, tuned on it and later looked up in it, so their workload keys agree.
     `folder` is the user's database (None: no database for this target and no tuning asked
-    for). Records shipped with edgepress for this exact target are applied too, best record
-    wins. Returns the executable, the kernel list and a summary saying, per task, whether it
-    is tuned and where its record came from.
+    for). Records shipped with edgepress for this exact target are applied too.
     """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    from edgepress.backends.relax_pipeline import finish, prepare
-
-    prepared = prepare(mod, target, winograd=winograd)
     shipped = shipped_database(target_dict) if use_shipped else None
     if folder is None and shipped is None:
-        executable, kernels = finish(prepared, target, untuned=untuned)
-        return executable, kernels, None
+        return None, None
     databases = []
     summary = TuningSummary(database=str(folder) if folder else None)
     user_db = open_database(folder) if folder else None
@@ -472,7 +369,7 @@ def tune_and_compile(
         weights = [float(t.weight) for t in pending]
         clock = TuningClock(trials, minutes, weights, summary, start)
         strategy = _until_deadline(_search_strategy(sizing, len(pending)), clock)
-        contexts = _tune_contexts(pending, strategy, seed)
+        contexts = _tune_contexts(pending, strategy, seed, description)
         per_iter = max(1, min(PER_ROUND, trials // max(len(contexts), 1)))
         ms.tune.tune_tasks(
             tasks=contexts,
@@ -499,5 +396,4 @@ def tune_and_compile(
             TaskRecord(t.task_name, float(t.weight), t.task_name in source, source.get(t.task_name))
         )
     database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
-    executable, kernels = finish(prepared, target, database, untuned=untuned)
-    return executable, kernels, summary
+    return database, summary

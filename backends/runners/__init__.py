@@ -1,1 +1,0 @@
-"""Ways to run a built artifact: in-process through TVM's Python VM, or the C++ runner under qemu."""
