@@ -17,6 +17,8 @@ EDGEPRESS_STRICT=1 (the test suite sets it) raises instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +65,11 @@ def compile_model(
     lowering: LoweringOptions,
     tuning: TuningOptions,
     outdir: Path,
+    *,
+    stage: Callable | None = None,
 ) -> Compiled:
-    """Compile `model` (fixed input shapes) for `backend` into `outdir`."""
+    """Compile `model` (fixed input shapes) for `backend` into `outdir`. `stage(name, detail)`
+    gives a context that reports a step (the tuning) to the user."""
     from edgepress.backends.kernels import rules
     from edgepress.backends.kernels.common import tensor_intrinsics
     from edgepress.backends.relax.importer import import_onnx
@@ -86,8 +91,9 @@ def compile_model(
 
     def schedule(module, legalize):
         try:
-            return _schedule(module, target, target_dict, description, folder, lowering, tuning,
-                             legalize)
+            return _schedule(
+                module, target, target_dict, description, folder, lowering, tuning, legalize, stage
+            )
         except (UsageError, BackendError):
             raise
         except Exception as err:
@@ -127,24 +133,27 @@ def compile_model(
     )
 
 
-def _schedule(mod, target, target_dict, description, folder, lowering, tuning, legalize):
+def _schedule(mod, target, target_dict, description, folder, lowering, tuning, legalize, stage):
     """prepare -> tune -> finish: the executable, its kernels and the tuning summary."""
     from edgepress.backends.kernels import rules
     from edgepress.backends.relax.pipeline import finish, prepare
     from edgepress.backends.tuning.search import tune
 
     prepared = prepare(mod, target, description, legalize=legalize)
-    database, summary = tune(
-        prepared,
-        target,
-        target_dict,
-        description,
-        folder,
-        trials=tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0),
-        minutes=tuning.minutes,
-        use_shipped=tuning.shipped,
-        retune=tuning.retune,
-    )
+    budget = f"{tuning.minutes} min" if tuning.minutes else f"{tuning.trials} trials"
+    tuning_stage = stage("tune", budget) if stage and tuning.requested else nullcontext()
+    with tuning_stage:
+        database, summary = tune(
+            prepared,
+            target,
+            target_dict,
+            description,
+            folder,
+            trials=tuning.trials or (TRIALS_FOR_A_TIME_BUDGET if tuning.minutes else 0),
+            minutes=tuning.minutes,
+            use_shipped=tuning.shipped,
+            retune=tuning.retune,
+        )
     executable, kernels = finish(
         prepared,
         target,

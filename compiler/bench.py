@@ -22,7 +22,7 @@ from edgepress.compiler import report as reports
 from edgepress.compiler.errors import UsageError
 from edgepress.compiler.input_values import fixed_from_json
 from edgepress.compiler.inputs import complete_feeds, random_inputs
-from edgepress.compiler.manifest import read_manifest, write_manifest
+from edgepress.compiler.manifest import read_manifest
 from edgepress.compiler.model_io import sha256_file
 from edgepress.compiler.shapes import TensorSpec
 
@@ -189,24 +189,38 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
     }
 
 
-def record_in_report(artifact: Path, result: BenchResult, profile: dict | None = None) -> None:
-    """Add the figures to report.json/report.md and refresh the manifest's hashes."""
+BENCH_JSON = "bench.json"
+BENCH_MD = "bench.md"
+
+
+def machine() -> str:
+    """The CPU a figure was measured on, and its core count (figures differ between CPUs)."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}"
+
+
+def write_bench(artifact: Path, result: BenchResult, profile: dict | None = None) -> Path:
+    """The figures as bench.json and bench.md in the artifact folder, files of their own: the
+    build's files (report, manifest, library) stay as they were, and their hashes true."""
     import json
 
-    report_path = artifact / "report.json"
-    report = json.loads(report_path.read_text())
-    report["bench"] = result.to_json()
-    if profile is not None:
-        report["kernel_profile"] = profile
-    reports.write_json(report, report_path)
-    (artifact / "report.md").write_text(reports.render_markdown(report))
-    manifest = read_manifest(artifact)
-    write_manifest(
-        artifact,
-        source=Path(manifest["source"]["path"]),
-        source_sha256=manifest["source"]["sha256"],
-        target=manifest["target"],
-        inputs=manifest["inputs"],
-        outputs=manifest["outputs"],
-        status=manifest["status"],
-    )
+    data = {
+        "artifact": str(artifact),
+        "machine": machine(),
+        "bench": result.to_json(),
+        "kernel_profile": profile,
+    }
+    path = artifact / BENCH_JSON
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    (artifact / BENCH_MD).write_text(reports.bench_markdown(data))
+    return path

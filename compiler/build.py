@@ -25,6 +25,7 @@ from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file, to_ir, to_proto
 from edgepress.compiler.opset_upgrade import upgrade_opset
 from edgepress.compiler.pipeline import run_optional_pipeline
+from edgepress.compiler.progress import Progress, Silent
 from edgepress.compiler.prune_step import PruneOptions, prune
 from edgepress.compiler.quantize_step import (
     QuantizeOptions,
@@ -64,6 +65,8 @@ class BuildOptions:
     force: bool = False
     tuning: TuningOptions = field(default_factory=TuningOptions)
     lowering: LoweringOptions = field(default_factory=LoweringOptions)
+    # the resolved settings it was made from (compiler/config.py), kept in report.json
+    config: dict | None = None
     quantize: QuantizeOptions | None = None
     prune: PruneOptions | None = None
 
@@ -85,15 +88,26 @@ def _file_sizes(folder: Path, source: Path) -> dict[str, int]:
     return sizes
 
 
-def build(opts: BuildOptions) -> BuildResult:
+def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build and verify; the artifact folder is written even when verification fails (its
-    report says why), then VerificationError is raised."""
+    report says why), then VerificationError is raised. `progress` hears of each stage."""
+    progress = progress or Silent()
+    get_backend(opts.target).check_options(opts.target_options)
+    with progress.stage("load", str(opts.model)):
+        loaded = _load(opts)
+    return _build(opts, progress, *loaded)
+
+
+def _load(opts: BuildOptions):
+    """TVM started, the output folder checked, the model loaded with its inputs fixed and
+    onnxruntime able to run it: what every build needs before its passes."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     import tvm  # noqa: F401  (its start-up takes seconds: timed on its own)
 
     timings["start TVM"] = time.perf_counter() - started
     backend = get_backend(opts.target)
+    backend.check_options(opts.target_options)
     source = Path(opts.model)
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
     for step in (opts.quantize, opts.prune):
@@ -120,18 +134,38 @@ def build(opts: BuildOptions) -> BuildResult:
     check_reference_loads(fixed_proto, str(source))
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
+    return timings, started, backend, source, source_sha, upgraded, reference_model, fixed, \
+        fixed_proto, input_specs
 
+
+def _build(
+    opts: BuildOptions,
+    progress: Progress,
+    timings: dict,
+    started: float,
+    backend,
+    source: Path,
+    source_sha: str,
+    upgraded: dict | None,
+    reference_model,
+    fixed: dict,
+    fixed_proto,
+    input_specs: list,
+) -> BuildResult:
     t = time.perf_counter()
     # The passes are optimizations: one that crashes is skipped, not the end of the build.
-    model, pass_records = run_optional_pipeline(fixed_proto, opts.passes, str(source))
+    with progress.stage("passes", f"{len(opts.passes)} graph passes"):
+        model, pass_records = run_optional_pipeline(fixed_proto, opts.passes, str(source))
     pruning = None
     if opts.prune:
-        model, records, pruning = prune(model, opts.prune, opts.passes)
+        with progress.stage("pruning"):
+            model, records, pruning = prune(model, opts.prune, opts.passes)
         pass_records += records
     quantization = None
     if opts.quantize:
         done = [r.name for r in pass_records]
-        model, records, quantization, held_out = quantize(model, opts.quantize, done)
+        with progress.stage("calibration", f"int8 on {opts.quantize.calibration}"):
+            model, records, quantization, held_out = quantize(model, opts.quantize, done)
         pass_records += records
     check_shape_operands(model, str(source))
     compressed = ir.to_proto(model)
@@ -168,77 +202,82 @@ def build(opts: BuildOptions) -> BuildResult:
             )
 
         t = time.perf_counter()
-        compiled = compile_model(
-            compressed,
-            str(source),
-            backend,
-            opts.target_options,
-            opts.lowering,
-            opts.tuning,
-            staging,
-        )
+        with progress.stage("compile", f"for {backend.name}"):
+            compiled = compile_model(
+                compressed,
+                str(source),
+                backend,
+                opts.target_options,
+                opts.lowering,
+                opts.tuning,
+                staging,
+                stage=progress.stage,
+            )
         timings["compile"] = time.perf_counter() - t
+        with progress.stage("verify", "against onnxruntime"):
 
-        t = time.perf_counter()
-        source_feeds = {**inputs, **fixed}
-        reference = run_onnxruntime(reference_model, source_feeds)
-        tolerance = opts.tolerance
-        compressed_outputs = run_onnxruntime(model_path, inputs)
-        # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
-        # checked to within one quantization step: integer kernels round where float does not.
-        steps = output_steps(compressed) or None
-        # Pruning and int8 change the numbers on purpose (their fidelity is in the report):
-        # the artifact must then match the model.onnx it was compiled from.
-        changed_by = "int8" if quantization is not None else "pruned" if pruning else None
+            t = time.perf_counter()
+            source_feeds = {**inputs, **fixed}
+            reference = run_onnxruntime(reference_model, source_feeds)
+            tolerance = opts.tolerance
+            compressed_outputs = run_onnxruntime(model_path, inputs)
+            # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
+            # checked to within one quantization step: integer kernels round where float does not.
+            steps = output_steps(compressed) or None
+            # Pruning and int8 change the numbers on purpose (their fidelity is in the report):
+            # the artifact must then match the model.onnx it was compiled from.
+            changed_by = "int8" if quantization is not None else "pruned" if pruning else None
 
-        def checked(got, want, name, steps=None):
-            """compare(); a float build's output outside tolerance is compared again within the
-            reference's own fp32 noise (measured once, only when needed)."""
-            verification = compare(got, want, tolerance, name, steps)
-            if verification.failed and changed_by is None:
-                if "noise" not in measured:
-                    measured["noise"] = reference_noise(reference_model, source_feeds)
-                verification = compare(got, want, tolerance, name, steps, measured["noise"])
-            return verification
+            def checked(got, want, name, steps=None):
+                """compare(); a float build's output outside tolerance is compared again within the
+                reference's own fp32 noise (measured once, only when needed)."""
+                verification = compare(got, want, tolerance, name, steps)
+                if verification.failed and changed_by is None:
+                    if "noise" not in measured:
+                        measured["noise"] = reference_noise(reference_model, source_feeds)
+                    verification = compare(got, want, tolerance, name, steps, measured["noise"])
+                return verification
 
-        measured: dict = {}
-        if changed_by is None:
-            after_passes = checked(
-                compressed_outputs, reference, "onnxruntime on the source model"
-            )
-            artifact_reference, reference_name = reference, "onnxruntime on the source model"
-        else:
-            section = "Quantization" if quantization is not None else "Pruning"
-            after_passes = not_verified(
-                f"the {changed_by} model differs from the float source by design; see {section}",
-                "onnxruntime on the source model",
-            )
-            artifact_reference = compressed_outputs
-            reference_name = f"onnxruntime on the {changed_by} model.onnx"
-        if quantization is not None:
-            count = min(a.shape[0] for a in held_out.values())
-            with_fixed = {
-                **held_out,
-                **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in fixed.items()},
-            }
-            quantization["fidelity"] = fidelity(
-                outputs_over(model_path, held_out), outputs_over(reference_model, with_fixed)
-            )
-        runner = backend.runner(staging)
-        if isinstance(runner, str):
-            artifact_check = not_verified(runner, reference_name)
-        else:
-            outputs = runner.run([inputs[s.name] for s in artifact_specs])
-            got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
-            artifact_check = checked(got, artifact_reference, reference_name, steps)
-            artifact_check.reference += f"; artifact run by {runner.description}"
-        timings["verify"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
+            measured: dict = {}
+            if changed_by is None:
+                after_passes = checked(
+                    compressed_outputs, reference, "onnxruntime on the source model"
+                )
+                artifact_reference, reference_name = reference, "onnxruntime on the source model"
+            else:
+                section = "Quantization" if quantization is not None else "Pruning"
+                after_passes = not_verified(
+                    f"the {changed_by} model differs from the float source by design; "
+                    f"see {section}",
+                    "onnxruntime on the source model",
+                )
+                artifact_reference = compressed_outputs
+                reference_name = f"onnxruntime on the {changed_by} model.onnx"
+            if quantization is not None:
+                count = min(a.shape[0] for a in held_out.values())
+                with_fixed = {
+                    **held_out,
+                    **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in fixed.items()},
+                }
+                quantization["fidelity"] = fidelity(
+                    outputs_over(model_path, held_out), outputs_over(reference_model, with_fixed)
+                )
+            runner = backend.runner(staging)
+            if isinstance(runner, str):
+                artifact_check = not_verified(runner, reference_name)
+            else:
+                outputs = runner.run([inputs[s.name] for s in artifact_specs])
+                got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
+                artifact_check = checked(got, artifact_reference, reference_name, steps)
+                artifact_check.reference += f"; artifact run by {runner.description}"
+            timings["verify"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - started
 
         failed = artifact_check.failed or after_passes.failed
         status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
         report = {
             "status": status,
+            "config": opts.config,
             "source": {"path": str(source), "sha256": source_sha, "opset_upgrade": upgraded},
             "target": {
                 "name": backend.name,

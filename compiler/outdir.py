@@ -21,7 +21,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_outdir(outdir: Path, inputs: list[Path], force: bool) -> None:
-    """Refuse an OUTDIR that is, or holds, a file the user gave, or exists without --force."""
+    """Refuse an OUTDIR that is, or holds, a file the user gave, or holds files without --force."""
     out = outdir.resolve()
     for given in inputs:
         given = given.resolve()
@@ -35,6 +35,8 @@ def check_outdir(outdir: Path, inputs: list[Path], force: bool) -> None:
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"-o {outdir}: exists and is not a folder; choose another path")
+        if not any(out.iterdir()):
+            return  # an empty folder (made by `mkdir -p` in a build script) is filled
         if not force:
             raise UsageError(f"-o {outdir}: the folder exists; pass --force to replace it")
         if any(out.iterdir()) and not (out / MANIFEST).is_file():

@@ -307,15 +307,21 @@ def render_markdown(report: dict) -> str:
         "| pass | changes | nodes before | nodes after | param bytes before | after | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
+    unchanged = []
     for p in report["passes"]:
         failed = (p.get("details") or {}).get("failed")
         if failed:
             lines.append(f"| {p['name']} | skipped: {failed.replace('|', '/')} | | | | | |")
             continue
+        if not p["changes"] and p["param_bytes_before"] == p["param_bytes_after"]:
+            unchanged.append(p["name"])
+            continue
         lines.append(
             f"| {p['name']} | {p['changes']} | {p['nodes_before']} | {p['nodes_after']} | "
             f"{p['param_bytes_before']} | {p['param_bytes_after']} | {p['seconds']:.2f} |"
         )
+    if unchanged:
+        lines += ["", f"Ran without changes: {', '.join(unchanged)}."]
     lines += ["", "## Verification", ""]
     lines += verification_lines(
         "Artifact vs onnxruntime on the source model", report["verification"]["artifact"]
@@ -333,6 +339,36 @@ def render_markdown(report: dict) -> str:
     if report.get("float_conv"):
         lines += float_conv_lines(report["float_conv"])
     lines += tuning_lines(report.get("tuning"), report.get("kernels") or [])
+    lines += ["## Build", "", "TVM target:", ""]
+    for key, value in report["target"]["tvm"].items():
+        lines.append(f"- {key}: {', '.join(value) if isinstance(value, list) else value}")
+    description = report["target"].get("description")
+    if description:
+        dot = description.get("dot") or {}
+        lines += [
+            "",
+            f"What it can do: float32 vectors of {description['float_lanes'] or '-'} lanes, "
+            f"{description['vector_registers']} vector registers, int8 dot product "
+            f"{dot.get('intrinsic') or 'none'}"
+            + (f" ({dot['act_dtype']} activations, {dot['lanes']} lanes)" if dot else "")
+            + ".",
+        ]
+    notes = report["target"].get("notes", {})
+    if notes:
+        lines.append("")
+    for key, value in notes.items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "| stage | seconds |", "|---|---|"]
+    for stage, seconds in report["timings_s"].items():
+        lines.append(f"| {stage} | {seconds:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def bench_markdown(bench: dict) -> str:
+    """bench.json as markdown (bench.md): the speed table and the kernel profile."""
+    report = bench
+    lines = [f"# edgepress bench: {bench['artifact']}", "", f"Measured on {bench['machine']}.", ""]
     if "bench" in report:
         b = report["bench"]
         lines += [
@@ -357,13 +393,6 @@ def render_markdown(report: dict) -> str:
                 f"{b['onnxruntime_ms'] / b['onnxruntime_int8_ms']:.3f}x.",
                 "",
             ]
-    if "kernel_profile" in report:
+    if report.get("kernel_profile"):
         lines += ["## Kernel profile", "", report["kernel_profile"]["markdown"]]
-    lines += ["## Build", "", f"Target: `{json.dumps(report['target']['tvm'])}`", ""]
-    for key, value in report["target"].get("notes", {}).items():
-        lines.append(f"- {key}: {value}")
-    lines += ["", "| stage | seconds |", "|---|---|"]
-    for stage, seconds in report["timings_s"].items():
-        lines.append(f"| {stage} | {seconds:.2f} |")
-    lines.append("")
     return "\n".join(lines)

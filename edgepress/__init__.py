@@ -9,9 +9,17 @@ They live in edgepress.compiler.api; this module only re-exports them, lazily, s
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# In a source checkout the code folders are this folder's siblings (pyproject.toml maps them
+# into the package when installed): found from here too, so that a checkout on sys.path is
+# one consistent edgepress whichever install is also present.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "compiler" / "api.py").is_file():
+    __path__.append(str(_checkout))  # noqa: F821 (the package's own __path__)
+
 __all__ = [
     "Artifact",
-    "BuildConfig",
     "EdgepressError",
     "build",
     "load",

@@ -32,14 +32,20 @@ def test_bench_json_reports_both_timings_and_ratio(cli, artifacts):
     assert result["onnxruntime_model"].endswith("tiny.onnx")
 
 
-def test_bench_writes_the_report_and_keeps_the_manifest_true(cli, artifacts):
+def test_bench_writes_its_own_file_and_leaves_the_artifact_as_built(cli, artifacts):
+    """The figures go to bench.json/bench.md; report.json, report.md and every file the
+    manifest hashes are byte for byte what the build wrote."""
     folder = artifacts / "x86_64"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     r = cli("bench", folder, "--repeat", "3", "--threads", "2")
     assert r.code == 0, r.err
     assert "artifact" in r.out and "onnxruntime" in r.out and "speedup" in r.out
-    report = json.loads((folder / "report.json").read_text())
-    assert report["bench"]["threads"] == 2
-    assert "## Speed" in (folder / "report.md").read_text()
+    bench = json.loads((folder / "bench.json").read_text())
+    assert bench["bench"]["threads"] == 2 and bench["machine"]
+    assert "## Speed" in (folder / "bench.md").read_text()
+    for name, data in before.items():
+        if name not in ("bench.json", "bench.md"):
+            assert (folder / name).read_bytes() == data, name
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
@@ -67,7 +73,7 @@ def test_profile_times_every_kernel_of_the_build(cli, artifacts):
     assert {k["name"] for k in kernels} <= set(rows)
     assert all(rows[k["name"]]["calls"] >= 1 and rows[k["name"]]["ms"] > 0 for k in kernels)
     assert sum(row["share"] for row in profile["rows"]) == pytest.approx(1.0)
-    assert "## Kernel profile" in (folder / "report.md").read_text()
+    assert "## Kernel profile" in (folder / "bench.md").read_text()
 
 
 def test_kernel_rows_rates_and_roofline_from_flops_and_times():

@@ -15,6 +15,7 @@ from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
     Backend,
+    check_llvm_options,
     Runner,
     TargetOptions,
 )
@@ -95,4 +96,5 @@ BACKEND = Backend(
     prepare=prepare,
     cannot_measure=cannot_measure,
     runner=runner,
+    check_options=lambda options: check_llvm_options("arm64", "aarch64-linux-gnu", options),
 )

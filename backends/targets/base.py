@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from edgepress.compiler.errors import UsageError
 
 # The compiled library's file name inside an artifact folder, for every target.
 LIBRARY_NAME = "model.so"
@@ -39,6 +43,46 @@ class Runner(Protocol):
         ...
 
 
+def check_llvm_options(name: str, triple: str, options: TargetOptions) -> None:
+    """--mcpu and --mattr checked against what LLVM knows for the triple, before anything is
+    built: LLVM itself only prints a warning per function and ignores the name."""
+    if not options.mcpu and not options.mattr:
+        return
+    import tvm
+    from tvm.target import codegen
+
+    base = {"kind": "llvm", "mtriple": triple}
+    cpus = sorted(str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target(base)))
+    if options.mcpu and options.mcpu not in cpus:
+        hint = _did_you_mean(options.mcpu, cpus) or f"; known: {', '.join(cpus)}"
+        raise UsageError(
+            f"--mcpu {options.mcpu!r}: not a CPU LLVM knows for --target {name} ({triple}){hint}"
+        )
+    features: set[str] = set()
+    for cpu in cpus:
+        spec = tvm.target.Target({**base, "mcpu": cpu})
+        features |= {str(f) for f in codegen.llvm_get_cpu_features(spec)}
+    for attr in options.mattr:
+        feature = attr[1:] if attr[:1] in "+-" else ""
+        if not feature:
+            raise UsageError(f"--mattr {attr!r}: each feature starts with + or - (e.g. +{attr})")
+        if feature not in features:
+            raise UsageError(
+                f"--mattr {attr!r}: not a feature LLVM knows for --target {name} ({triple})"
+                f"{_did_you_mean(feature, sorted(features), '+')}"
+            )
+
+
+def _did_you_mean(word: str, known: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+def no_cpu_options(name: str, options: TargetOptions) -> None:
+    if options.mcpu or options.mattr:
+        raise UsageError(f"--mcpu/--mattr apply to CPU targets; --target {name} takes --arch")
+
+
 def nothing_to_prepare(target: dict) -> None:
     return None
 
@@ -65,4 +109,6 @@ class Backend:
     prepare: Callable[[dict], None] = nothing_to_prepare
     # Why candidates cannot be timed here (tuning is refused then), or None.
     cannot_measure: Callable[[], str | None] = can_measure
+    # Refuses (UsageError) target options this target cannot use.
+    check_options: Callable[[TargetOptions], None] = lambda options: None
     extra_files: tuple[str, ...] = field(default=())

@@ -12,6 +12,7 @@ from edgepress.backends.targets.base import (
     Backend,
     Runner,
     TargetOptions,
+    no_cpu_options,
 )
 from edgepress.compiler.errors import BackendError, UsageError
 
@@ -55,4 +56,5 @@ BACKEND = Backend(
     prepare=prepare,
     cannot_measure=cuda_codegen.gpu_missing,
     runner=runner,
+    check_options=lambda options: no_cpu_options("cuda", options),
 )

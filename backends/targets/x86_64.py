@@ -11,6 +11,7 @@ from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
     Backend,
+    check_llvm_options,
     Runner,
     TargetOptions,
 )
@@ -53,4 +54,5 @@ BACKEND = Backend(
     tvm_target=tvm_target,
     package=package,
     runner=runner,
+    check_options=lambda options: check_llvm_options("x86_64", "x86_64-linux-gnu", options),
 )
