@@ -72,6 +72,8 @@ def cmd_build(args: argparse.Namespace, argv: list[str]) -> int:
     given = vars(explicit.parse_args(argv))
     for key in COMMON:
         given.pop(key, None)
+    # an absent optional positional is set to the SUPPRESS marker itself (argparse's way)
+    given = {k: v for k, v in given.items() if str(v) != argparse.SUPPRESS}
     from_file = config.load_config(args.config) if args.config else {}
     given.pop("config", None)
     settings = config.resolve(from_file, config.check(given, "the command line"))

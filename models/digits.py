@@ -74,12 +74,16 @@ def train_digits(seed: int = SEED) -> tuple[DigitsCNN, float]:
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS):
+    log.info("training the digits CNN on scikit-learn's digits: %d epochs", EPOCHS)
+    for epoch in range(EPOCHS):
         model.train()
         for batch in torch.randperm(len(y), generator=generator).split(BATCH):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
             optimizer.step()
+        if (epoch + 1) % 10 == 0:
+            log.info("digits CNN: epoch %d/%d, last batch loss %.3f", epoch + 1, EPOCHS, float(loss))
     model.eval()
     ex, ey = map(torch.from_numpy, splits["eval"])
     with torch.no_grad():

@@ -34,9 +34,9 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
     """Labels of every node TVM's ONNX importer has no converter for."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from edgepress.backends.upstream import onnx_importer_ops
 
-    supported = set(_get_convert_map()) | {"If", "Constant"}
+    supported = onnx_importer_ops() | {"If", "Constant"}
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     found = []
     for path, index, node in all_nodes(model.graph):

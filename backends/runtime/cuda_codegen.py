@@ -55,16 +55,19 @@ def _load_driver() -> bool:
     return False
 
 
+_KEEP_LOADED: list = []
+
+
 def _load_tvm_cuda_runtime() -> None:
     import tvm_ffi
-    from tvm.base import _LOADED_LIBS
+    from tvm.libinfo import find_libtvm_runtime
     from tvm_ffi.libinfo import load_lib_ctypes
 
     if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
         return
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    runtime_dir = Path(find_libtvm_runtime()).resolve().parent
     try:
-        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+        library = load_lib_ctypes(
             package="tvm",
             target_name="tvm_runtime_cuda",
             extra_lib_paths=[runtime_dir],
@@ -72,6 +75,7 @@ def _load_tvm_cuda_runtime() -> None:
         )
     except (OSError, RuntimeError) as err:
         raise BackendError(f"TVM's CUDA runtime library does not load: {err}") from err
+    _KEEP_LOADED.append(library)  # the module factory lives as long as the library
     if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is None:
         raise BackendError("TVM's CUDA runtime loaded but registered no CUDA module factory")
 

@@ -160,10 +160,13 @@ def _in_process_builder(clock: TuningClock):
 
 def _in_process_runner(clock: TuningClock):
     from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
-    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 
-    config = EvaluatorConfig._normalized(EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100))
+    from edgepress.backends.upstream import evaluator_config, runner_worker
+
+    config = evaluator_config(number=3, repeat=1, min_repeat_ms=100)
+    _worker_func = runner_worker()
 
     @derived_object
     class InProcessRunner(PyRunner):

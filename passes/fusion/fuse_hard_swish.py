@@ -10,11 +10,7 @@ Clip may be written as Relu6 is exported (Clip with min 0, max 6). The rules are
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxscript.rewriter.rules.common._fuse_hardswish import (
-    HardSigmoidFusion,
-    HardSwishFusion,
-    HardSwishFusionFromHardSigmoid,
-)
+from onnxscript.rewriter.rules.common import fuse_hardswish_rules
 
 from edgepress.passes.registry import PassResult, register_pass
 from edgepress.passes.rewrite import apply_rules, onnx_opset
@@ -28,7 +24,7 @@ def fuse_hard_swish(model: ir.Model) -> PassResult:
 
     Needs constants 3, 0, 6, 6 and no other user of any intermediate.
     """
-    rules = [HardSigmoidFusion().rule()]
-    if onnx_opset(model) >= HARD_SWISH_OPSET:
-        rules = [HardSwishFusion().rule(), HardSwishFusionFromHardSigmoid().rule(), *rules]
+    rules = list(fuse_hardswish_rules().rules)
+    if onnx_opset(model) < HARD_SWISH_OPSET:  # HardSwish is an op from opset 14 on
+        rules = [r for r in rules if r.name == "HardSigmoidFusion"]
     return PassResult(model, apply_rules(model, rules))

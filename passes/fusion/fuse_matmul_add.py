@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.common._matmul_add_to_gemm import (
-    MatMulAddToGemm,
-    TransABMatMulAddToGemm,
-    TransAMatMulAddToGemm,
-    TransBMatMulAddToGemm,
-)
 
 from edgepress.passes.registry import PassResult, register_pass
 from edgepress.passes.rewrite import apply_rules
+from edgepress.passes.upstream import matmul_add_to_gemm_classes
 
 
 def why_not_gemm_bias(input_c: ir.Value, output: ir.Value) -> str | None:
@@ -49,15 +44,7 @@ def _with_bias_check(rule_class):
     return Checked.rule()
 
 
-RULES = [
-    _with_bias_check(cls)
-    for cls in (
-        MatMulAddToGemm,
-        TransAMatMulAddToGemm,
-        TransBMatMulAddToGemm,
-        TransABMatMulAddToGemm,
-    )
-]
+RULES = [_with_bias_check(cls) for cls in matmul_add_to_gemm_classes()]
 
 
 @register_pass("fuse_matmul_add")

@@ -96,17 +96,20 @@ def quantize_int8(
     proto = ir.to_proto(model)
     if _opset(proto) < FIRST_OPSET:
         proto = onnx.version_converter.convert_version(proto, FIRST_OPSET)
+    # onnxruntime's public quantize_static calibrates by itself from a data reader; edgepress
+    # calibrates (methods, percentiles, sensitivity) and hands the ranges to the quantizer
+    # quantize_static uses, by keyword, so that a reordering upstream fails loudly.
     quantizer = QDQQuantizer(
-        proto,
-        True,  # per channel
-        False,  # reduce_range
-        QuantType.QInt8,
-        QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-        _tensors_range(stats),
-        [],
-        list(exclude),
-        list(OP_TYPES),
-        {
+        model=proto,
+        per_channel=True,
+        reduce_range=False,
+        weight_qType=QuantType.QInt8,
+        activation_qType=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+        tensors_range=_tensors_range(stats),
+        nodes_to_quantize=[],
+        nodes_to_exclude=list(exclude),
+        op_types_to_quantize=list(OP_TYPES),
+        extra_options={
             "ActivationSymmetric": activations == "int8",
             "WeightSymmetric": True,
             # The ONNX DequantizeLinear-on-weights form (int8 initializers), so the file is small.

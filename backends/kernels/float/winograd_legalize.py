@@ -47,9 +47,9 @@ def why_not_winograd(call, weight: np.ndarray | None) -> str | None:
 def transformed_weight(weight: np.ndarray) -> np.ndarray:
     """G w G^T per (out, in) pair, as [alpha, alpha, in, out]: the layout TOPI's pre-computed
     Winograd reads."""
-    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+    from edgepress.backends.upstream import winograd_matrices
 
-    _, _, g = _cook_toom_convolution(_interpolation_points(TILE + 3 - 2), TILE, 3)
+    _, _, g = winograd_matrices(TILE, 3)
     packed = np.einsum("ek,oikl,nl->enio", g, weight.astype(np.float64), g)
     return packed.astype(np.float32)
 
