@@ -95,10 +95,107 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     get_backend(opts.target).check_options(opts.target_options)
     with progress.stage("load", str(opts.model)):
         loaded = _load(opts)
-    return _build(opts, progress, *loaded)
+    compressed = _compress(opts, loaded, progress)
+    inputs = (
+        load_npz(opts.verify_inputs, loaded.input_specs, "--verify-inputs")
+        if opts.verify_inputs
+        else random_inputs(loaded.input_specs, opts.seed)
+    )
+    timings = loaded.timings
+    staging = outdirs.staging_dir(Path(opts.outdir))
+    try:
+        model_path = staging / "model.onnx"
+        onnx.save(compressed.proto, model_path)
+        quantization = compressed.quantization
+        if quantization is not None:
+            write_sqnr_plot(
+                quantization["layer_sqnr_db"],
+                staging / "sqnr.png",
+                f"int8 SQNR per layer against float ({quantization['fidelity_samples']} samples)",
+            )
+        t = time.perf_counter()
+        with progress.stage("compile", f"for {loaded.backend.name}"):
+            compiled = compile_model(
+                compressed.proto,
+                str(loaded.source),
+                loaded.backend,
+                opts.target_options,
+                opts.lowering,
+                opts.tuning,
+                staging,
+                stage=progress.stage,
+            )
+        timings["compile"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with progress.stage("verify", "against onnxruntime"):
+            checks = _verify(loaded, compressed, staging, inputs)
+        timings["verify"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - loaded.started
+        report = _report(opts, loaded, compressed, compiled, checks, staging)
+        reports.write_json(report, staging / "report.json")
+        (staging / "report.md").write_text(reports.render_markdown(report))
+        write_manifest(
+            staging,
+            source=loaded.source,
+            source_sha256=loaded.source_sha,
+            target=report["target"],
+            inputs=report["inputs"],
+            fixed_inputs=report["fixed_inputs"],
+            outputs=report["outputs"],
+            status=report["status"],
+            opset_upgrade=loaded.upgraded,
+        )
+        outdirs.commit(staging, Path(opts.outdir))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if report["status"] == "failed":
+        broken = [f"'{o.name}' ({o.problem})" for v in checks for o in v.broken_outputs()]
+        raise VerificationError(
+            f"{loaded.source}: the {loaded.backend.name} build is outside tolerance against "
+            f"onnxruntime: output {', '.join(broken)}. The artifact and its report are in "
+            f"{opts.outdir}; loosen with --atol/--rtol/--min-cosine only if the error is expected."
+        )
+    return BuildResult(Path(opts.outdir), report)
 
 
-def _load(opts: BuildOptions):
+@dataclass
+class _Loaded:
+    """The source model with its inputs fixed, and what the build needs to know of it."""
+
+    timings: dict[str, float]
+    started: float
+    backend: object
+    source: Path
+    source_sha: str
+    upgraded: dict | None  # the opset conversion, if any (compiler/opset_upgrade.py)
+    reference_model: object  # what onnxruntime runs as the reference: a path or bytes
+    fixed: dict  # --input-value arrays
+    fixed_proto: onnx.ModelProto
+    input_specs: list
+    tolerance: Tolerance
+
+
+@dataclass
+class _Compressed:
+    """The model after passes, pruning and quantization (model.onnx)."""
+
+    model: ir.Model
+    proto: onnx.ModelProto
+    pass_records: list
+    pruning: dict | None
+    quantization: dict | None
+    held_out: dict | None  # held-out calibration samples (int8 fidelity)
+    output_specs: list
+    artifact_specs: list  # the artifact's inputs (remove_unused_inputs may drop some)
+
+    @property
+    def changed_by(self) -> str | None:
+        """Pruning and int8 change the numbers on purpose (their fidelity is in the report)."""
+        return "int8" if self.quantization is not None else "pruned" if self.pruning else None
+
+
+def _load(opts: BuildOptions) -> _Loaded:
     """TVM started, the output folder checked, the model loaded with its inputs fixed and
     onnxruntime able to run it: what every build needs before its passes."""
     timings: dict[str, float] = {}
@@ -107,7 +204,6 @@ def _load(opts: BuildOptions):
 
     timings["start TVM"] = time.perf_counter() - started
     backend = get_backend(opts.target)
-    backend.check_options(opts.target_options)
     source = Path(opts.model)
     given = [source] + ([Path(opts.verify_inputs)] if opts.verify_inputs else [])
     for step in (opts.quantize, opts.prune):
@@ -134,204 +230,145 @@ def _load(opts: BuildOptions):
     check_reference_loads(fixed_proto, str(source))
     input_specs = tensor_specs(model_inputs(model))
     timings["load"] = time.perf_counter() - t
-    return timings, started, backend, source, source_sha, upgraded, reference_model, fixed, \
-        fixed_proto, input_specs
+    return _Loaded(
+        timings, started, backend, source, source_sha, upgraded, reference_model, fixed,
+        fixed_proto, input_specs, opts.tolerance,
+    )
 
 
-def _build(
-    opts: BuildOptions,
-    progress: Progress,
-    timings: dict,
-    started: float,
-    backend,
-    source: Path,
-    source_sha: str,
-    upgraded: dict | None,
-    reference_model,
-    fixed: dict,
-    fixed_proto,
-    input_specs: list,
-) -> BuildResult:
+def _compress(opts: BuildOptions, loaded: _Loaded, progress: Progress) -> _Compressed:
+    """Passes, then pruning, then int8; the result checked as ONNX (model.onnx)."""
     t = time.perf_counter()
+    source = loaded.source
     # The passes are optimizations: one that crashes is skipped, not the end of the build.
     with progress.stage("passes", f"{len(opts.passes)} graph passes"):
-        model, pass_records = run_optional_pipeline(fixed_proto, opts.passes, str(source))
-    pruning = None
+        model, pass_records = run_optional_pipeline(loaded.fixed_proto, opts.passes, str(source))
+    pruning = quantization = held_out = None
     if opts.prune:
         with progress.stage("pruning"):
             model, records, pruning = prune(model, opts.prune, opts.passes)
         pass_records += records
-    quantization = None
     if opts.quantize:
         done = [r.name for r in pass_records]
         with progress.stage("calibration", f"int8 on {opts.quantize.calibration}"):
             model, records, quantization, held_out = quantize(model, opts.quantize, done)
         pass_records += records
     check_shape_operands(model, str(source))
-    compressed = ir.to_proto(model)
+    proto = ir.to_proto(model)
     # IR 3 lists every initializer among the graph inputs; the passes add initializers (folded
     # constants) that are not: model.onnx is written as IR 4, where that is not required.
-    compressed.ir_version = max(compressed.ir_version, 4)
+    proto.ir_version = max(proto.ir_version, 4)
     try:
-        onnx.checker.check_model(compressed)
+        onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
         raise ModelError(
             f"{source}: the model after passes [{', '.join(r.name for r in pass_records)}] "
-            "fails the "
-            f"ONNX checker: {str(err).splitlines()[0]}"
+            f"fails the ONNX checker: {str(err).splitlines()[0]}"
         ) from err
-    output_specs = tensor_specs(list(model.graph.outputs))
-    # The artifact's inputs: a pass (remove_unused_inputs) may have dropped some of the source's.
-    artifact_specs = tensor_specs(model_inputs(model))
-    timings["passes"] = time.perf_counter() - t
-
-    inputs = (
-        load_npz(opts.verify_inputs, input_specs, "--verify-inputs")
-        if opts.verify_inputs
-        else random_inputs(input_specs, opts.seed)
+    loaded.timings["passes"] = time.perf_counter() - t
+    return _Compressed(
+        model,
+        proto,
+        pass_records,
+        pruning,
+        quantization,
+        held_out,
+        tensor_specs(list(model.graph.outputs)),
+        tensor_specs(model_inputs(model)),
     )
-    staging = outdirs.staging_dir(Path(opts.outdir))
-    try:
-        model_path = staging / "model.onnx"
-        onnx.save(compressed, model_path)
-        if quantization is not None:
-            write_sqnr_plot(
-                quantization["layer_sqnr_db"],
-                staging / "sqnr.png",
-                f"int8 SQNR per layer against float ({quantization['fidelity_samples']} samples)",
-            )
 
-        t = time.perf_counter()
-        with progress.stage("compile", f"for {backend.name}"):
-            compiled = compile_model(
-                compressed,
-                str(source),
-                backend,
-                opts.target_options,
-                opts.lowering,
-                opts.tuning,
-                staging,
-                stage=progress.stage,
-            )
-        timings["compile"] = time.perf_counter() - t
-        with progress.stage("verify", "against onnxruntime"):
 
-            t = time.perf_counter()
-            source_feeds = {**inputs, **fixed}
-            reference = run_onnxruntime(reference_model, source_feeds)
-            tolerance = opts.tolerance
-            compressed_outputs = run_onnxruntime(model_path, inputs)
-            # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
-            # checked to within one quantization step: integer kernels round where float does not.
-            steps = output_steps(compressed) or None
-            # Pruning and int8 change the numbers on purpose (their fidelity is in the report):
-            # the artifact must then match the model.onnx it was compiled from.
-            changed_by = "int8" if quantization is not None else "pruned" if pruning else None
+def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dict):
+    """(the artifact against its reference, model.onnx against the source): the reference is
+    onnxruntime on the source model, or on model.onnx where pruning or int8 changed the
+    numbers on purpose. An int8 build's fidelity to the float model goes into its report."""
+    model_path = staging / "model.onnx"
+    source_feeds = {**inputs, **loaded.fixed}
+    reference = run_onnxruntime(loaded.reference_model, source_feeds)
+    compressed_outputs = run_onnxruntime(model_path, inputs)
+    # Outputs dequantized from int8 (an int8 build, or a QDQ model given as the source) are
+    # checked to within one quantization step: integer kernels round where float does not.
+    steps = output_steps(compressed.proto) or None
+    changed_by = compressed.changed_by
+    measured: dict = {}
 
-            def checked(got, want, name, steps=None):
-                """compare(); a float build's output outside tolerance is compared again within the
-                reference's own fp32 noise (measured once, only when needed)."""
-                verification = compare(got, want, tolerance, name, steps)
-                if verification.failed and changed_by is None:
-                    if "noise" not in measured:
-                        measured["noise"] = reference_noise(reference_model, source_feeds)
-                    verification = compare(got, want, tolerance, name, steps, measured["noise"])
-                return verification
+    def checked(got, want, name, steps=None):
+        """compare(); a float build's output outside tolerance is compared again within the
+        reference's own fp32 noise (measured once, only when needed)."""
+        verification = compare(got, want, loaded.tolerance, name, steps)
+        if verification.failed and changed_by is None:
+            if "noise" not in measured:
+                measured["noise"] = reference_noise(loaded.reference_model, source_feeds)
+            verification = compare(got, want, loaded.tolerance, name, steps, measured["noise"])
+        return verification
 
-            measured: dict = {}
-            if changed_by is None:
-                after_passes = checked(
-                    compressed_outputs, reference, "onnxruntime on the source model"
-                )
-                artifact_reference, reference_name = reference, "onnxruntime on the source model"
-            else:
-                section = "Quantization" if quantization is not None else "Pruning"
-                after_passes = not_verified(
-                    f"the {changed_by} model differs from the float source by design; "
-                    f"see {section}",
-                    "onnxruntime on the source model",
-                )
-                artifact_reference = compressed_outputs
-                reference_name = f"onnxruntime on the {changed_by} model.onnx"
-            if quantization is not None:
-                count = min(a.shape[0] for a in held_out.values())
-                with_fixed = {
-                    **held_out,
-                    **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in fixed.items()},
-                }
-                quantization["fidelity"] = fidelity(
-                    outputs_over(model_path, held_out), outputs_over(reference_model, with_fixed)
-                )
-            runner = backend.runner(staging)
-            if isinstance(runner, str):
-                artifact_check = not_verified(runner, reference_name)
-            else:
-                outputs = runner.run([inputs[s.name] for s in artifact_specs])
-                got = {s.name: np.asarray(a) for s, a in zip(output_specs, outputs)}
-                artifact_check = checked(got, artifact_reference, reference_name, steps)
-                artifact_check.reference += f"; artifact run by {runner.description}"
-            timings["verify"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - started
-
-        failed = artifact_check.failed or after_passes.failed
-        status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
-        report = {
-            "status": status,
-            "config": opts.config,
-            "source": {"path": str(source), "sha256": source_sha, "opset_upgrade": upgraded},
-            "target": {
-                "name": backend.name,
-                "tvm": compiled.target,
-                "description": compiled.description.to_json(),
-                "notes": compiled.notes,
-            },
-            "inputs": [s.to_json() for s in artifact_specs],
-            "fixed_inputs": fixed_to_json(fixed),
-            "outputs": [s.to_json() for s in output_specs],
-            "verification_inputs": str(opts.verify_inputs)
-            if opts.verify_inputs
-            else f"random, seed {opts.seed}",
-            "passes": [r.to_json() for r in pass_records],
-            "pruning": pruning,
-            "quantization": quantization,
-            "int8_compute": compiled.int8,
-            "float_conv": compiled.float_conv,
-            "tuning": compiled.tuning,
-            "kernels": compiled.kernels,
-            "verification": {
-                "artifact": artifact_check.to_json(),
-                "passes": after_passes.to_json(),
-            },
-            "timings_s": timings,
+    if changed_by is None:
+        after_passes = checked(compressed_outputs, reference, "onnxruntime on the source model")
+        artifact_reference, reference_name = reference, "onnxruntime on the source model"
+    else:
+        section = "Quantization" if changed_by == "int8" else "Pruning"
+        after_passes = not_verified(
+            f"the {changed_by} model differs from the float source by design; see {section}",
+            "onnxruntime on the source model",
+        )
+        artifact_reference = compressed_outputs
+        reference_name = f"onnxruntime on the {changed_by} model.onnx"
+    if compressed.quantization is not None:
+        held_out = compressed.held_out
+        count = min(a.shape[0] for a in held_out.values())
+        with_fixed = {
+            **held_out,
+            **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in loaded.fixed.items()},
         }
-        report["sizes"] = _file_sizes(staging, source)
-        reports.write_json(report, staging / "report.json")
-        (staging / "report.md").write_text(reports.render_markdown(report))
-        write_manifest(
-            staging,
-            source=source,
-            source_sha256=source_sha,
-            target=report["target"],
-            inputs=report["inputs"],
-            fixed_inputs=report["fixed_inputs"],
-            outputs=report["outputs"],
-            status=status,
-            opset_upgrade=upgraded,
+        compressed.quantization["fidelity"] = fidelity(
+            outputs_over(model_path, held_out), outputs_over(loaded.reference_model, with_fixed)
         )
-        outdirs.commit(staging, Path(opts.outdir))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    result = BuildResult(Path(opts.outdir), report)
-    if failed:
-        broken = [
-            f"'{o.name}' ({o.problem})"
-            for v in (artifact_check, after_passes)
-            for o in v.broken_outputs()
-        ]
-        raise VerificationError(
-            f"{source}: the {backend.name} build is outside tolerance against onnxruntime: "
-            f"output {', '.join(broken)}. The artifact and its report are in {opts.outdir}; "
-            "loosen with --atol/--rtol/--min-cosine only if the error is expected."
-        )
-    return result
+    runner = loaded.backend.runner(staging)
+    if isinstance(runner, str):
+        return not_verified(runner, reference_name), after_passes
+    outputs = runner.run([inputs[s.name] for s in compressed.artifact_specs])
+    got = {s.name: np.asarray(a) for s, a in zip(compressed.output_specs, outputs)}
+    artifact_check = checked(got, artifact_reference, reference_name, steps)
+    artifact_check.reference += f"; artifact run by {runner.description}"
+    return artifact_check, after_passes
+
+
+def _report(opts, loaded: _Loaded, compressed: _Compressed, compiled, checks, staging) -> dict:
+    artifact_check, after_passes = checks
+    failed = artifact_check.failed or after_passes.failed
+    status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
+    report = {
+        "status": status,
+        "config": opts.config,
+        "source": {
+            "path": str(loaded.source),
+            "sha256": loaded.source_sha,
+            "opset_upgrade": loaded.upgraded,
+        },
+        "target": {
+            "name": loaded.backend.name,
+            "tvm": compiled.target,
+            "description": compiled.description.to_json(),
+            "notes": compiled.notes,
+        },
+        "inputs": [s.to_json() for s in compressed.artifact_specs],
+        "fixed_inputs": fixed_to_json(loaded.fixed),
+        "outputs": [s.to_json() for s in compressed.output_specs],
+        "verification_inputs": str(opts.verify_inputs)
+        if opts.verify_inputs
+        else f"random, seed {opts.seed}",
+        "passes": [r.to_json() for r in compressed.pass_records],
+        "pruning": compressed.pruning,
+        "quantization": compressed.quantization,
+        "int8_compute": compiled.int8,
+        "float_conv": compiled.float_conv,
+        "tuning": compiled.tuning,
+        "kernels": compiled.kernels,
+        "verification": {
+            "artifact": artifact_check.to_json(),
+            "passes": after_passes.to_json(),
+        },
+        "timings_s": loaded.timings,
+    }
+    report["sizes"] = _file_sizes(staging, loaded.source)
+    return report

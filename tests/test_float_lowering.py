@@ -212,8 +212,6 @@ def test_winograd_weights_transform_like_the_direct_convolution():
     import tvm
     from tvm import te
 
-    from edgepress.backends.kernels.float import schedules as float_schedules
-    from edgepress.backends.kernels.int8 import schedules as int8_schedules
     from edgepress.backends.kernels.float import compute as fk
     from edgepress.backends.kernels import rules
     from edgepress.backends.relax.pipeline import sample_schedules
@@ -310,7 +308,6 @@ def test_conv_with_large_weights_prefetches_them_and_stays_exact():
     import tvm
     from tvm import te
 
-    from edgepress.backends.kernels.float import schedules as float_schedules
     from edgepress.backends.kernels.common import tiles
     from edgepress.backends.kernels.float.compute import conv2d_nhwc, pack_conv_weight
     from edgepress.backends.kernels import rules
@@ -330,7 +327,7 @@ def test_conv_with_large_weights_prefetches_them_and_stays_exact():
     rules.register(describe(target))
     mod, done = sample_schedules(mod, target, describe(target), {"main"})
     assert done == {"main"}
-    mod["main"] = float_schedules.inject_weight_prefetch(mod["main"])
+    mod["main"] = rules.inject(mod["main"], describe(target))  # as a build does it
     lib = tvm.compile(mod, target=target)
     assert "prefetcht1" in lib.mod.inspect_source("asm")
     assert "@__TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")

@@ -57,7 +57,6 @@ def _run_te(outputs_fn, arrays):
     import tvm
     from tvm import te
 
-    from edgepress.backends.kernels.int8 import schedules as int8_schedules
     from edgepress.backends.kernels import rules
     from edgepress.backends.relax.pipeline import sample_schedules
     from edgepress.backends.targets.description import describe
@@ -149,7 +148,6 @@ def _scheduled_conv(arrays, mcpu: str, intrinsic: str, out_zero_point: int):
     import tvm
     from tvm import te
 
-    from edgepress.backends.kernels.int8 import schedules as int8_schedules
     from edgepress.backends.kernels.common import tensor_intrinsics
     from edgepress.backends.kernels.int8.compute import packed_conv2d
     from edgepress.backends.kernels import rules
@@ -577,9 +575,10 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
         pytest.skip("this CPU has no avx512_vnni")
     import tvm
 
+    from edgepress.backends.kernels import rules
     from edgepress.backends.kernels.common import tiles
-    from edgepress.backends.kernels.int8 import schedules as int8_schedules
     from edgepress.backends.kernels.int8.compute import pack_weight
+    from edgepress.backends.targets.description import describe
 
     rng = np.random.default_rng(8)
     x = rng.integers(0, 256, (1, 256, 7, 7)).astype(np.uint8)
@@ -590,7 +589,8 @@ def test_vnni_conv_with_large_weights_prefetches_them_and_stays_exact():
     arrays += [bias, multiplier]
     assert arrays[1].nbytes >= tiles.PREFETCH_MIN_BYTES
     mod, target, out = _scheduled_conv(arrays, "icelake-server", "dot_16x4_vnni", out_zero_point=3)
-    mod["main"] = int8_schedules.inject_weight_prefetch(mod["main"])
+    # as a build does it: the rule table's injector, found by its marker on the scheduled loops
+    mod["main"] = rules.inject(mod["main"], describe(target))
     lib = tvm.compile(mod, target=target)
     assert "prefetcht1" in lib.mod.inspect_source("asm")
     assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")

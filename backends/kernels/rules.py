@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgepress.backends.kernels.common import nhwc_compute, nhwc_schedules
-from edgepress.backends.kernels.common.tir_walk import sblocks
+from edgepress.backends.kernels.common.tir_walk import loops
 from edgepress.backends.kernels.float import compute as float_compute
 from edgepress.backends.kernels.float import schedules as float_schedules
 from edgepress.backends.kernels.int8 import compute as int8_compute
@@ -37,6 +37,9 @@ class KernelRule:
     # (schedule, block) -> why the rule does not apply, or None
     declines: Callable | None = None
     injector: Callable | None = None  # PrimFunc -> PrimFunc, after scheduling
+    # the loop annotation the rule's schedule leaves for its injector (blocks lose theirs
+    # when they are tensorized, loops keep them)
+    marker: str | None = None
 
     def apply(self, sch, block):
         """The rule's schedules for `block`; where it declines or fails, the block as it is
@@ -74,6 +77,7 @@ RULES: tuple[KernelRule, ...] = (
         (int8_compute.packed_conv2d,),
         int8_schedules.schedule_conv2d_int8,
         injector=int8_schedules.inject_weight_prefetch,
+        marker=int8_schedules.PREFETCH_ATTR,
     ),
     KernelRule(
         nhwc_schedules.PACK_RULE,
@@ -104,6 +108,7 @@ RULES: tuple[KernelRule, ...] = (
         (float_compute.conv2d_nhwc,),
         float_schedules.schedule_conv2d_float,
         injector=float_schedules.inject_weight_prefetch,
+        marker=float_schedules.PREFETCH_ATTR,
     ),
     KernelRule(
         float_compute.WINOGRAD_RULE,
@@ -128,9 +133,10 @@ def register(target: TargetDescription) -> None:
 
 
 def inject(func, target: TargetDescription):
-    """A scheduled PrimFunc with the injectors of the rules its blocks name applied."""
-    named = {str(b.annotations.get("schedule_rule", "")) for b in sblocks(func)}
+    """A scheduled PrimFunc with the injectors applied of the rules whose marker is on one of
+    its loops."""
+    marks = {str(key) for loop in loops(func) for key in loop.annotations.keys()}
     for rule in rules_for(target):
-        if rule.injector is not None and rule.name in named:
+        if rule.injector is not None and rule.marker in marks:
             func = rule.injector(func)
     return func

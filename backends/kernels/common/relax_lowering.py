@@ -13,6 +13,43 @@ from edgepress.backends.kernels.common.nhwc_compute import max_pool2d
 from edgepress.backends.kernels.common.nhwc_rewriter import op_name
 
 
+class Bindings:
+    """A function's bindings, indexed once: var -> bound value, var -> the vars whose values
+    read it (in binding order), and var -> number of uses (the function's result counts)."""
+
+    def __init__(self, func) -> None:
+        from tvm import relax
+
+        self.value: dict = {}
+        self.users: dict = {}
+        self.uses: dict = {}
+
+        def read(var, user) -> None:
+            if isinstance(var, relax.Var):
+                self.uses[var] = self.uses.get(var, 0) + 1
+                if user is not None:
+                    self.users.setdefault(var, []).append(user)
+
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.value[binding.var] = binding.value
+                for arg in getattr(binding.value, "args", ()):
+                    for used in arg.fields if isinstance(arg, relax.Tuple) else (arg,):
+                        read(used, binding.var)
+        body = func.body.body
+        for var in body.fields if isinstance(body, relax.Tuple) else (body,):
+            read(var, None)
+
+    def producer(self, expr, op: str):
+        """The call bound to `expr` if it is a call of `op`, else None."""
+        value = self.value.get(expr)
+        return value if value is not None and op_name(value) == op else None
+
+    def consumers(self, var) -> list:
+        """The vars whose values read `var` (once each)."""
+        return list(dict.fromkeys(self.users.get(var, [])))
+
+
 def _dtype(expr) -> str:
     return str(getattr(expr.ty, "dtype", ""))
 

@@ -136,3 +136,34 @@ def block_with_body(block, body):
         block.match_buffers,
         block.annotations,
     )
+
+
+def rebuild(stmt, state, on_loop, on_block=None):
+    """`stmt` with the path down to what the callbacks change rebuilt (TVM 0.27 has no Python
+    TIR mutator), everything else shared. `on_loop(loop, state)` gives the state for the
+    loop's body and an optional function that wraps the rebuilt body (None: as it is);
+    `on_block(block, state)` gives a replacement block, or None to descend into its body.
+    The weight-prefetch injectors of both kernel families are written with it."""
+    from tvm import s_tir, tirx
+
+    if isinstance(stmt, tirx.For):
+        inner, wrap = on_loop(stmt, state)
+        body = rebuild(stmt.body, inner, on_loop, on_block)
+        if wrap is not None:
+            body = wrap(body)
+        return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
+    if isinstance(stmt, tirx.SeqStmt):
+        parts = [rebuild(s, state, on_loop, on_block) for s in stmt.seq]
+        if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
+            return stmt
+        return tirx.SeqStmt(parts)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        block = stmt.block
+        new = on_block(block, state) if on_block is not None else None
+        if new is None:
+            body = rebuild(block.body, state, on_loop, on_block)
+            new = block if body.same_as(block.body) else block_with_body(block, body)
+        if new.same_as(block):
+            return stmt
+        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
+    return stmt

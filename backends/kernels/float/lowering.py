@@ -25,6 +25,7 @@ from edgepress.backends.kernels.common.nhwc_compute import (
     per_channel,
 )
 from edgepress.backends.kernels.common.relax_lowering import (
+    Bindings,
     LayerLowering,
     NotLowered,
     constant,
@@ -103,16 +104,8 @@ class _Plan:
     ) -> None:
         self.lanes = lanes
         self.winograd = winograd
-        self.value: dict = {}
-        self.uses: dict = {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                self.value[binding.var] = binding.value
-                for arg in getattr(binding.value, "args", ()):
-                    for used in getattr(arg, "fields", (arg,)):  # a call_tir's tuple too
-                        self.uses[used] = self.uses.get(used, 0) + 1
-        body = func.body.body
-        self.uses[body] = self.uses.get(body, 0) + 1
+        bindings = Bindings(func)
+        self.value, self.uses, self.users = bindings.value, bindings.uses, bindings.users
         self.convs: dict = {}
         self.layers: list[LayerLowering] = []
         for var, value in self.value.items():
@@ -135,18 +128,16 @@ class _Plan:
         """(the add's var, its per-channel constant) where `var`'s only use is an add of a
         constant of one value per output channel (of one of `shapes`: those that broadcast
         along the channels), else (var, zeros)."""
-        if self.uses.get(var, 0) == 1:
-            for user, value in self.value.items():
-                if op_name(value) != "relax.add" or not any(a.same_as(var) for a in value.args):
-                    continue
-                other = value.args[1] if value.args[0].same_as(var) else value.args[0]
-                try:
-                    bias = constant(other, "the bias")
-                except NotLowered:
-                    break
-                if bias.dtype == np.float32 and bias.shape in shapes:
-                    return user, bias.reshape(channels)
-                break
+        from tvm import relax
+
+        users = self.users.get(var, [])
+        if self.uses.get(var, 0) == 1 and len(users) == 1:
+            matched = _bias_add().extract_matched_expr(self.value[users[0]])
+            if matched is not None:
+                bias = next(e for e in matched.values() if isinstance(e, relax.Constant))
+                value = bias.data.numpy()
+                if value.dtype == np.float32 and value.shape in shapes:
+                    return users[0], value.reshape(channels)
         return var, np.zeros(channels, np.float32)
 
     def _conv_of(self, var, call, skip_winograd: bool):
@@ -186,6 +177,13 @@ class _Plan:
         )
         conv.winograd = self.winograd and _winograd_fits(conv, call, self.lanes)
         return out_var, conv
+
+
+def _bias_add():
+    """add(x, constant) in either order (a relax.dpl pattern)."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    return is_op("relax.add")(wildcard(), is_const()) | is_op("relax.add")(is_const(), wildcard())
 
 
 def _winograd_fits(conv: _Conv, call, lanes: int) -> bool:

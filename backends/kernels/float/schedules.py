@@ -13,10 +13,9 @@ from edgepress.backends.kernels.common.tiles import (
     FLOAT_ACCUMULATORS,
     PREFETCH_MIN_BYTES,
     STACK_ALLOCA_BYTES,
-    block_with_body,
     inline_between,
     last_consumer,
-    loop_with_body,
+    rebuild,
     split_tile,
     unroll_epilogue,
 )
@@ -152,7 +151,7 @@ def inject_weight_prefetch(func):
     line's place in this one. ResNet-18's 7x7x512 layers read 9.4 MB of weights per call.
     Functions without the annotation come back as they are (int8_schedules has the int8
     kernels' version, for their tensorized blocks)."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
 
     weight = _weight_buffer(func)
     if weight is None:
@@ -175,28 +174,14 @@ def inject_weight_prefetch(func):
         first = tirx.all(z_outer == 0, line < ahead // LINE)
         return tirx.IfThenElse(first, tirx.Evaluate(call), None)
 
-    def rebuild(stmt, loops):
-        if isinstance(stmt, tirx.For):
-            path = [*loops, stmt]
-            body = rebuild(stmt.body, path)
-            if PREFETCH_ATTR in stmt.annotations and len(path) >= 5:
-                body = tirx.SeqStmt([prefetch(path, stmt.annotations[PREFETCH_ATTR]), body])
-            return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
-        if isinstance(stmt, tirx.SeqStmt):
-            parts = [rebuild(s, loops) for s in stmt.seq]
-            if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
-                return stmt
-            return tirx.SeqStmt(parts)
-        if isinstance(stmt, s_tir.SBlockRealize):
-            block = stmt.block
-            body = rebuild(block.body, loops)
-            if body.same_as(block.body):
-                return stmt
-            new = block_with_body(block, body)
-            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
-        return stmt
+    def on_loop(loop, loops):
+        path = [*loops, loop]
+        if PREFETCH_ATTR in loop.annotations and len(path) >= 5:
+            call = prefetch(path, loop.annotations[PREFETCH_ATTR])
+            return path, lambda body: tirx.SeqStmt([call, body])
+        return path, None
 
-    body = rebuild(func.body, [])
+    body = rebuild(func.body, [], on_loop)
     return func if body.same_as(func.body) else func.with_body(body)
 
 

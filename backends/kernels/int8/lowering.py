@@ -25,6 +25,7 @@ import numpy as np
 
 from edgepress.backends.kernels.common.nhwc_compute import pack_depthwise_weight, per_channel
 from edgepress.backends.kernels.common.relax_lowering import (
+    Bindings,
     LayerLowering,
     NotLowered,
     constant,
@@ -102,7 +103,7 @@ def layout_for(target) -> DotLayout | None:
 
 def has_qdq(mod) -> bool:
     """Whether the module's main function quantizes anything."""
-    return any(_op_name(v) == "relax.quantize" for v in _Bindings(mod["main"]).value.values())
+    return any(_op_name(v) == "relax.quantize" for v in Bindings(mod["main"]).value.values())
 
 
 def _scalar(expr, what: str) -> float:
@@ -121,45 +122,12 @@ def _per_channel(array: np.ndarray, channels: int, what: str) -> np.ndarray:
     return flat
 
 
-class _Bindings:
-    """Var -> bound value and var -> number of uses, over a function's bindings."""
-
-    def __init__(self, func) -> None:
-        from tvm import relax
-
-        self.value: dict = {}
-        self.uses: dict = {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                self.value[binding.var] = binding.value
-        for value in self.value.values():
-            for arg in getattr(value, "args", ()):
-                if isinstance(arg, relax.Var):
-                    self.uses[arg] = self.uses.get(arg, 0) + 1
-        body = func.body.body
-        for var in body.fields if isinstance(body, relax.Tuple) else (body,):
-            if isinstance(var, relax.Var):
-                self.uses[var] = self.uses.get(var, 0) + 1
-
-    def producer(self, expr, op: str):
-        """The call bound to `expr` if it is a call of `op`, else None."""
-        value = self.value.get(expr)
-        return value if value is not None and _op_name(value) == op else None
-
-    def consumers(self, var) -> list:
-        return [
-            v
-            for v, value in self.value.items()
-            if any(arg.same_as(var) for arg in getattr(value, "args", ()))
-        ]
-
-
 def _dtype(expr) -> str:
     dtype = expr.ty.dtype
     return str(getattr(dtype, "dtype", dtype))
 
 
-def _dequantized_input(bindings: _Bindings, expr) -> tuple[object, float, int]:
+def _dequantized_input(bindings: Bindings, expr) -> tuple[object, float, int]:
     dq = bindings.producer(expr, "relax.dequantize")
     if dq is None:
         raise NotLowered("its input is not dequantized from 8 bits")
@@ -170,7 +138,7 @@ def _dequantized_input(bindings: _Bindings, expr) -> tuple[object, float, int]:
     return x, _scalar(scale, "the input scale"), int(_scalar(zero_point, "the input zero point"))
 
 
-def _dequantized_weight(bindings: _Bindings, expr, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _dequantized_weight(bindings: Bindings, expr, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The int8 weight and its scales, per channel along `axis` (the output channels: 0 in
     OIHW, 1 in a ConvTranspose's IOHW) or per tensor."""
     dq = bindings.producer(expr, "relax.dequantize")
@@ -188,7 +156,7 @@ def _dequantized_weight(bindings: _Bindings, expr, axis: int = 0) -> tuple[np.nd
     return weight, scales
 
 
-def _int32_bias(bindings: _Bindings, expr, channels: int, scale: np.ndarray) -> np.ndarray:
+def _int32_bias(bindings: Bindings, expr, channels: int, scale: np.ndarray) -> np.ndarray:
     reshaped = bindings.producer(expr, "relax.reshape")
     dq = bindings.producer(reshaped.args[0] if reshaped is not None else expr, "relax.dequantize")
     if dq is None:
@@ -236,14 +204,14 @@ def _as_convolution(a, weight: np.ndarray) -> tuple[np.ndarray, dict]:
     return flipped, attrs
 
 
-def _quantize_consumer(bindings: _Bindings, var):
+def _quantize_consumer(bindings: Bindings, var):
     users = bindings.consumers(var)
     if len(users) != 1 or bindings.uses.get(var, 0) != 1:
         raise NotLowered("its float output is used by more than one op")
     return users[0], bindings.value[users[0]]
 
 
-def _chain_of(bindings: _Bindings, var, call, layout: DotLayout) -> tuple[object, _Chain]:
+def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object, _Chain]:
     """(the quantize binding's var, the chain) for the compute call bound to `var`."""
     op = _op_name(call)
     x, x_scale, x_zp = _dequantized_input(bindings, call.args[0])
@@ -407,7 +375,7 @@ class _Passthrough:
     x: object
 
 
-def _passthrough_of(bindings: _Bindings, var, call) -> tuple[object, _Passthrough] | None:
+def _passthrough_of(bindings: Bindings, var, call) -> tuple[object, _Passthrough] | None:
     dq = bindings.producer(call.args[0], "relax.dequantize")
     if dq is None or _dtype(dq.args[0]) not in QUANT_TYPES:
         return None
@@ -428,7 +396,7 @@ PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
 
 def plan(func, layout: DotLayout, names: dict | None = None) -> tuple[dict, list[LayerLowering]]:
     """{quantize var: chain} for the function's lowerable chains, and every compute op's fate."""
-    bindings = _Bindings(func)
+    bindings = Bindings(func)
     chains: dict = {}
     layers: list[LayerLowering] = []
 
@@ -461,7 +429,7 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
     from tvm import relax
 
     chains, layers = plan(mod["main"], layout, names)
-    bindings = _Bindings(mod["main"])
+    bindings = Bindings(mod["main"])
     if not chains:
         return mod, layers
 

@@ -24,7 +24,7 @@ from edgepress.backends.kernels.common.tiles import (
     block_with_body,
     inline_between,
     last_consumer,
-    loop_with_body,
+    rebuild,
     split_tile,
     unroll_epilogue,
 )
@@ -174,33 +174,20 @@ def inject_weight_prefetch(func):
         )
         return block_with_body(block, body)
 
-    def rebuild(stmt, ahead, pixels: int):
-        if isinstance(stmt, tirx.For):
-            if PREFETCH_ATTR in stmt.annotations:
-                ahead = [int(v) for v in stmt.annotations[PREFETCH_ATTR]]
-            inner = stmt.extent if isinstance(stmt.body, s_tir.SBlockRealize) else pixels
-            body = rebuild(stmt.body, ahead, int(inner) if ahead else pixels)
-            return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
-        if isinstance(stmt, tirx.SeqStmt):
-            parts = [rebuild(s, ahead, pixels) for s in stmt.seq]
-            if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
-                return stmt
-            return tirx.SeqStmt(parts)
-        if isinstance(stmt, s_tir.SBlockRealize):
-            block = stmt.block
-            if ahead is not None and block.match_buffers:
-                new = update_block(block, ahead[0], ahead[1], pixels)
-            else:
-                body = rebuild(block.body, ahead, pixels)
-                if body.same_as(block.body):
-                    return stmt
-                new = block_with_body(block, body)
-            if new.same_as(block):
-                return stmt
-            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
-        return stmt
+    def on_loop(loop, state):
+        ahead, pixels = state
+        if PREFETCH_ATTR in loop.annotations:
+            ahead = [int(v) for v in loop.annotations[PREFETCH_ATTR]]
+        inner = loop.extent if isinstance(loop.body, s_tir.SBlockRealize) else pixels
+        return (ahead, int(inner) if ahead else pixels), None
 
-    body = rebuild(func.body, None, 1)
+    def on_block(block, state):
+        ahead, pixels = state
+        if ahead is not None and block.match_buffers:
+            return update_block(block, ahead[0], ahead[1], pixels)
+        return None
+
+    body = rebuild(func.body, (None, 1), on_loop, on_block)
     return func if body.same_as(func.body) else func.with_body(body)
 
 
