@@ -29,6 +29,7 @@ from edgepress.compiler.config import load_config as _load_config
 from edgepress.compiler.errors import EdgepressError, UsageError
 from edgepress.compiler.manifest import read_manifest
 from edgepress.compiler.progress import Progress
+from edgepress.compiler.report import human_size
 from edgepress.compiler.shapes import TensorSpec
 
 __all__ = ["Artifact", "EdgepressError", "build", "load", "load_config"]
@@ -159,18 +160,9 @@ class Artifact:
         seconds = (self.report.get("timings_s") or {}).get("total")
         parts = [
             self.target,
-            f"library {_size(library)}, folder {_size(folder)}" if library else None,
+            f"library {human_size(library)}, folder {human_size(folder)}" if library else None,
             verified,
             f"{seconds:.1f} s" if seconds else None,
         ]
         return f"{self.status}: {self.path} ({'; '.join(p for p in parts if p)})"
 
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-def _size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -95,7 +95,7 @@ def pruning_lines(p: dict) -> list[str]:
         "",
         f"MACs {p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M "
         f"({p['macs_after'] / max(p['macs_before'], 1):.3f}x); parameters "
-        f"{_size(p['param_bytes_before'])} -> {_size(p['param_bytes_after'])} "
+        f"{human_size(p['param_bytes_before'])} -> {human_size(p['param_bytes_after'])} "
         f"({p['param_bytes_after'] / max(p['param_bytes_before'], 1):.3f}x).",
         "",
         "Channel groups (layers whose widths are tied: residual streams, depthwise pairs):",
@@ -153,7 +153,7 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
         "",
         f"int8: weights {q['weights']}, activations {q['activations']}; calibrated by "
         f"{q['method']} on {q['samples']} sample(s) of `{q['calibration']}` "
-        f"({q['calibrated_tensors']} tensors). model.onnx: {_size(model)}{ratio}.",
+        f"({q['calibrated_tensors']} tensors). model.onnx: {human_size(model)}{ratio}.",
         "",
         f"Fidelity against the float source on {q['fidelity_samples']} sample(s), "
         f"{q['fidelity_data']}:",
@@ -299,7 +299,7 @@ def render_markdown(report: dict) -> str:
         ]
     lines += ["## Sizes", "", "| file | bytes | size |", "|---|---|---|"]
     for name, n in report["sizes"].items():
-        lines.append(f"| {name} | {n} | {_size(n)} |")
+        lines.append(f"| {name} | {n} | {human_size(n)} |")
     lines += [
         "",
         "## Passes",

@@ -158,6 +158,45 @@ def _bias_inputs(cg: ChannelGraph, keep: dict, means: dict[ir.Value, np.ndarray]
 
 
 @register_pass("prune_channels")
+def _activation_stats(original, cg, data) -> tuple[dict, dict]:
+    """Per channel space: the mean of each channel over `data` (bias recovery), and the mean
+    squares the activation importance ranks by."""
+    names = sorted(v.name for v in cg.spaces if consumers(cg, v))
+    acts = run_samples(original, data, names)
+    means = {}
+    for value in cg.spaces:
+        if value.name in acts:
+            moved = np.moveaxis(acts[value.name], cg.spaces[value].axis + 1, -1)
+            means[value] = moved.reshape(-1, cg.spaces[value].size).mean(axis=0)
+    return means, scores.channel_mean_squares(cg, acts)
+
+
+def _cannot(ratio: float | None, flops: float | None, min_keep: float) -> PruningError:
+    want = f"remove {ratio:.0%} of the channels" if flops is None else f"keep {flops:.0%} of the MACs"
+    return PruningError(
+        f"cannot {want}: with min_keep {min_keep:g}, exclusions and channels frozen by "
+        "outputs or unknown ops, the prunable groups do not allow it"
+    )
+
+
+def _layer_details(layers_before: dict, after_cg) -> list[dict]:
+    """Each pruned-from layer's channels, MACs and weights before and after."""
+    after_sources = {n.name: n for n in after_cg.sources}
+    return [
+        {
+            "name": name,
+            "channels": channels,
+            "kept": after_cg.spaces[n.outputs[0]].size,
+            "macs": macs,
+            "macs_after": node_macs(n) or 0,
+            "params": params,
+            "params_after": _weight_count(n),
+        }
+        for name, (channels, macs, params) in layers_before.items()
+        for n in [after_sources[name]]
+    ]
+
+
 def prune_channels(
     model: ir.Model,
     *,
@@ -198,16 +237,9 @@ def prune_channels(
     details: dict = {"importance": importance, "recovery": recover, "groups": []}
 
     stats_data = _first(data, STATS_SAMPLES) if data is not None else None
-    means: dict[ir.Value, np.ndarray] = {}
-    mean_squares = None
+    means, mean_squares = {}, None
     if importance == "activation" or recover == "bias":
-        names = sorted(v.name for v in cg.spaces if consumers(cg, v))
-        acts = run_samples(original, stats_data, names)
-        mean_squares = scores.channel_mean_squares(cg, acts)
-        for value in cg.spaces:
-            if value.name in acts:
-                moved = np.moveaxis(acts[value.name], cg.spaces[value].axis + 1, -1)
-                means[value] = moved.reshape(-1, cg.spaces[value].size).mean(axis=0)
+        means, mean_squares = _activation_stats(original, cg, stats_data)
     ranks = scores.class_importance(cg, importance, mean_squares)
 
     nothing = ratio == 0.0 if flops is None else flops >= 1.0
@@ -224,15 +256,7 @@ def prune_channels(
         meets = _meets(ratio, flops, model.graph, cg, groups, ranks, min_keep, multiple)
         ratios, threshold = allocate(curves, fixed, meets, cap=1.0 - min_keep)
         if threshold == float("inf"):
-            want = (
-                f"remove {ratio:.0%} of the channels"
-                if flops is None
-                else (f"keep {flops:.0%} of the MACs")
-            )
-            raise PruningError(
-                f"cannot {want}: with min_keep {min_keep:g}, exclusions and channels frozen by "
-                "outputs or unknown ops, the prunable groups do not allow it"
-            )
+            raise _cannot(ratio, flops, min_keep)
     removed = choose_removed(groups, ranks, ratios, min_keep, multiple)
     keep = cg.keep(removed)
 
@@ -263,21 +287,8 @@ def prune_channels(
         fits = compensate_biases(model, *bias_inputs)
     common_passes.RemoveUnusedNodesPass()(model)
     after_cg = analyze(model.graph)
-    after_sources = {n.name: n for n in after_cg.sources}
     details.update(
-        layers=[
-            {
-                "name": name,
-                "channels": channels,
-                "kept": after_cg.spaces[n.outputs[0]].size,
-                "macs": macs,
-                "macs_after": node_macs(n) or 0,
-                "params": params,
-                "params_after": _weight_count(n),
-            }
-            for name, (channels, macs, params) in layers_before.items()
-            for n in [after_sources[name]]
-        ],
+        layers=_layer_details(layers_before, after_cg),
         macs_before=macs_before,
         macs_after=macs_kept(model.graph, after_cg, set())[1],
         param_bytes_before=params_before,

@@ -128,16 +128,14 @@ class _Plan:
         """(the add's var, its per-channel constant) where `var`'s only use is an add of a
         constant of one value per output channel (of one of `shapes`: those that broadcast
         along the channels), else (var, zeros)."""
-        from tvm import relax
-
         users = self.users.get(var, [])
         if self.uses.get(var, 0) == 1 and len(users) == 1:
-            matched = _bias_add().extract_matched_expr(self.value[users[0]])
-            if matched is not None:
-                bias = next(e for e in matched.values() if isinstance(e, relax.Constant))
-                value = bias.data.numpy()
-                if value.dtype == np.float32 and value.shape in shapes:
-                    return users[0], value.reshape(channels)
+            add = self.value[users[0]]
+            if _bias_add().match(add):
+                other = add.args[1] if add.args[0].same_as(var) else add.args[0]
+                bias = constant(other, "the bias")
+                if bias.dtype == np.float32 and bias.shape in shapes:
+                    return users[0], bias.reshape(channels)
         return var, np.zeros(channels, np.float32)
 
     def _conv_of(self, var, call, skip_winograd: bool):
