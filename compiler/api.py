@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.backends.runtime.threads import size_pool_to_all_cores
 from edgepress.compiler.config import build_options, check, resolve
 from edgepress.compiler.config import load_config as _load_config
 from edgepress.compiler.errors import EdgepressError, UsageError
@@ -33,6 +34,10 @@ from edgepress.compiler.report import human_size
 from edgepress.compiler.shapes import TensorSpec
 
 __all__ = ["Artifact", "EdgepressError", "build", "load", "load_config"]
+
+# TVM's thread pool can later run fewer threads than it started with, never more: it starts
+# with every core, and bench/run pick their count (as the CLI does at start-up).
+size_pool_to_all_cores()
 
 # Keyword spellings of the API that read better as Python than the flags' names.
 ALIASES = {"input_shapes": "input_shape", "input_values": "input_value"}

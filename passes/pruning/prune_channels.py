@@ -157,7 +157,6 @@ def _bias_inputs(cg: ChannelGraph, keep: dict, means: dict[ir.Value, np.ndarray]
     return removed_inputs, layer_means
 
 
-@register_pass("prune_channels")
 def _activation_stats(original, cg, data) -> tuple[dict, dict]:
     """Per channel space: the mean of each channel over `data` (bias recovery), and the mean
     squares the activation importance ranks by."""
@@ -197,6 +196,7 @@ def _layer_details(layers_before: dict, after_cg) -> list[dict]:
     ]
 
 
+@register_pass("prune_channels")
 def prune_channels(
     model: ir.Model,
     *,

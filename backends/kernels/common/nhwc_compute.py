@@ -188,7 +188,7 @@ def spatial_mean(x, *, keepdims: bool):
 
 def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
     """NHWC `x` with zero rows and columns around it (top, left, bottom, right): the conv
-    kernel reads every tap without a test. int8_schedules' pack rule cuts the border off, so
+    kernel reads every tap without a test. nhwc_schedules' pack rule cuts the border off, so
     the interior is a plain copy."""
     from tvm import te, tirx
 

@@ -1,7 +1,7 @@
 """The Relax rewriter that lets kernels pass NHWC activations from one to the next.
 
 TVM imports ONNX as NCHW. The kernels edgepress emits for convolutions (int8_lowering's
-integer ones, float_lowering's float ones) read and write NHWC: channels innermost are what
+integer ones, float/lowering's float ones) read and write NHWC: channels innermost are what
 their register tiles vectorize. Each rewritten binding stays NCHW (a transpose of the kernel's
 result) for whatever else reads it; `nhwc` maps it to the NHWC value, which the next kernel
 reads instead, and transposes that nothing reads are dead code afterwards. Between kernels,

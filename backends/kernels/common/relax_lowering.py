@@ -100,7 +100,7 @@ def opaque_call_te(builder, compute, *args, **kwargs):
 
 
 def nhwc_pool(call) -> bool:
-    """Whether int8_kernels.max_pool2d (NHWC, any dtype) takes this call: TOPI's pool ran 6x
+    """Whether nhwc_compute.max_pool2d (NHWC, any dtype) takes this call: TOPI's pool ran 6x
     slower. Any binding value may be asked (a TupleGetItem has no attrs)."""
     if op_name(call) != "relax.nn.max_pool2d":
         return False
@@ -112,7 +112,7 @@ def nhwc_pool(call) -> bool:
 
 
 def emit_pool(builder, call, x_nhwc):
-    """NCHW max pooling as int8_kernels.max_pool2d on the NHWC input (8-bit or float)."""
+    """NCHW max pooling as nhwc_compute.max_pool2d on the NHWC input (8-bit or float)."""
     attrs = call.attrs
     return opaque_call_te(
         builder,

@@ -17,16 +17,6 @@ import sys
 PACKAGE = "tvm.s_tir.tensor_intrin"
 
 
-def families_for(target: dict) -> tuple[str, ...]:
-    """The intrinsic families (module names inside the package) a target can use."""
-    if target.get("kind") == "cuda":
-        return ("cuda",)
-    triple = str(target.get("mtriple", ""))
-    if triple.startswith(("aarch64", "arm")):
-        return ("arm_cpu",)
-    return ("x86",)
-
-
 def load(families: tuple[str, ...]) -> None:
     """Register these families' intrinsics (idempotent)."""
     import tvm.s_tir

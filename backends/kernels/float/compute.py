@@ -1,9 +1,9 @@
-"""Float32 convolution kernels (TE) on NHWC activations, for float_lowering.
+"""Float32 convolution kernels (TE) on NHWC activations, for float/lowering.
 
 TVM 0.27 has no fast float convolution for CPUs: TOPI's NCHW conv2d with one untimed sample
 of MetaSchedule's design space ran ResNet-18 at 0.10x onnxruntime, and 40 minutes of tuning
 brought it to 0.43x. The kernel a CPU wants is known (it is what onnxruntime's MLAS and the
-int8 kernels of int8_kernels do): a register tile of Z output pixels x B blocks of `lanes`
+int8 kernels of int8/compute do): a register tile of Z output pixels x B blocks of `lanes`
 output channels accumulates in vector registers while the reduction over the window and the
 input channels runs outside it; each weight vector is loaded once per tile and serves the Z
 pixels, each input value is broadcast once per block (AVX-512 folds the broadcast into the
@@ -14,10 +14,10 @@ FMA). So:
   whole blocks);
 - the bias is added in the epilogue, where the rest of the layer (relu, clip, a residual
   add, which FuseOps fuses behind the kernel) reads the accumulators before they leave the
-  tile (float_schedules).
+  tile (float/schedules).
 
 Depthwise convolutions have no channel reduction to tile: they vectorize over channels, with
-their padding read in the kernel (int8_schedules' depthwise rule, shared with the int8 one).
+their padding read in the kernel (nhwc_schedules' depthwise rule, shared with the int8 one).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def conv2d_nhwc(
     """conv2d of padded NHWC `xp` with packed weights (pack_conv_weight) plus `bias` [OC]
     (None: no bias): NHWC [N, OH, OW, out_channels]. Weights of rank 6 hold one packed weight
     per image of the batch ([N, OC/lanes, IC, KH, KW, lanes]: Winograd's 16 products, one per
-    tile position). The accumulating block names float_schedules' rule. `out_width` < the
-    columns `xp` gives: those beyond it are computed (float_schedules.padded_width: a row
+    tile position). The accumulating block names float/schedules' rule. `out_width` < the
+    columns `xp` gives: those beyond it are computed (float/schedules.padded_width: a row
     length with a better tile) and dropped."""
     from tvm import te
 
@@ -100,7 +100,7 @@ def depthwise_conv2d_nhwc(
     dilation: tuple[int, int],
     lanes: int,
 ):
-    """Depthwise conv2d of NHWC `x` with weights [1, KH, KW, C] (int8_kernels'
+    """Depthwise conv2d of NHWC `x` with weights [1, KH, KW, C] (nhwc_compute's
     pack_depthwise_weight layout) plus `bias` [1, 1, 1, C]. Padding reads as 0 in the kernel:
     each tap's test is marked likely and the depthwise rule cuts the border off, where the
     tests fold. `lanes` (the target's float32 vector width) sizes the rule's register tile."""
@@ -123,7 +123,7 @@ def depthwise_conv2d_nhwc(
 WINOGRAD_INPUT = ((0, 1.0, 2, -1.0), (1, 1.0, 2, 1.0), (2, 1.0, 1, -1.0), (1, 1.0, 3, -1.0))
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 WINOGRAD_TILE = 2  # output pixels per tile side
-WINOGRAD_RULE = "edgepress.winograd_transform"  # float_schedules.schedule_winograd_transform
+WINOGRAD_RULE = "edgepress.winograd_transform"  # float/schedules.schedule_winograd_transform
 
 
 def winograd_tiles(height: int, width: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Float32 Conv, Gemm and MatMul with constant weights -> edgepress's NHWC kernels
 (float_kernels), run on the imported Relax module before legalization.
 
-TOPI's NCHW convolutions leave CPU builds far behind onnxruntime (float_kernels says by how
+TOPI's NCHW convolutions leave CPU builds far behind onnxruntime (float/compute says by how
 much); this rewrite replaces each conv2d (and a following add of a per-channel constant: the
 bias, folded into the kernel) by a register-tiled NHWC kernel, and lets activations stay NHWC
 between kernels (nhwc_rewriter): relu, clip and residual adds run on the NHWC values and fuse
@@ -9,7 +9,7 @@ into the kernel before them; max pooling and the global average pool read NHWC t
 of [M, K] by a constant [K, N] is the 1x1 convolution of M pixels.
 
 Every conv2d and matmul of the module is listed in the result, lowered or with the reason it
-stayed with TVM's own kernels. Models with QDQ are int8_lowering's, not this rewrite's.
+stayed with TVM's own kernels. Models with QDQ are int8/lowering's, not this rewrite's.
 """
 
 from __future__ import annotations
@@ -67,21 +67,6 @@ class _Conv:
     depthwise: bool
     matmul: bool
     winograd: bool = False
-
-
-def float_lanes(target) -> int | None:
-    """float32 lanes of the target's vectors; None where nothing is lowered (GPUs)."""
-    from tvm.target import codegen
-
-    if target.kind.name != "llvm":
-        return None
-    if "aarch64" in str(target.attrs.get("mtriple", "")):
-        return 4
-    if codegen.target_has_features("avx512f", target):
-        return 16
-    if codegen.target_has_features("avx2", target) or codegen.target_has_features("avx", target):
-        return 8
-    return 4
 
 
 def _static_float32(expr, what: str) -> None:
@@ -206,7 +191,7 @@ def _winograd_fits(conv: _Conv, call, lanes: int) -> bool:
 
 
 def _emit_winograd(builder, conv: _Conv, x_nhwc, lanes: int):
-    """Winograd F(2x2, 3x3) (float_kernels): the input transform (a kernel of its own, kept out
+    """Winograd F(2x2, 3x3) (float/compute): the input transform (a kernel of its own, kept out
     of fusion so that the pad before it keeps its border cut), the 16 products as conv2d_nhwc
     over the tiles, and the output transform, behind which FuseOps puts the layer's relu or
     residual add."""

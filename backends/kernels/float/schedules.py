@@ -1,7 +1,7 @@
-"""MetaSchedule rule for the float32 NHWC convolution (float_kernels.conv2d_nhwc): a register
+"""MetaSchedule rule for the float32 NHWC convolution (float/compute.conv2d_nhwc): a register
 tile of pixels x channel blocks around broadcast fused multiply-adds, with the epilogue (bias,
 relu or clip, a residual add) computed per tile. The same shape as the int8 rule
-(int8_schedules), without a tensor intrinsic: LLVM vectorizes the `lanes` loop.
+(int8/schedules), without a tensor intrinsic: LLVM vectorizes the `lanes` loop.
 
 The tile sizes are sampled decisions (float_tile gives the untuned default), so tuning still
 searches them.
@@ -149,7 +149,7 @@ def inject_weight_prefetch(func):
     weights are contiguous in every layout the kernel reads (pack_conv_weight's, and
     MetaSchedule's rewritten one), so the line is the buffer's start + (ob_o + 1) steps + the
     line's place in this one. ResNet-18's 7x7x512 layers read 9.4 MB of weights per call.
-    Functions without the annotation come back as they are (int8_schedules has the int8
+    Functions without the annotation come back as they are (int8/schedules has the int8
     kernels' version, for their tensorized blocks)."""
     from tvm import tirx
 
@@ -186,7 +186,7 @@ def inject_weight_prefetch(func):
 
 
 def schedule_winograd_transform(sch, block):
-    """A Winograd transform (float_kernels.winograd_input or winograd_output, with the
+    """A Winograd transform (float/compute.winograd_input or winograd_output, with the
     elementwise ops FuseOps put behind the output one inlined into it): per tile (in
     parallel) and vector of channels, the tile positions unrolled, so that every select of a
     position's coefficient or offset folds to a constant and each input vector is loaded

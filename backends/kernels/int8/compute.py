@@ -192,7 +192,7 @@ def pack_activations(
 
     `upsample` (sh, sw) puts sh - 1 rows and sw - 1 columns of the zero point between the
     input's: a transposed convolution is a stride-1 convolution of that, with the window
-    flipped (int8_lowering)."""
+    flipped (int8/lowering)."""
     from tvm import te, tirx
 
     n, height, width, channels = (int(d) for d in x.shape)

@@ -72,35 +72,6 @@ class _Chain:
     attrs: dict = field(default_factory=dict)
 
 
-def layout_for(target) -> DotLayout | None:
-    """The packing the target's int8 dot product reads; None where nothing is lowered (GPUs).
-
-    x86 with AVX-512 VNNI: u8 x s8, 16 lanes (vpdpbusd). x86 with AVX2: activations widened to
-    int16 by the pack (ResNet-18 ran 39 ms against 46 ms widening them in the loop, AVX2 code
-    timed on an AVX-512 CPU), 8 lanes, exact int32 pair sums (dot_intrinsics.AVX2_8x2x2:
-    vpmaddwd; TVM's own x86 intrinsics use vpmaddubsw, which saturates in int16 and would
-    break exactness). Older x86: 8 lanes, no intrinsic (LLVM vectorizes the int32
-    arithmetic). arm64: u8 x s8, 4 lanes, with +i8mm (usdot: uint8 activations read as they
-    are); else s8 x s8 (sdot with +dotprod; without it, no intrinsic either).
-    """
-    from tvm.target import codegen
-
-    from edgepress.backends.kernels.int8.dot_intrinsics import AVX2_8x2x2, SDOT_4x4, USDOT_4x4, VNNI_16x4
-
-    if target.kind.name != "llvm":
-        return None
-    if "aarch64" in str(target.attrs.get("mtriple", "")):
-        if codegen.target_has_features("i8mm", target):
-            return DotLayout("uint8", 4, USDOT_4x4)
-        dotprod = codegen.target_has_features("dotprod", target)
-        return DotLayout("int8", 4, SDOT_4x4 if dotprod else None)
-    if codegen.target_has_features("avx512vnni", target):
-        return DotLayout("uint8", 16, VNNI_16x4)
-    if codegen.target_has_features("avx2", target):
-        return DotLayout("int16", 8, AVX2_8x2x2, pair_sums=True)
-    return DotLayout("uint8", 8, None)
-
-
 def has_qdq(mod) -> bool:
     """Whether the module's main function quantizes anything."""
     return any(_op_name(v) == "relax.quantize" for v in Bindings(mod["main"]).value.values())
@@ -435,7 +406,7 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
 
     def quantized_add_in_nhwc(rewriter, binding) -> bool:
         """quantize(add(dequantize(a), dequantize(b))) with per-tensor scales (a residual
-        add) as one kernel of onnxruntime's arithmetic (int8_kernels.quantized_add), on the
+        add) as one kernel of onnxruntime's arithmetic (int8/compute.quantized_add), on the
         NHWC values where both 8-bit inputs have them."""
         value = binding.value
         if _op_name(value) != "relax.quantize":
