@@ -40,5 +40,5 @@ fi
 # for arm64 (cross-linked, run under qemu-aarch64), each verified against onnxruntime.
 .venv/bin/compress example digits -o build/models --force
 for target in x86_64 arm64; do
-  .venv/bin/compress build/models/digits.onnx --target "$target" -o "build/digits-$target" --force
+  .venv/bin/compress build/models/digits.onnx --target "$target" -o "build/digits-$target" --force -v
 done

@@ -83,7 +83,7 @@ def train_digits(seed: int = SEED) -> tuple[DigitsCNN, float]:
             loss.backward()
             optimizer.step()
         if (epoch + 1) % 10 == 0:
-            log.info("digits CNN: epoch %d/%d, last batch loss %.3f", epoch + 1, EPOCHS, float(loss))
+            log.info("digits CNN: epoch %d/%d, last batch loss %.3f", epoch + 1, EPOCHS, loss.item())
     model.eval()
     ex, ey = map(torch.from_numpy, splits["eval"])
     with torch.no_grad():

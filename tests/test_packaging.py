@@ -47,10 +47,17 @@ def test_the_wheel_installs_into_a_fresh_venv_and_builds(tmp_path):
     from tests.conftest import save
 
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: setuptools writes build/ into the tree it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    for folder in ("edgepress", "compiler", "passes", "backends", "models"):
+        shutil.copytree(root / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(root)],
+         "-w", str(wheels), str(source)],
         check=True, timeout=600, cwd=tmp_path,
     )
     wheel = next(wheels.glob("edgepress-*.whl"))

@@ -209,9 +209,6 @@ def _lowering_passes(target) -> list:
         return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
 
 
-UNTUNED_CHOICES = ("sampled", "loops")
-
-
 def finish(
     prepared, target, description, database=None, *, untuned: str = "sampled", post_schedule=None
 ):

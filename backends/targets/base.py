@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -111,4 +111,3 @@ class Backend:
     cannot_measure: Callable[[], str | None] = can_measure
     # Refuses (UsageError) target options this target cannot use.
     check_options: Callable[[TargetOptions], None] = lambda options: None
-    extra_files: tuple[str, ...] = field(default=())
