@@ -117,7 +117,8 @@ def compile_model(
         log.warning("%s; building with TVM's generic lowering instead", why)
         executable, kernels, summary = schedule(mod, None)
         if int8 is not None or _has_qdq(mod):
-            int8, float_conv = {"compute": "float", "why": why, "layers": [], "fallback": True}, None
+            int8 = {"compute": "float", "why": why, "layers": [], "fallback": True}
+            float_conv = None
         else:
             float_conv = {"kernels": "tvm", "why": why, "layers": [], "fallback": True}
     files, notes = backend.package(executable, target_dict, outdir)

@@ -10,8 +10,8 @@ Each model is built for x86_64 with `--tune-minutes` and `--retune` into one wor
 (kept between runs, so a second run goes on improving the records of the first: the database
 keeps the best record of every workload; delete WORK to start over). The shipped records are
 ignored while tuning (--no-shipped-records), so the work database alone decides. Then the
-best record of every workload is copied into backends/tuning/shipped/<target>/, which every build for
-exactly that target (same CPU name, same core count) applies. Records for another machine are
+best record of every workload is copied into backends/tuning/shipped/<target>/, which every
+build for exactly that target (same CPU name, same core count) applies. Records for another machine are
 never applied: the folder's target.json must equal the build's target.
 
 Hours of tuning give better records than minutes: the budgets are per model, in minutes.

@@ -45,7 +45,12 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress: a build prints only its summary line, other commands only errors",
+    )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="print the full report after a build"
     )
@@ -81,12 +86,10 @@ def cmd_build(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         artifact = api.build_from_settings(settings, progress=progress)
     except VerificationError:
-        report = Path(settings["output"]) / "report.json"
-        if not args.quiet and report.is_file():
+        if (Path(settings["output"]) / "report.json").is_file():
             _print_summary(api.load(settings["output"]), args.verbose)
         raise
-    if not args.quiet:
-        _print_summary(artifact, args.verbose)
+    _print_summary(artifact, args.verbose)
     return 0
 
 

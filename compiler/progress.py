@@ -41,7 +41,8 @@ class Console:
         if self.live:
             with self.console.status(f"[bold]{text}[/bold] ..."):
                 yield
-            self.console.print(f"  [green]done[/green] {text} ({time.perf_counter() - start:.1f} s)")
+            seconds = time.perf_counter() - start
+            self.console.print(f"  [green]done[/green] {text} ({seconds:.1f} s)")
         else:
             print(f"compress: {text} ...", file=self.stream, flush=True)
             yield

@@ -83,7 +83,8 @@ def train_digits(seed: int = SEED) -> tuple[DigitsCNN, float]:
             loss.backward()
             optimizer.step()
         if (epoch + 1) % 10 == 0:
-            log.info("digits CNN: epoch %d/%d, last batch loss %.3f", epoch + 1, EPOCHS, loss.item())
+            loss_value = loss.item()
+            log.info("digits CNN: epoch %d/%d, last batch loss %.3f", epoch + 1, EPOCHS, loss_value)
     model.eval()
     ex, ey = map(torch.from_numpy, splits["eval"])
     with torch.no_grad():

@@ -197,8 +197,8 @@ def test_retune_measures_tasks_that_already_have_records(tuned, cli):
 
 
 def test_shipped_record_folders_are_well_formed():
-    """Every folder under backends/tuning/shipped/ is named after its target and holds a database that
-    opens: a broken or misnamed folder would silently never apply."""
+    """Every folder under backends/tuning/shipped/ is named after its target and holds a database
+    that opens: a broken or misnamed folder would silently never apply."""
     from pathlib import Path
 
     from edgepress.backends.tuning import database as tuning

@@ -137,8 +137,8 @@ def _names_and_unmarked(mod, model: onnx.ModelProto, marked: onnx.ModelProto):
         info = relax.TupleType([f.ty for f in kept])
     result = relax.Var(binding.var.name, info)
     bindings = [*last.bindings[:-1], relax.VarBinding(result, out)]
-    block_type = relax.DataflowBlock if isinstance(last, relax.DataflowBlock) else relax.BindingBlock
-    blocks[-1] = block_type(bindings)
+    dataflow = isinstance(last, relax.DataflowBlock)
+    blocks[-1] = relax.DataflowBlock(bindings) if dataflow else relax.BindingBlock(bindings)
     mod["main"] = relax.Function(
         func.params, relax.SeqExpr(blocks, result), info, is_pure=func.is_pure, attrs=func.attrs
     )

@@ -52,7 +52,9 @@ def prepare(target: dict) -> None:
 
 
 def cannot_measure() -> str:
-    return "arm64 code runs only under qemu here, whose times mean nothing (tuning needs the device)"
+    return (
+        "arm64 code runs only under qemu here, whose times mean nothing (tuning needs the device)"
+    )
 
 
 def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:

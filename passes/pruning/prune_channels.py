@@ -171,7 +171,10 @@ def _activation_stats(original, cg, data) -> tuple[dict, dict]:
 
 
 def _cannot(ratio: float | None, flops: float | None, min_keep: float) -> PruningError:
-    want = f"remove {ratio:.0%} of the channels" if flops is None else f"keep {flops:.0%} of the MACs"
+    if flops is None:
+        want = f"remove {ratio:.0%} of the channels"
+    else:
+        want = f"keep {flops:.0%} of the MACs"
     return PruningError(
         f"cannot {want}: with min_keep {min_keep:g}, exclusions and channels frozen by "
         "outputs or unknown ops, the prunable groups do not allow it"

@@ -107,7 +107,8 @@ class _Plan:
                 continue
             self.convs[out_var] = conv
             kind = "depthwise" if conv.depthwise else "winograd" if conv.winograd else "direct"
-            self.layers.append(LayerLowering(len(self.layers), short, kind, node=names.get(var.name)))
+            node = names.get(var.name)
+            self.layers.append(LayerLowering(len(self.layers), short, kind, node=node))
 
     def _bias(self, var, channels: int, shapes: tuple):
         """(the add's var, its per-channel constant) where `var`'s only use is an add of a

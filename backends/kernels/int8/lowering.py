@@ -5,7 +5,7 @@ TVM's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/de
 the layer between them stays float: dequantize(x_q), dequantize(W_q) -> conv2d -> + bias ->
 quantize. That computes the right numbers in float32 and keeps float weights. This rewrite,
 run on the imported module before legalization, replaces each such chain by one integer kernel
-(backends/kernels/int8/compute.py): the 8-bit input is read as it is, the int8 weights are packed for
+(kernels/int8/compute.py): the 8-bit input is read as it is, the int8 weights are packed for
 the target's dot-product instruction and stay int8, and the int32 result is requantized to the
 next layer's scale in the same kernel. What is left of the float chain is dead and removed.
 The kernels pass NHWC activations from one to the next (with the elementwise ops between

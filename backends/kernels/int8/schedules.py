@@ -1,4 +1,4 @@
-"""MetaSchedule rule for the packed int8 convolution (backends/kernels/int8/compute.py): register tiles
+"""MetaSchedule rule for the packed int8 convolution (int8/compute.py): register tiles
 around the dot-product instruction, with the requantizing epilogue computed per tile.
 
 MetaSchedule's generic tiling with the intrinsic (MultiLevelTilingWithIntrin) finds the
