@@ -104,10 +104,11 @@ def compile_model(
 
     int8 = float_conv = None
     lowered_ok = False
+    legalize = _legalize(description, lowering)
     try:
         lowered, int8, float_conv = _lower(mod, description, lowering, names)
         lowered_ok = True
-        executable, kernels, summary = schedule(lowered, _legalize(description, lowering))
+        executable, kernels, summary = schedule(lowered, legalize)
     except UsageError:
         raise
     except Exception as err:
@@ -115,7 +116,7 @@ def compile_model(
             raise
         why = f"edgepress's kernels failed on this model ({type(err).__name__}: {first_line(err)})"
         log.warning("%s; building with TVM's generic lowering instead", why)
-        executable, kernels, summary = schedule(mod, None)
+        executable, kernels, summary = schedule(mod, legalize)
         if int8 is not None or _has_qdq(mod):
             int8 = {"compute": "float", "why": why, "layers": [], "fallback": True}
             float_conv = None

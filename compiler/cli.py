@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     size_pool_to_all_cores()
     if not argv:
         argv = ["--help"]
+    if argv[0] in ("-V", "--version"):  # without building the parser (it imports the passes)
+        print(f"edgepress {__version__}")
+        return 0
     if argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["build", *argv]  # compress MODEL.onnx ... is a build
     try:
