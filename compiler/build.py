@@ -25,6 +25,7 @@ from edgepress.compiler.manifest import write_manifest
 from edgepress.compiler.model_io import load_model, sha256_file, to_ir, to_proto
 from edgepress.compiler.opset_upgrade import upgrade_opset
 from edgepress.compiler.pipeline import run_optional_pipeline
+from edgepress.compiler.quant_noise import quantization_noise
 from edgepress.compiler.progress import Progress, Silent
 from edgepress.compiler.prune_step import PruneOptions, prune
 from edgepress.compiler.quantize_step import (
@@ -38,6 +39,8 @@ from edgepress.compiler.shape_operands import check_shape_operands
 from edgepress.compiler.sqnr_plot import write_sqnr_plot
 from edgepress.compiler.shapes import fix_input_shapes, model_inputs, tensor_specs
 from edgepress.compiler.verify import (
+    FP32_NOISE,
+    INT8_NOISE,
     Tolerance,
     check_reference_loads,
     compare,
@@ -293,14 +296,19 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
     measured: dict = {}
 
     def checked(got, want, name, steps=None):
-        """compare(); a float build's output outside tolerance is compared again within the
-        reference's own fp32 noise (measured once, only when needed)."""
+        """compare(); an output outside tolerance is compared again within the reference's own
+        noise (measured once, only when needed): fp32 noise for a float build, one-step
+        rounding noise of model.onnx for an int8 build (compiler/quant_noise.py)."""
         verification = compare(got, want, loaded.tolerance, name, steps)
-        if verification.failed and changed_by is None:
-            if "noise" not in measured:
+        if not verification.failed or changed_by == "pruned":
+            return verification
+        if "noise" not in measured:
+            if changed_by == "int8":
+                measured["noise"] = quantization_noise(compressed.proto, inputs)
+            else:
                 measured["noise"] = reference_noise(loaded.reference_model, source_feeds)
-            verification = compare(got, want, loaded.tolerance, name, steps, measured["noise"])
-        return verification
+        source = INT8_NOISE if changed_by == "int8" else FP32_NOISE
+        return compare(got, want, loaded.tolerance, name, steps, measured["noise"], source)
 
     if changed_by is None:
         after_passes = checked(compressed_outputs, reference, "onnxruntime on the source model")

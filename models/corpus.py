@@ -87,7 +87,10 @@ def _photo(name: str, channels: int, height: int, width: int, norm: str) -> np.n
     import skimage.data
     from PIL import Image
 
-    array = np.asarray(getattr(skimage.data, name)())
+    if name == "motorcycle_left":  # the left view of scikit-image's stereo pair
+        array = np.asarray(skimage.data.stereo_motorcycle()[0])
+    else:
+        array = np.asarray(getattr(skimage.data, name)())
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     image = Image.fromarray(array).convert("RGB").resize((width, height), Image.BILINEAR)

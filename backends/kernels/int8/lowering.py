@@ -192,7 +192,11 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
         transposed = bindings.producer(weight_expr, "relax.permute_dims")
     if transposed is not None:
         weight_expr = transposed.args[0]
+    # The output channels: axis 1 of a ConvTranspose's IOHW and of a matmul's [K, N]; axis 0
+    # of OIHW and of a transposed matmul weight's [N, K].
     output_axis = 1 if op == "relax.nn.conv2d_transpose" else 0
+    if op == "relax.matmul" and transposed is None:
+        output_axis = 1
     weight, weight_scales = _dequantized_weight(bindings, weight_expr, output_axis)
     attrs: dict = {}
     if op == "relax.matmul":
