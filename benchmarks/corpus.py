@@ -2,6 +2,7 @@
 for a target and checks it against onnxruntime on realistic inputs; writes Markdown and JSON.
 
     .venv/bin/python benchmarks/corpus.py [--target x86_64|arm64] [--only NAME,...] [--bench]
+                                          [--int8]
 
 For each model (fetched once into the cache; the onnx light models with random weights, see
 edgepress.models.corpus), `compress` builds it with only --input-shape (and --input-value where
@@ -12,6 +13,14 @@ detector's sigmoids on a photo without text, a dynamically quantized model's rou
 within 2x the reference's own fp32 noise (edgepress.compiler.verify.reference_noise), which the
 table then shows. `--target arm64` runs the artifact under qemu. With --bench, `compress bench`
 times it against onnxruntime in the same run (x86_64 only).
+
+With --int8, each image model is also built with `--quantize int8 --calibration` on scikit-image's
+calibration photographs (benchmarks/photos.py, the model's normalization, nothing else beyond
+its shape flags: the default fidelity floor applies) and the int8 artifact is compared with
+onnxruntime on the fp32 *source* on the evaluation photographs, which calibration never saw:
+the least cosine of any photo and output, the layers the build kept in float, the library's
+size against the fp32 one and, with --bench, its speed against onnxruntime on the int8
+model.onnx and on the fp32 source. A model another tool already quantized is built as it comes.
 """
 
 from __future__ import annotations
@@ -33,12 +42,29 @@ from edgepress.models.corpus import (
     build_flags,
     fetch,
     input_dtypes,
+    is_quantized,
     load_corpus,
     match,
+    photo_samples,
     realistic_inputs,
 )
+from photos import CALIBRATION_PHOTOS, EVAL_PHOTOS
 
 FURTHER_INPUTS = 3
+MIN_INT8_COSINE = 0.99  # issue 20: what an int8 corpus build must keep on unseen photos
+
+
+@dataclass
+class Int8Row:
+    status: str = "failed"  # "ok" | "failed" | "inaccurate" | "as it comes" | "skipped"
+    error: str = ""
+    build_s: float = 0.0
+    min_cosine: float | None = None  # artifact vs fp32 source, least over eval photos and outputs
+    float_layers: list[str] | None = None
+    library_ratio: float | None = None  # int8 model.so bytes / fp32 model.so bytes
+    artifact_ms: float | None = None
+    speedup_vs_ort_int8: float | None = None
+    speedup_vs_ort_fp32: float | None = None
 
 
 @dataclass
@@ -54,6 +80,7 @@ class Row:
     speedup: float | None = None
     artifact_ms: float | None = None
     onnxruntime_ms: float | None = None
+    int8: Int8Row | None = None
 
 
 def _compress(*args: str) -> subprocess.CompletedProcess:
@@ -110,13 +137,106 @@ def run_model(entry: Entry, target: str, work: Path, bench: bool, threads: int) 
     if not ok:
         row.error = f"max |error| {row.max_rel_error:.3g} x max |reference| on further inputs"
     if bench and target == "x86_64":
-        timed = _compress("bench", folder / "out", "--json", "--threads", threads, "-q")
-        if timed.returncode == 0:
-            result = json.loads(timed.stdout.strip().splitlines()[-1])
+        result = _bench(folder / "out", threads)
+        if result is not None:
             row.speedup = round(result["speedup"], 3)
             row.artifact_ms = round(result["artifact_ms"], 3)
             row.onnxruntime_ms = round(result["onnxruntime_ms"], 3)
     return row
+
+
+def _bench(folder: Path, threads: int) -> dict | None:
+    timed = _compress("bench", folder, "--json", "--threads", threads, "-q")
+    if timed.returncode != 0:
+        return None
+    return json.loads(timed.stdout.strip().splitlines()[-1])
+
+
+def run_int8(entry: Entry, target: str, folder: Path, bench: bool, threads: int) -> Int8Row:
+    """The int8 build of an image model (see the module docstring); `folder` holds the fp32
+    build (out/) and verify.npz."""
+    import edgepress
+    from edgepress.compiler.verify import cosine_similarity, run_onnxruntime
+
+    row = Int8Row()
+    if entry.data not in ("image", "gray"):
+        row.status, row.error = "skipped", f"not an image model ({entry.data})"
+        return row
+    source = fetch(entry)
+    if is_quantized(source):
+        row.status, row.error = "as it comes", "already quantized by another tool"
+        return row
+    dtypes = input_dtypes(source)
+    calibration = folder / "calibration.npz"
+    np.savez(calibration, **photo_samples(entry, dtypes, CALIBRATION_PHOTOS))
+    args = [source, "--target", target, "-o", folder / "int8", "--force", "-q"]
+    args += ["--verify-inputs", folder / "verify.npz", *build_flags(entry)]
+    args += ["--quantize", "int8", "--calibration", calibration]
+    started = time.perf_counter()
+    proc = _compress(*args)
+    row.build_s = round(time.perf_counter() - started, 1)
+    if proc.returncode != 0:
+        row.error = _error_line(proc)
+        return row
+    artifact = edgepress.load(folder / "int8")
+    quantization = artifact.report.get("quantization") or {}
+    row.float_layers = [f["layer"] for f in quantization.get("float_layers", [])]
+    sizes, fp32 = artifact.report.get("sizes", {}), folder / "out" / "model.so"
+    if sizes.get("model.so") and fp32.is_file():
+        row.library_ratio = round(sizes["model.so"] / fp32.stat().st_size, 3)
+    photos = photo_samples(entry, dtypes, EVAL_PHOTOS)
+    fixed = {k: np.asarray(v, dtypes[k]).reshape(entry.inputs[k]) for k, v in entry.values.items()}
+    least = 1.0
+    for i in range(len(EVAL_PHOTOS)):
+        feeds = {k: v[i] for k, v in photos.items()}
+        got = artifact.run(feeds)
+        want = run_onnxruntime(source, {**feeds, **fixed})
+        for (name, have), ref in zip(got.items(), want.values()):
+            least = min(least, cosine_similarity(np.asarray(have), np.asarray(ref)))
+    row.min_cosine = round(least, 5)
+    row.status = "ok" if least >= MIN_INT8_COSINE else "inaccurate"
+    if bench and target == "x86_64":
+        result = _bench(folder / "int8", threads)
+        if result is not None:
+            row.artifact_ms = round(result["artifact_ms"], 3)
+            row.speedup_vs_ort_fp32 = round(result["speedup"], 3)
+            if result.get("speedup_vs_onnxruntime_int8") is not None:
+                row.speedup_vs_ort_int8 = round(result["speedup_vs_onnxruntime_int8"], 3)
+    return row
+
+
+def int8_markdown(rows: list[Row]) -> list[str]:
+    rows = [r for r in rows if r.int8 is not None]
+    if not rows:
+        return []
+    ok = sum(r.int8.status == "ok" for r in rows)
+    lines = [
+        "",
+        f"## int8 (`--quantize int8 --calibration` on {len(CALIBRATION_PHOTOS)} photographs)",
+        "",
+        f"{ok} of {len(rows)} built and kept a least cosine >= {MIN_INT8_COSINE} against "
+        f"onnxruntime on the fp32 source on {len(EVAL_PHOTOS)} photographs not used for "
+        "calibration.",
+        "",
+        "| model | int8 status | least cosine | layers kept in float | library vs fp32 | "
+        "vs onnxruntime int8 | vs onnxruntime fp32 | build s | error or note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        q = r.int8
+        cosine = "" if q.min_cosine is None else f"{q.min_cosine:.4f}"
+        kept = "" if q.float_layers is None else str(len(q.float_layers))
+        if q.float_layers:
+            kept += " (" + ", ".join(q.float_layers[:3]) + (", ..." if len(q.float_layers) > 3 else "") + ")"
+        size = "" if q.library_ratio is None else f"{q.library_ratio:.2f}x"
+        vs_int8 = "" if q.speedup_vs_ort_int8 is None else f"{q.speedup_vs_ort_int8:.2f}x"
+        vs_fp32 = "" if q.speedup_vs_ort_fp32 is None else f"{q.speedup_vs_ort_fp32:.2f}x"
+        note = q.error.replace("|", "/")
+        lines.append(
+            f"| {r.model} | {q.status} | {cosine} | {kept} | {size} | {vs_int8} | {vs_fp32} | "
+            f"{q.build_s} | {note} |"
+        )
+    return lines
 
 
 def markdown(rows: list[Row], target: str, cpu: str) -> str:
@@ -140,7 +260,7 @@ def markdown(rows: list[Row], target: str, cpu: str) -> str:
                 f"({r.onnxruntime_noise:.2e} x max |reference|)"
             )
         lines.append(f"| {r.model} | {r.status} | {err} | {r.build_s} | {speed} | {note} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + int8_markdown(rows)) + "\n"
 
 
 def _cpu() -> str:
@@ -164,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated model names")
     p.add_argument("--bench", action="store_true", help="also time against onnxruntime")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--int8", action="store_true",
+                   help="also build each image model int8 and measure its fidelity on unseen photos")
     p.add_argument("-o", "--output", type=Path, default=Path("build/corpus"))
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -179,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         row = run_model(corpus[name], args.target, out, args.bench, args.threads)
         print(f"{name}: {row.status} {row.error}", flush=True)
+        if args.int8 and row.status == "ok":
+            row.int8 = run_int8(corpus[name], args.target, out / name, args.bench, args.threads)
+            print(f"{name} int8: {row.int8.status} {row.int8.min_cosine} {row.int8.error}",
+                  flush=True)
         rows.append(row)
     text = markdown(rows, args.target, _cpu())
     (out / "corpus.md").write_text(text)
@@ -187,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                    indent=1)  # fmt: skip
     )
     print(text)
-    return 0 if all(r.status == "ok" for r in rows) else 1
+    int8_ok = all(r.int8.status in ("ok", "as it comes", "skipped") for r in rows if r.int8)
+    return 0 if all(r.status == "ok" for r in rows) and int8_ok else 1
 
 
 if __name__ == "__main__":

@@ -167,7 +167,21 @@ class Artifact:
             self.target,
             f"library {human_size(library)}, folder {human_size(folder)}" if library else None,
             verified,
+            _int8_fidelity(self.report.get("quantization")),
             f"{seconds:.1f} s" if seconds else None,
         ]
         return f"{self.status}: {self.path} ({'; '.join(p for p in parts if p)})"
 
+
+def _int8_fidelity(quantization: dict | None) -> str | None:
+    """int8's fidelity to the float model and the layers kept in float, for the summary."""
+    if not quantization or not quantization.get("fidelity"):
+        return None
+    rows = quantization["fidelity"]
+    least = min(r.get("min_cosine", r["cosine"]) for r in rows)
+    text = f"int8 min cosine {least:.4f} against float"
+    kept = [f["layer"] for f in quantization.get("float_layers", [])]
+    if kept:
+        names = ", ".join(kept[:4]) + (f" and {len(kept) - 4} more" if len(kept) > 4 else "")
+        text += f", {len(kept)} layer(s) kept in float ({names})"
+    return text

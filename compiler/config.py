@@ -209,15 +209,20 @@ def _refuse_without(args: argparse.Namespace, flags: tuple[str, ...], needed: st
 
 
 def _quantize_options(args: argparse.Namespace):
-    from edgepress.compiler.quantize_step import QuantizeOptions
+    from edgepress.compiler.quantize_step import DEFAULT_FIDELITY_FLOOR, QuantizeOptions
 
     pruning = args.prune is not None or args.prune_flops is not None
     if args.quantize is None:
         shared = () if pruning else ("calibration", "eval")  # pruning reads them too
-        _refuse_without(args, (*shared, "max_accuracy_drop"), "--quantize int8")
+        flags = (*shared, "max_accuracy_drop", "fidelity_floor")
+        _refuse_without(args, flags, "--quantize int8")
         return None
     if args.calibration is None:
         raise UsageError("--quantize int8 needs --calibration PATH (images, .npz or .npy files)")
+    if args.fidelity_floor is not None and args.max_accuracy_drop is not None:
+        raise UsageError(
+            "--fidelity-floor and --max-accuracy-drop are two budgets for one thing: give one"
+        )
     options = QuantizeOptions(
         calibration=args.calibration,
         method=args.calibration_method,
@@ -228,6 +233,9 @@ def _quantize_options(args: argparse.Namespace):
         max_drop=args.max_accuracy_drop,
         eval_data=args.eval,
         fidelity_metric=args.fidelity_metric,
+        fidelity_floor=(
+            DEFAULT_FIDELITY_FLOOR if args.fidelity_floor is None else args.fidelity_floor
+        ),
         bias_correction=args.bias_correction,
         equalize=args.equalize,
     )

@@ -128,6 +128,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-accuracy-drop", "keep the most sensitive layers in float until the drop is at "
            "most X: top-1 points with --eval, else --fidelity-metric on held-out calibration "
            "samples; exit 7 when it cannot be met", float, metavar="X", group=_QUANT),
+    Option("fidelity-floor", "without --max-accuracy-drop: the least cosine against the float "
+           "model on any held-out calibration sample; layers are kept in float until it holds "
+           "(default 0.99; 0 turns it off)", float, metavar="C", group=_QUANT),
     Option("eval", "labelled evaluation data: an array per input (leading sample axis) and "
            "'label'", Path, metavar="DATA.npz", group=_QUANT),
     Option("fidelity-metric", "without --eval, what --max-accuracy-drop measures against the "

@@ -58,13 +58,15 @@ def verification_lines(title: str, v: dict) -> list[str]:
 
 def fidelity_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| output | cosine | max abs err | mean abs err | top-1 agreement |",
-        "|---|---|---|---|---|",
+        "| output | cosine | least cosine of a sample | max abs err | mean abs err | "
+        "top-1 agreement |",
+        "|---|---|---|---|---|---|",
     ]
     for f in rows:
         top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.4f}"
+        least = f.get("min_cosine", f["cosine"])
         lines.append(
-            f"| {f['name']} | {f['cosine']:.6f} | {_num(f['max_abs_err'])} | "
+            f"| {f['name']} | {f['cosine']:.6f} | {least:.6f} | {_num(f['max_abs_err'])} | "
             f"{_num(f['mean_abs_err'])} | {top1} |"
         )
     return [*lines, ""]
@@ -173,8 +175,9 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
         ]
     budget = q.get("budget")
     if budget:
+        what = budget.get("what") or f"accuracy drop at most {budget['max_drop']:g}"
         lines += [
-            f"Budget: accuracy drop at most {budget['max_drop']:g} ({budget['units']}): all "
+            f"Budget: {what} ({budget['units']}, at most {budget['max_drop']:.4g}): all "
             f"int8 {budget['all_int8_drop']:.4g}, final {budget['final_drop']:.4g} "
             f"({'met' if budget['met'] else 'NOT met'}).",
             "",

@@ -150,6 +150,43 @@ def realistic_inputs(
     return feeds
 
 
+def photo_samples(
+    entry: Entry, dtypes: dict[str, np.dtype], names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """The named photographs as samples of an image model's inputs ([N, *shape] each, one
+    photo per sample; inputs fixed by `values` left out), with the model's normalization:
+    int8 calibration and evaluation sets."""
+    if entry.data not in ("image", "gray"):
+        raise ValueError(f"{entry.name}: its inputs are {entry.data}, not photographs")
+    samples: dict[str, list[np.ndarray]] = {}
+    for name, shape in entry.inputs.items():
+        if name in entry.values:
+            continue
+        batch, channels, height, width = shape
+        samples[name] = [
+            np.stack([_photo(photo, channels, height, width, entry.norm)] * batch).astype(
+                dtypes[name]
+            )
+            for photo in names
+        ]
+    return {name: np.stack(arrays) for name, arrays in samples.items()}
+
+
+def is_quantized(path: Path) -> bool:
+    """Whether the model already computes in integers (QDQ, QLinear* or *Integer ops), as
+    another tool quantized it: such a model is built as it comes, never quantized again."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+        or n.op_type.startswith("QLinear")
+        or n.op_type.endswith("Integer")
+        or n.op_type.startswith("DynamicQuantize")
+        for n in graph.node
+    )
+
+
 def input_dtypes(path: Path) -> dict[str, np.dtype]:
     import onnx
     from onnx import helper

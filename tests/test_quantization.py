@@ -196,7 +196,7 @@ def _sensitive_model(tmp_path, then_add: bool = False):
     """Layer `b` writes the output with one huge channel (bias 400) beside channels of about 1:
     its per-tensor uint8 output step of about 1.6 swamps them (max error about 0.8). Keeping
     `b` in float leaves only its input's small error; keeping `a` in float does not help.
-    With `then_add`, an Add after `b` stays int8 whatever the fallback does."""
+    With `then_add`, an Add follows `b` (and goes float with it)."""
     text = SENSITIVE
     if then_add:
         text = text.replace("y = Conv", "c = Conv").replace(
@@ -265,28 +265,43 @@ def test_fallback_keeps_exactly_the_planted_sensitive_layer_in_float(cli, tmp_pa
     assert "Layers kept in float:" in report_md and "`b`" in report_md
 
 
-def test_a_budget_that_cannot_be_met_exits_with_the_table(cli, tmp_path):
+def test_the_ops_after_a_layer_go_float_with_it(cli, tmp_path):
+    """The Add after `b` rounds its output too: keeping `b` in float keeps the Add in float with
+    it, and the budget is met (an Add left int8 would keep the error of `b`'s huge channel)."""
     source, cal = _sensitive_model(tmp_path, then_add=True)
-    r = cli(
-        source,
-        "--target",
-        "x86_64",
-        "-o",
-        tmp_path / "out",
-        "--quantize",
-        "int8",
-        "--calibration",
-        cal,
-        "--max-accuracy-drop",
-        "0",
-        "--fidelity-metric",
-        "max-error",
-        "--activations",
-        "int8",
-    )
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "--quantize", "int8", "--calibration", cal,
+            "--max-accuracy-drop", "0.4", "--fidelity-metric", "max-error", "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert [f["layer"] for f in q["float_layers"]] == ["b"]
+    assert len(q["float_layers"][0]["with"]) == 1  # the Add
+    nodes = list(onnx.load(out / "model.onnx").graph.node)
+    b = next(i for i, n in enumerate(nodes) if n.name == "b")
+    assert [n.op_type for n in nodes[b + 1 :]] == ["Add"]  # nothing after b is rounded
+
+
+ONLY_ELEMENTWISE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,3,8,8] y) {
+  s = Add (x, x)
+  y = Mul (s, s)
+}
+"""
+
+
+def test_a_budget_that_cannot_be_met_exits_with_the_table(cli, tmp_path):
+    """No compute layer to keep in float, and the int8 Add and Mul miss a zero budget."""
+    source = tmp_path / "elementwise.onnx"
+    onnx.save(model(ONLY_ELEMENTWISE, {}), source)
+    data = np.random.default_rng(4).uniform(-1, 1, (40, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=data)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "--quantize", "int8",
+            "--calibration", tmp_path / "cal.npz", "--max-accuracy-drop", "0",
+            "--fidelity-metric", "max-error")  # fmt: skip
     assert r.code == 7, r.err
     assert "--max-accuracy-drop 0 (max abs error" in r.err and "cannot be met" in r.err
-    assert "drop with it in float" in r.err and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_bias_correction_lowers_the_mean_output_error(tmp_path):
@@ -432,3 +447,77 @@ def test_int8_build_of_a_model_with_an_input_removed_as_unused(cli, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [i["name"] for i in report["inputs"]] == ["x"]
     assert report["quantization"]["fidelity"][0]["cosine"] > 0.99
+
+
+LOUD = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,8,8,8] y) {
+  c = Conv <pads=[1,1,1,1]> (x, wc, bc)
+  s = Relu (c)
+  a = Conv <pads=[1,1,1,1]> (s, wa, ba)
+  r = Relu (a)
+  y = Conv <pads=[1,1,1,1]> (r, wb, bb)
+}
+"""
+
+
+def _one_loud_channel_model(tmp_path):
+    """`a` writes one channel of about 400 (its bias) beside channels of about 1, and `b` reads
+    only the quiet ones: on a per-tensor uint8 grid of step 1.6 they are lost, and `b`'s output
+    points elsewhere (cosine far below 0.99). That tensor is rounded while `a` (its output) or
+    `b` (its input) is int8: both must stay float; `c` before them need not."""
+    bias_a = rand(8, seed=1)
+    bias_a[0] = 400.0
+    weight_b = rand(8, 8, 3, 3, seed=2)
+    weight_b[:, 0] = 0.0
+    weights = {"wc": rand(8, 3, 3, 3, seed=5), "bc": rand(8, seed=6),
+               "wa": rand(8, 8, 3, 3, low=-0.15, high=0.15), "ba": bias_a,
+               "wb": weight_b, "bb": rand(8, seed=3)}  # fmt: skip
+    proto = model(LOUD, weights)
+    for node, name in zip(proto.graph.node[::2], "cab"):
+        node.name = name
+    onnx.save(proto, tmp_path / "loud.onnx")
+    data = np.random.default_rng(4).uniform(-1, 1, (20, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=data)
+    return tmp_path / "loud.onnx", tmp_path / "cal.npz"
+
+
+def test_the_default_fidelity_floor_keeps_the_layer_that_costs_it_in_float(cli, tmp_path):
+    source, cal = _one_loud_channel_model(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "--quantize", "int8", "--calibration", cal,
+            "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert q["budget"]["what"] == "least cosine at least 0.99"
+    assert q["budget"]["all_int8_drop"] > 0.01  # the all-int8 model missed the floor
+    assert sorted(f["layer"] for f in q["float_layers"]) == ["a", "b"]
+    assert min(f["min_cosine"] for f in q["fidelity"]) >= 0.99
+    assert "2 layer(s) kept in float (" in r.out and "int8 min cosine" in r.out
+    assert "least cosine at least 0.99" in (out / "report.md").read_text()
+
+
+def test_fidelity_floor_0_turns_it_off(cli, tmp_path):
+    source, cal = _one_loud_channel_model(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "--quantize", "int8", "--calibration", cal,
+            "--fidelity-floor", "0", "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert q["float_layers"] == [] and "budget" not in q
+    least = min(f["min_cosine"] for f in q["fidelity"])
+    assert least < 0.99 and f"int8 min cosine {least:.4f}" in r.out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--fidelity-floor", "1.5"], "--fidelity-floor 1.5: expected 0 (off) up to below 1"),
+        (["--fidelity-floor", "0.9", "--max-accuracy-drop", "1"], "give one"),
+    ],
+)
+def test_fidelity_floor_errors_name_the_flag(cli, tmp_path, flags, message):
+    source, cal = _one_loud_channel_model(tmp_path)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out", "--quantize", "int8",
+            "--calibration", cal, *flags)  # fmt: skip
+    assert r.code == 2 and message in r.err and "Traceback" not in r.err, r.err

@@ -26,6 +26,33 @@ def compute_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
     ]
 
 
+def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Each compute layer with the nodes that follow it up to the next compute layers (its
+    activation, HardSwish's Add/Div/Mul, an SE block's pooling, a residual Add): the nodes a
+    layer kept in float keeps in float with it. Quantized outputs of those nodes round too;
+    with only the compute nodes excluded, a float fallback of a MobileNetV3 was further from
+    the float model than all-int8. Nodes before any compute layer go with the first."""
+    layers = dict(compute_layers(model))
+    groups: dict[str, list[str]] = {name: [] for name in layers}
+    owners: dict[str, set[str]] = {}  # tensor -> the compute layers it follows
+    loose = []
+    for node in model.graph.node:
+        name = node.name or node.output[0]
+        if name in layers:
+            owned = {name}
+        else:
+            owned = set().union(*(owners.get(i, set()) for i in node.input))
+            for layer in owned:
+                groups[layer].append(name)
+            if not owned:
+                loose.append(name)
+        for output in node.output:
+            owners[output] = owned
+    if groups and loose:
+        groups[next(iter(groups))] += loose
+    return groups
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     extended = copy.deepcopy(model)
     present = {o.name for o in extended.graph.output}
