@@ -15,7 +15,7 @@ table then shows. `--target arm64` runs the artifact under qemu. With --bench, `
 times it against onnxruntime in the same run (x86_64 only).
 
 With --int8, each image model is also built with `--quantize int8 --calibration` on scikit-image's
-calibration photographs (benchmarks/photos.py, the model's normalization, nothing else beyond
+calibration photographs (edgepress.models.corpus, the model's normalization, nothing else beyond
 its shape flags: the default fidelity floor applies) and the int8 artifact is compared with
 onnxruntime on the fp32 *source* on the evaluation photographs, which calibration never saw:
 the least cosine of any photo and output, the layers the build kept in float, the library's
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepress.models.corpus import (
+    CALIBRATION_PHOTOS,
+    EVAL_PHOTOS,
     RELATIVE_LIMIT,
     Entry,
     build_flags,
@@ -48,7 +50,6 @@ from edgepress.models.corpus import (
     photo_samples,
     realistic_inputs,
 )
-from photos import CALIBRATION_PHOTOS, EVAL_PHOTOS
 
 FURTHER_INPUTS = 3
 MIN_INT8_COSINE = 0.99  # issue 20: what an int8 corpus build must keep on unseen photos

@@ -25,6 +25,13 @@ PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "horse", "page", "text",
     "cat", "camera",
 )  # fmt: skip
+# scikit-image's samples split once into what int8 calibrates on and what its fidelity is
+# judged on (benchmarks/corpus.py --int8, the corpus int8 tests, benchmarks/photos.py).
+CALIBRATION_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "retina", "camera", "moon", "coins", "brick", "grass",
+)  # fmt: skip
+EVAL_PHOTOS = ("gravel", "colorwheel", "page", "text", "cat", "horse", "logo")
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
