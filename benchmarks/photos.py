@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepress.models.corpus import CALIBRATION_PHOTOS, EVAL_PHOTOS
-
+CALIBRATION_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "retina", "camera", "moon", "coins", "brick", "grass",
+)  # fmt: skip
+EVAL_PHOTOS = ("gravel", "colorwheel", "page", "text", "cat", "horse", "logo")
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
