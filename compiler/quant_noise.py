@@ -5,13 +5,15 @@ levels (a sum in another order, a float op computed in float32 by one and fused 
 On outputs dequantized straight from int8 that is one step, and verify.check_quantized_output
 allows it. Float ops after the last quantized tensor (Softmax, Sigmoid, MatMul, LayerNorm) turn
 the same one-step differences into small float differences of no fixed size: a recognizer's
-logits after a softmax failed fp32 tolerances on 0.4% of their elements.
+logits after a softmax failed fp32 tolerances on 0.4% of their elements. And where float ops
+sit between two roundings (a detector's sigmoid and box decoding before its output's grid),
+one step at their input becomes several at the output.
 
 So the reference's own sensitivity is measured: onnxruntime runs the QDQ model as given and
 with a sparse one-step perturbation of every quantized activation (a tenth of the elements of
 each moved one level up or down, at random, seeded), and the drift of each float output is the
-noise a correct artifact may show. verify.within_noise passes a float output whose error is
-within NOISE_FACTOR x that drift; a wrong lowering (a zero point, a swapped channel, a dropped
+noise a correct artifact may show. verify.within_noise passes an output whose error is within
+NOISE_FACTOR x that drift (max abs error and 1 - cosine both); a wrong lowering (a zero point, a swapped channel, a dropped
 bias, a wrong requantize scale) moves whole tensors by many steps and stays far outside.
 """
 

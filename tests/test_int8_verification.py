@@ -74,19 +74,26 @@ def test_the_unplanted_build_passes(cli, digits, tmp_path):
 
 def _matmul_then(tmp_path, op: str = "Softmax"):
     """x -> MatMul (quantized, per-channel weight [K, N]) -> `op` over 300 classes: the float
-    op stays float, so its output is checked by tolerance, not on an int8 grid."""
+    op stays float, so its output is checked by tolerance, not on an int8 grid. "Decode": a
+    sigmoid scaled by 50 (a detector's box decoding), whose Mul the quantizer rounds: the
+    output is on an int8 grid, behind a float op that turns one step into several."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((64, 300)).astype(np.float32) * 0.4, "w")
-    attrs = {"axis": -1} if op == "Softmax" else {}
+    stride = numpy_helper.from_array(np.full((1, 300), 50.0, np.float32), "stride")
+    if op == "Decode":
+        tail = [
+            helper.make_node("Sigmoid", ["logits"], ["s"], name="sigmoid"),
+            helper.make_node("Mul", ["s", "stride"], ["p"], name="decode"),
+        ]
+    else:
+        attrs = {"axis": -1} if op == "Softmax" else {}
+        tail = [helper.make_node(op, ["logits"], ["p"], name=op.lower(), **attrs)]
     graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["logits"], name="classifier"),
-            helper.make_node(op, ["logits"], ["p"], name=op.lower(), **attrs),
-        ],
+        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="classifier"), *tail],
         f"matmul_{op.lower()}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 300])],
-        [w],
+        [w, stride],
     )
     model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
                  tmp_path / f"{op.lower()}.onnx")
@@ -130,6 +137,7 @@ def test_rounding_behind_a_float_softmax_is_within_the_int8_noise(tmp_path):
     ("op", "plant"),
     [
         *(("Sigmoid", p) for p in PLANTS),
+        *(("Decode", p) for p in PLANTS),
         *(("Softmax", p) for p in (_swap_channels, _drop_bias, _wrong_requantize_scale)),
     ],
 )
@@ -144,3 +152,18 @@ def test_planted_bugs_behind_a_float_op_are_caught(cli, tmp_path, monkeypatch, o
             "-q")
     assert seen, "the matmul was not lowered to an integer kernel: nothing was planted"
     assert r.code == 6, f"{plant.__name__} behind {op}: exit {r.code} {r.err}"
+
+
+def test_an_output_grid_behind_a_float_op_passes(cli, tmp_path):
+    """The unplanted build of the "Decode" graph verifies: its output is on an int8 grid,
+    checked within one step, or within the int8 noise where the sigmoid moved it further."""
+    import onnx
+
+    source = _matmul_then(tmp_path, "Decode")
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, *INT8, tmp_path / "cal.npz", "-q")
+    assert r.code == 0, r.err
+    ops = [n.op_type for n in onnx.load(out / "model.onnx").graph.node]
+    assert ops[-1] == "DequantizeLinear" and "Sigmoid" in ops  # a grid output behind a float op
+    check = json.loads((out / "report.json").read_text())["verification"]["artifact"]
+    assert check["outputs"][0]["step"]
