@@ -75,15 +75,17 @@ def test_the_unplanted_build_passes(cli, digits, tmp_path):
 def _matmul_then(tmp_path, op: str = "Softmax"):
     """x -> MatMul (quantized, per-channel weight [K, N]) -> `op` over 300 classes: the float
     op stays float, so its output is checked by tolerance, not on an int8 grid. "Decode": a
-    sigmoid scaled by 50 (a detector's box decoding), whose Mul the quantizer rounds: the
-    output is on an int8 grid, behind a float op that turns one step into several."""
+    sigmoid scaled by 50 (a detector's box decoding) concatenated with the logits, which the
+    quantizer rounds: the output is on an int8 grid, behind float ops that turn one step into
+    several."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((64, 300)).astype(np.float32) * 0.4, "w")
     stride = numpy_helper.from_array(np.full((1, 300), 50.0, np.float32), "stride")
     if op == "Decode":
         tail = [
             helper.make_node("Sigmoid", ["logits"], ["s"], name="sigmoid"),
-            helper.make_node("Mul", ["s", "stride"], ["p"], name="decode"),
+            helper.make_node("Mul", ["s", "stride"], ["boxes"], name="decode"),
+            helper.make_node("Concat", ["boxes", "logits"], ["p"], name="head", axis=1),
         ]
     else:
         attrs = {"axis": -1} if op == "Softmax" else {}
@@ -92,7 +94,8 @@ def _matmul_then(tmp_path, op: str = "Softmax"):
         [helper.make_node("MatMul", ["x", "w"], ["logits"], name="classifier"), *tail],
         f"matmul_{op.lower()}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 300])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT,
+                                       [4, 600] if op == "Decode" else [4, 300])],
         [w, stride],
     )
     model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
