@@ -10,6 +10,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
     remove_no_ops,
     remove_unused_inputs,
     simplify_pow,
+    sum_as_add,
 )
 from edgepress.passes.decompose import (  # noqa: F401
     gather_nearest_resize,

@@ -34,6 +34,7 @@ DEFAULT_PIPELINE: list[str] = [
     "unroll_recurrent",
     "lower_integer_ops",
     "gather_nearest_resize",
+    "sum_as_add",
     "remove_no_ops",
     "fuse_conv_bn",
     "fold_conv_affine",

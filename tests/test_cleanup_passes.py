@@ -169,3 +169,19 @@ def test_deduplicate_initializers_takes_non_contiguous_views():
     assert result.changes == 1
     (kept,) = result.model.graph.initializers.values()
     np.testing.assert_array_equal(kept.const_value.numpy(), weight.T)
+
+
+def test_sum_as_add_chains_adds_and_keeps_broadcasting():
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3] a, float[2,3] b, float[3] c) => (float[2,3] y, float[2,3] z) {
+          s = Sum (a, b, c)
+          y = Relu (s)
+          z = Sum (a)
+        }
+        """,
+        {},
+    )
+    after = check_pass("sum_as_add", proto, changes=2, **EXACT)
+    assert ops(after) == {"Add": 2, "Relu": 1, "Identity": 1}

@@ -340,3 +340,22 @@ def test_conv_with_large_weights_prefetches_them_and_stays_exact():
         for rx in range(3):
             want += x[0, ry : ry + 7, rx : rx + 7].astype(np.float64) @ w[:, :, ry, rx].T
     np.testing.assert_allclose(got.numpy()[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sample_that_recomputes_a_reduction_is_refused():
+    """MetaSchedule's samples of a 1000-class softmax compute its max and sum inside the loop
+    over the classes (550x the work at seed 0); sample_schedules refuses such samples, and what
+    it keeps is estimated at no more than RECOMPUTE_LIMIT x the softmax's own FLOPs."""
+    import tvm
+    from tvm import te, topi
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from edgepress.backends.relax.pipeline import RECOMPUTE_LIMIT, sample_schedules
+    from edgepress.backends.targets.description import describe
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    x = te.placeholder((1, 1000), "float32", name="x")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, topi.nn.softmax(x, axis=1)])})
+    before = float(estimate_tir_flops(mod))
+    mod, _ = sample_schedules(mod, target, describe(target), {"main"})
+    assert float(estimate_tir_flops(mod)) <= RECOMPUTE_LIMIT * before

@@ -118,6 +118,11 @@ def _gpu_fallback():
 FALLBACK_SPACE = -1
 PREPACKED = "_prepacked"
 FALLBACK_TRIES = 4  # seeds tried before a function is left as plain loops
+# A sample may compute a reduction inside the loop of its consumer (RandomComputeLocation):
+# a 1000-class softmax then recomputes its max and sum per element, 550x the work, 2-4 ms
+# against onnxruntime's 8 us. A sample estimated at more than this many times the function's
+# own FLOPs is refused (another seed, else plain loops).
+RECOMPUTE_LIMIT = 1.5
 
 
 def _tensorized(spaces):
@@ -151,16 +156,34 @@ def sample_schedules(mod, target, description, names: set[str], seed: int = 0):
                 spaces = context.generate_design_space()
                 if not spaces:
                     break
-                sch = _tensorized(spaces) or spaces[FALLBACK_SPACE]
+                tensorized = _tensorized(spaces)
+                sch = tensorized or spaces[FALLBACK_SPACE]
                 valid = all(p.apply(sch) for p in context.space_generator.postprocs)
             except Exception as err:  # a function MetaSchedule's rules cannot take: plain loops
                 log.debug("no sampled schedule for %s: %s", gv.name_hint, err)
                 break
+            if valid and tensorized is None and _recomputes(func, sch.mod):
+                log.debug("sample %d of %s recomputes its reductions", attempt, gv.name_hint)
+                continue
             if valid:
                 mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                 done.add(gv.name_hint)
                 break
     return mod, done
+
+
+def _recomputes(func, scheduled) -> bool:
+    """Whether the scheduled function is estimated at over RECOMPUTE_LIMIT x the FLOPs of the
+    function as written (work done again inside a consumer's loop)."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        before = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+        after = float(estimate_tir_flops(scheduled))
+    except Exception:  # no estimate (symbolic extents, opaque blocks): nothing to compare
+        return False
+    return before > 0 and after > RECOMPUTE_LIMIT * before
 
 
 def _flops(mod) -> dict[str, float]:
