@@ -5,7 +5,8 @@ integer ones, float/lowering's float ones) read and write NHWC: channels innermo
 their register tiles vectorize. Each rewritten binding stays NCHW (a transpose of the kernel's
 result) for whatever else reads it; `nhwc` maps it to the NHWC value, which the next kernel
 reads instead, and transposes that nothing reads are dead code afterwards. Between kernels,
-elementwise ops (a residual add, relu, clip, an int8 residual's dequantize and quantize), max
+elementwise ops (a residual add, relu, clip, sigmoid, an int8 residual's dequantize and
+quantize), max
 pooling and a global average pool run on the NHWC values too, so that no transpose sits
 between two kernels.
 
@@ -26,8 +27,22 @@ ELEMENTWISE_OPS = (
     "relax.multiply",
     "relax.maximum",
     "relax.minimum",
+    "relax.divide",
     "relax.nn.relu",
+    "relax.nn.leakyrelu",
+    "relax.nn.silu",
+    "relax.nn.gelu",
+    "relax.nn.gelu_tanh",
     "relax.clip",
+    # unary activations: SiLU's sigmoid (a YOLO detector's every layer), HardSwish's divide;
+    # left NCHW, each cost two transposes around it between int8 kernels
+    "relax.sigmoid",
+    "relax.tanh",
+    "relax.exp",
+    "relax.erf",
+    "relax.negative",
+    "relax.abs",
+    "relax.sqrt",
 )
 # TVM's ONNX importer emits Clip (opset 11+, bounds as inputs) as call_tir of TOPI's maximum
 # and minimum PrimFuncs, named so: they run as the Relax ops of the same name.
