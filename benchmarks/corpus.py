@@ -228,7 +228,8 @@ def int8_markdown(rows: list[Row]) -> list[str]:
         cosine = "" if q.min_cosine is None else f"{q.min_cosine:.4f}"
         kept = "" if q.float_layers is None else str(len(q.float_layers))
         if q.float_layers:
-            kept += " (" + ", ".join(q.float_layers[:3]) + (", ..." if len(q.float_layers) > 3 else "") + ")"
+            more = ", ..." if len(q.float_layers) > 3 else ""
+            kept += " (" + ", ".join(q.float_layers[:3]) + more + ")"
         size = "" if q.library_ratio is None else f"{q.library_ratio:.2f}x"
         vs_int8 = "" if q.speedup_vs_ort_int8 is None else f"{q.speedup_vs_ort_int8:.2f}x"
         vs_fp32 = "" if q.speedup_vs_ort_fp32 is None else f"{q.speedup_vs_ort_fp32:.2f}x"
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", action="store_true", help="also time against onnxruntime")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--int8", action="store_true",
-                   help="also build each image model int8 and measure its fidelity on unseen photos")
+                   help="also build each image model int8; its fidelity on unseen photos")
     p.add_argument("-o", "--output", type=Path, default=Path("build/corpus"))
     args = p.parse_args(argv)
     if args.threads < 1:

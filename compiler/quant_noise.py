@@ -13,8 +13,9 @@ So the reference's own sensitivity is measured: onnxruntime runs the QDQ model a
 with a sparse one-step perturbation of every quantized activation (a tenth of the elements of
 each moved one level up or down, at random, seeded), and the drift of each float output is the
 noise a correct artifact may show. verify.within_noise passes an output whose error is within
-NOISE_FACTOR x that drift (max abs error and 1 - cosine both); a wrong lowering (a zero point, a swapped channel, a dropped
-bias, a wrong requantize scale) moves whole tensors by many steps and stays far outside.
+NOISE_FACTOR x that drift (max abs error and 1 - cosine both); a wrong lowering (a zero point, a
+swapped channel, a dropped bias, a wrong requantize scale) moves whole tensors by many steps and
+stays far outside.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ accuracy budget enforced and the per-layer picture measured.
 
 It runs after the float passes (BN folded, shapes fixed), on the model they leave, so the
 calibrated tensors are the ones the quantizer sees. A fifth of the calibration samples is held
-out of calibration: fidelity (and, without --eval, the budget) is measured on it.
+out of calibration: the report's fidelity is measured on it, and so is the budget (the
+fidelity floor, or --max-accuracy-drop without --eval) where that leaves at least 4 samples,
+else on every calibration sample.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class QuantizeOptions:
     max_drop: float | None = None  # --max-accuracy-drop
     eval_data: Path | None = None  # --eval: inputs and labels; the budget is in top-1 points
     fidelity_metric: str = "cosine"  # without --eval: what the budget measures
-    # Without --max-accuracy-drop: the least cosine against the float model on any held-out
-    # sample and output that a build keeps (layers go back to float until it holds); 0: off.
+    # Without --max-accuracy-drop: the least cosine against the float model on any sample and
+    # output (budget_samples) a build keeps (layers go back to float until it holds); 0: off.
     fidelity_floor: float = DEFAULT_FIDELITY_FLOOR
     bias_correction: bool = False  # --bias-correction
     equalize: bool = False  # --equalize: cross-layer equalization before calibration

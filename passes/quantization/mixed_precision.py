@@ -5,9 +5,10 @@ measures the accuracy drop of a model (in the budget's units). Sensitivity of a 
 drop measured with only that layer in int8 and every other in float (by `rank`, which may look
 at fewer samples than `drop`: it runs once per layer): the error that layer alone brings. (The
 drop with only that layer kept in float ranks nothing where the error is spread over many
-layers, as in a MobileNetV3: every such model is as far off as all-int8.) The smallest prefix
-of that order that meets the budget is then searched for by doubling and bisection, so a model
-of a few hundred layers is re-measured a dozen times, not hundreds.
+layers, as in a MobileNetV3: every such model is as far off as all-int8.) A prefix of that
+order that meets the budget is then found by doubling its length and bisecting back (the drop
+is not monotone in it, so not always the shortest), so a model of a few hundred layers is
+re-measured a dozen times, not hundreds.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ def keep_sensitive_layers_float(
     rank: Callable[[onnx.ModelProto], float] | None = None,
 ) -> FallbackResult:
     """`quantize(excluded)` returns the int8 model with `excluded` in float. The result keeps
-    the fewest layers of the sensitivity order in float that meet the budget (all of them when
-    nothing does)."""
+    the layers of the prefix found in float (all of them when nothing meets the budget)."""
     model = quantize([])
     all_int8 = drop(model)
     result = FallbackResult(budget, all_int8, final_drop=all_int8, model=model)
     if result.met or not layers:
         return result
     rank = rank or drop
+
     def alone(layer: str) -> float:
         return rank(quantize([other for other in layers if other != layer]))
 

@@ -5,7 +5,8 @@ uint8 (asymmetric, zero point from the range) or int8 (symmetric), their ranges 
 `CalibrationStats` (calibration.py), never measured here. Biases: int32 with scale
 s_input * s_weight. The result is QuantizeLinear/DequantizeLinear pairs around Conv, Gemm,
 MatMul and the ops between them that can stay in 8 bits (Relu, Clip, MaxPool, Reshape,
-a residual Add, ...): onnxruntime runs it, and its integer kernels take the Q -> op -> DQ patterns.
+a residual Add, ...): onnxruntime runs it, and its integer kernels take the Q -> op -> DQ
+patterns.
 The rewrite itself is onnxruntime's QDQQuantizer, given our ranges.
 
 Models under opset 13 are converted first: per-channel DequantizeLinear needs its `axis`.

@@ -6,9 +6,8 @@ their register tiles vectorize. Each rewritten binding stays NCHW (a transpose o
 result) for whatever else reads it; `nhwc` maps it to the NHWC value, which the next kernel
 reads instead, and transposes that nothing reads are dead code afterwards. Between kernels,
 elementwise ops (a residual add, relu, clip, sigmoid, an int8 residual's dequantize and
-quantize), max
-pooling and a global average pool run on the NHWC values too, so that no transpose sits
-between two kernels.
+quantize), max pooling and a global average pool run on the NHWC values too, so that no
+transpose sits between two kernels.
 
 What a lowering rewrites is its own (`lower`); this module holds what both share.
 """
