@@ -401,14 +401,12 @@ def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli
     layers = _layers(report)
     assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
     assert layers["dw"] == "depthwise"
+    assert layers["grouped"] == "grouped"  # a dot-product kernel per group
     # Activations stay NHWC from one int8 kernel to the next: the residual add runs in the
-    # conv's epilogue, and the only transposes are the two around the float grouped conv.
+    # conv's epilogue, and no transpose is left.
     names = [k["name"] for k in report["kernels"]]
     assert any("conv2d_int8" in n and "_add" in n for n in names), names
-    assert sum(n.startswith("transpose") for n in names) == 2, names
-    # The unsupported pattern stays float, and the report says why.
-    assert layers["grouped"] == "float: grouped convolution (groups=2), not depthwise"
-    assert "grouped convolution (groups=2)" in (out / "report.md").read_text()
+    assert sum(n.startswith("transpose") for n in names) == 0, names
 
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=11)
 

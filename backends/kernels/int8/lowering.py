@@ -13,13 +13,14 @@ them); the graph's own NCHW values remain only where a float op still reads them
 
 A chain is lowered when its input is per-tensor quantized, its weight is a constant with zero
 zero points (the int8 pass makes them so), its bias (if any) is an int32 dequantize and its
-output is quantized by exactly one quantize. Every conv2d, conv2d_transpose and matmul of the
-module is listed in the result, lowered or with the reason it stayed float.
+output is quantized by exactly one quantize. A depthwise convolution has a kernel of its own;
+another grouped one runs as a dot-product kernel per group. Every conv2d, conv2d_transpose and
+matmul of the module is listed in the result, lowered or with the reason it stayed float.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -222,12 +223,16 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
     channels = weight.shape[0]
     weight_scales = _per_channel(weight_scales, channels, "the weight scale")
     kind = "dot-product"
-    if attrs["groups"] != 1:
+    groups = attrs["groups"]
+    if groups != 1:
         in_channels = int(x.ty.shape[1])
-        if not (attrs["groups"] == in_channels == channels and weight.shape[1] == 1):
-            raise NotLowered(f"grouped convolution (groups={attrs['groups']}), not depthwise")
-        kind = "depthwise"
-        if not depthwise_sums_exact(weight, np.zeros(channels, np.int64), _dtype(x)):
+        if in_channels % groups or channels % groups:
+            raise NotLowered(
+                f"grouped convolution (groups={groups}) of {in_channels} -> {channels} channels"
+            )
+        depthwise = groups == in_channels == channels and weight.shape[1] == 1
+        kind = "depthwise" if depthwise else "grouped"
+        if depthwise and not depthwise_sums_exact(weight, np.zeros(channels, np.int64), _dtype(x)):
             raise NotLowered(
                 f"its {weight.shape[2]}x{weight.shape[3]} window is too large "
                 "for exact float32 sums"
@@ -245,7 +250,7 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
     out_dtype = str(out.attrs.out_dtype)
     if out_dtype not in QUANT_TYPES:
         raise NotLowered(f"its output is quantized to {out_dtype}")
-    if kind == "dot-product":  # it reads x in the instruction's signedness
+    if kind != "depthwise":  # it reads x in the instruction's signedness
         x_zp = shift_zero_point(x_zp, _dtype(x), layout.act_dtype)
     # The kernels sum x * w (padding reads as the zero point): the zero point's share,
     # zx * sum(w), comes off the bias.
@@ -258,7 +263,7 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
         x=x,
         x_scale=x_scale,
         x_zero_point=x_zp,
-        x_dtype=layout.act_dtype if kind == "dot-product" else _dtype(x),
+        x_dtype=_dtype(x) if kind == "depthwise" else layout.act_dtype,
         weight=weight,
         weight_scales=weight_scales,
         bias=bias.astype(np.int32),
@@ -309,6 +314,8 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
         m, k = (int(d) for d in chain.x.ty.shape)
         x = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
     padding = chain.attrs["padding"]
+    if chain.kind == "grouped":
+        return _emit_grouped(builder, chain, x, layout, multiplier, common)
     if chain.kind == "depthwise":
         call = builder.call_te(
             depthwise_conv2d,
@@ -339,6 +346,44 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     if matmul:
         call = relax.op.reshape(builder.emit(call), (m, channels))
     return call
+
+
+def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout, multiplier, common: dict):
+    """A grouped convolution as one dot-product kernel per group over its slice of the NHWC
+    input channels, concatenated along the channels (a ShuffleNet's grouped 1x1 convolutions,
+    which TVM's generic grouped convolution ran at a tenth of onnxruntime's speed)."""
+    from tvm import relax
+
+    groups = chain.attrs["groups"]
+    step_in, step_out = int(x.ty.shape[3]) // groups, chain.weight.shape[0] // groups
+    parts = []
+    for group in range(groups):
+        rows = slice(group * step_out, (group + 1) * step_out)
+        part = replace(
+            chain,
+            weight=chain.weight[rows],
+            bias=chain.bias[rows],
+            weight_scales=chain.weight_scales[rows],
+            attrs={**chain.attrs, "groups": 1},
+        )
+        channels = relax.op.strided_slice(
+            x, axes=[3], begin=[group * step_in], end=[(group + 1) * step_in]
+        )
+        scale = multiplier[rows]
+        call = builder.call_te(
+            packed_conv2d,
+            _packed(builder, builder.emit(channels), part, chain.attrs["padding"]),
+            relax.const(pack_weight(part.weight, layout.lanes)),
+            relax.const(part.bias),
+            relax.const(scale),
+            out_channels=step_out,
+            intrinsic=layout.intrinsic,
+            pair_sums=layout.pair_sums,
+            primfunc_name_hint="conv2d_int8",
+            **{**common, "in_int32": scaled_in_int32(part.weight, part.bias, scale, part.x_dtype)},
+        )
+        parts.append(builder.emit(call))
+    return relax.op.concat(parts, axis=3)
 
 
 @dataclass
