@@ -191,12 +191,18 @@ def _lower(mod, description: TargetDescription, lowering: LoweringOptions, names
     for a model without QDQ) and the float lowering (None where it does not run) did. In an
     int8 model the float lowering takes the layers left float (kept so for accuracy, or not
     quantizable), which TVM's generic convolutions would otherwise run at a third of the speed."""
-    int8 = None
-    if _has_qdq(mod):
-        mod, int8 = _lower_int8(mod, description, lowering, names)
-        if int8["compute"] != "integer" or all(layer["kernel"] for layer in int8["layers"]):
-            return mod, int8, None
-    mod, float_conv = _lower_float(mod, description, lowering, names)
+    if not _has_qdq(mod):
+        mod, float_conv = _lower_float(mod, description, lowering, names)
+        return mod, None, float_conv
+    mod, int8 = _lower_int8(mod, description, lowering, names)
+    if int8["compute"] != "integer" or all(layer["kernel"] for layer in int8["layers"]):
+        return mod, int8, None
+    try:
+        mod, float_conv = _lower_float(mod, description, lowering, names)
+    except Exception as err:  # an extra here: the int8 kernels stand, the float layers go to TVM
+        why = f"the float lowering failed in this int8 model ({type(err).__name__}: {err})"
+        log.warning("%s; its float layers use TVM's kernels", why.splitlines()[0])
+        float_conv = {"kernels": "tvm", "why": why.splitlines()[0], "layers": []}
     return mod, int8, float_conv
 
 

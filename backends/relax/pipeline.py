@@ -121,8 +121,10 @@ FALLBACK_TRIES = 4  # seeds tried before a function is left as plain loops
 # A sample may compute a reduction inside the loop of its consumer (RandomComputeLocation):
 # a 1000-class softmax then recomputes its max and sum per element, 550x the work, 2-4 ms
 # against onnxruntime's 8 us. A sample estimated at more than this many times the function's
-# own FLOPs is refused (another seed, else plain loops).
+# own FLOPs, and by more than RECOMPUTE_SLACK of them (a small function's split loops and
+# rfactor stages count for more than they cost), is refused (another seed, else plain loops).
 RECOMPUTE_LIMIT = 1.5
+RECOMPUTE_SLACK = 16384
 
 
 def _tensorized(spaces):
@@ -174,7 +176,7 @@ def sample_schedules(mod, target, description, names: set[str], seed: int = 0):
 
 def _recomputes(func, scheduled) -> bool:
     """Whether the scheduled function is estimated at over RECOMPUTE_LIMIT x the FLOPs of the
-    function as written (work done again inside a consumer's loop)."""
+    function as written, and RECOMPUTE_SLACK more (work done again in a consumer's loop)."""
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -183,7 +185,7 @@ def _recomputes(func, scheduled) -> bool:
         after = float(estimate_tir_flops(scheduled))
     except Exception:  # no estimate (symbolic extents, opaque blocks): nothing to compare
         return False
-    return before > 0 and after > RECOMPUTE_LIMIT * before
+    return before > 0 and after > RECOMPUTE_LIMIT * before and after - before > RECOMPUTE_SLACK
 
 
 def _flops(mod) -> dict[str, float]:
