@@ -189,11 +189,11 @@ def reference_noise(model_path: Path | bytes, feeds: dict[str, np.ndarray]) -> d
 
 
 FP32_NOISE = (
-    "the reference's own fp32 noise (onnxruntime optimized vs not, or inputs nudged by one ulp"
+    "the reference's own fp32 noise (onnxruntime optimized vs not, or inputs nudged by one ulp)"
 )
 INT8_NOISE = (
     "the int8 reference's own rounding noise (onnxruntime on model.onnx with a tenth of each "
-    "quantized activation moved by one step"
+    "quantized activation moved by one step)"
 )
 
 
@@ -207,7 +207,7 @@ def within_noise(check: OutputCheck, noise: Noise, source: str = FP32_NOISE) -> 
     ) <= NOISE_FACTOR * (1 - noise.cosine):
         check.note = (
             f"outside atol/rtol/cosine ({check.problem}) but within {NOISE_FACTOR:g}x {source}: "
-            f"max abs {noise.max_abs_err:.3g}, cosine {noise.cosine:.6f})"
+            f"max abs {noise.max_abs_err:.3g}, cosine {noise.cosine:.6f}"
         )
         check.ok, check.problem = True, None
 

@@ -34,12 +34,17 @@ SMALL = [
 CORPUS = load_corpus()
 
 
-def _build_and_match(cli, name: str, target: str, tmp_path) -> dict:
+def _fetched(name: str):
+    """(the corpus entry, its model file), or the test skipped where it cannot be fetched."""
     entry = CORPUS[name]
     try:
-        source = fetch(entry)
+        return entry, fetch(entry)
     except Exception as err:  # no registry here: nothing to build
         pytest.skip(f"{name}: cannot fetch {entry.package or entry.file}: {err}")
+
+
+def _build_and_match(cli, name: str, target: str, tmp_path) -> dict:
+    entry, source = _fetched(name)
     dtypes = input_dtypes(source)
     verify, further = (realistic_inputs(entry, dtypes, i) for i in (0, 1))
     fixed = set(entry.values)
@@ -86,11 +91,7 @@ def test_corpus_model_quantizes_on_photographs(cli, tmp_path, name):
     import edgepress
     from edgepress.compiler.verify import cosine_similarity, run_onnxruntime
 
-    entry = CORPUS[name]
-    try:
-        source = fetch(entry)
-    except Exception as err:  # no registry here: nothing to build
-        pytest.skip(f"{name}: cannot fetch {entry.package or entry.file}: {err}")
+    entry, source = _fetched(name)
     dtypes = input_dtypes(source)
     np.savez(tmp_path / "cal.npz", **photo_samples(entry, dtypes, CALIBRATION_PHOTOS))
     np.savez(tmp_path / "verify.npz", **realistic_inputs(entry, dtypes, 0))

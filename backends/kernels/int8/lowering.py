@@ -300,6 +300,8 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     conv (the result is NHWC too), [M, K] for a matmul (the result is [M, N])."""
     from tvm import relax
 
+    if chain.kind == "grouped":
+        return _emit_grouped(builder, chain, x, layout)
     channels = chain.weight.shape[0]
     multiplier = requantize_multiplier(chain.x_scale, chain.weight_scales, chain.out_scale)
     common = {
@@ -314,8 +316,6 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
         m, k = (int(d) for d in chain.x.ty.shape)
         x = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
     padding = chain.attrs["padding"]
-    if chain.kind == "grouped":
-        return _emit_grouped(builder, chain, x, layout, multiplier, common)
     if chain.kind == "depthwise":
         call = builder.call_te(
             depthwise_conv2d,
@@ -348,7 +348,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     return call
 
 
-def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout, multiplier, common: dict):
+def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout):
     """A grouped convolution as one dot-product kernel per group over its slice of the NHWC
     input channels, concatenated along the channels (a ShuffleNet's grouped 1x1 convolutions,
     which TVM's generic grouped convolution ran at a tenth of onnxruntime's speed)."""
@@ -364,25 +364,13 @@ def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout, multiplier, comm
             weight=chain.weight[rows],
             bias=chain.bias[rows],
             weight_scales=chain.weight_scales[rows],
+            kind="dot-product",
             attrs={**chain.attrs, "groups": 1},
         )
         channels = relax.op.strided_slice(
             x, axes=[3], begin=[group * step_in], end=[(group + 1) * step_in]
         )
-        scale = multiplier[rows]
-        call = builder.call_te(
-            packed_conv2d,
-            _packed(builder, builder.emit(channels), part, chain.attrs["padding"]),
-            relax.const(pack_weight(part.weight, layout.lanes)),
-            relax.const(part.bias),
-            relax.const(scale),
-            out_channels=step_out,
-            intrinsic=layout.intrinsic,
-            pair_sums=layout.pair_sums,
-            primfunc_name_hint="conv2d_int8",
-            **{**common, "in_int32": scaled_in_int32(part.weight, part.bias, scale, part.x_dtype)},
-        )
-        parts.append(builder.emit(call))
+        parts.append(builder.emit(_emit(builder, part, builder.emit(channels), layout)))
     return relax.op.concat(parts, axis=3)
 
 
