@@ -359,3 +359,58 @@ def test_a_sample_that_recomputes_a_reduction_is_refused():
     before = float(estimate_tir_flops(mod))
     mod, _ = sample_schedules(mod, target, describe(target), {"main"})
     assert float(estimate_tir_flops(mod)) <= RECOMPUTE_LIMIT * before
+
+
+def _layout_ops_net(tmp_path):
+    """x 1x8x12x12 -> Conv to 16 -> Concat with a second Conv (24 channels) -> Resize x2
+    (nearest) -> Slice of channels 4..20 -> AveragePool 2x2 s2 -> Split into 8 + 8 channels ->
+    a 1x1 Conv of each -> Add: the data movement between a detector's kernels."""
+    rng = np.random.default_rng(7)
+    inits = [
+        random_initializer(rng, "w1", (16, 8, 3, 3)),
+        random_initializer(rng, "w2", (8, 8, 1, 1)),
+        random_initializer(rng, "wa", (8, 8, 1, 1)),
+        random_initializer(rng, "wb", (8, 8, 1, 1)),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array([4], np.int64), "starts"),
+        numpy_helper.from_array(np.array([20], np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w2"], ["c2"]),
+        helper.make_node("Concat", ["c1", "c2"], ["cat"], axis=1),
+        helper.make_node("Resize", ["cat", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["sl"]),
+        helper.make_node("AveragePool", ["sl"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Split", ["ap"], ["s0", "s1"], axis=1, num_outputs=2),
+        helper.make_node("Conv", ["s0", "wa"], ["ca"]),
+        helper.make_node("Conv", ["s1", "wb"], ["cb"]),
+        helper.make_node("Add", ["ca", "cb"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "layout_ops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return save(model, tmp_path / "layout_ops.onnx")
+
+
+def test_concat_resize_slice_pool_split_stay_nhwc_between_kernels(cli, tmp_path):
+    """The data-movement ops between NHWC kernels run on the NHWC values: no kernel of the
+    artifact transposes, and it equals onnxruntime."""
+    source = _layout_ops_net(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
+    assert None not in kernels
+    names = [k["name"] for k in report["kernels"]]
+    transposing = [n for n in names if "transpose" in n]
+    # the input's one transpose into NHWC and the output's one back: nothing between kernels
+    assert len(transposing) <= 2, names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 12, 12))

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.builders import random_initializer
 from tests.conftest import ort_outputs, save
@@ -439,6 +439,44 @@ def test_silu_between_integer_kernels_stays_nhwc(cli, tmp_path):
     sigmoid = [k["name"] for k in report["kernels"] if "sigmoid" in k["name"]]
     assert sigmoid and not any("transpose" in name for name in sigmoid), sigmoid
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=12)
+
+
+def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, tmp_path):
+    """Conv -> Relu -> two Convs (1x1, 3x3) -> Concat (a SqueezeNet fire module) -> Resize x2
+    (an FPN's upsampling) -> Conv, int8: the concat and the resize run on the NHWC values
+    between the integer kernels, with no transpose (each cost two, a fifth of SqueezeNet's
+    int8 time)."""
+    rng = np.random.default_rng(6)
+    inits = [
+        random_initializer(rng, "ws", (8, 3, 1, 1)),
+        random_initializer(rng, "we1", (16, 8, 1, 1)),
+        random_initializer(rng, "we3", (16, 8, 3, 3)),
+        random_initializer(rng, "wo", (8, 32, 3, 3)),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "ws"], ["s"], name="squeeze"),
+        helper.make_node("Relu", ["s"], ["sr"], name="relu_s"),
+        helper.make_node("Conv", ["sr", "we1"], ["e1"], name="expand1"),
+        helper.make_node("Conv", ["sr", "we3"], ["e3"], pads=[1] * 4, name="expand3"),
+        helper.make_node("Concat", ["e1", "e3"], ["cat"], axis=1, name="concat"),
+        helper.make_node("Resize", ["cat", "", "scales"], ["up"], mode="nearest", name="up"),
+        helper.make_node("Conv", ["up", "wo"], ["y"], pads=[1] * 4, name="conv_out"),
+    ]
+    source, cal = _saved_with_calibration(tmp_path / "fire.onnx", nodes, inits,
+                                          [1, 8, 32, 32], rng)  # fmt: skip
+    out = tmp_path / "art"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert set(_layers(report).values()) == {"dot-product"}
+    names = [k["name"] for k in report["kernels"]]
+    assert any("concatenate" in n for n in names) and any("resize" in n for n in names), names
+    # the input's transpose into NHWC and the output's back; none between the kernels
+    transposing = [n for n in names if "transpose" in n]
+    assert len(transposing) <= 2 and not any("concat" in n for n in transposing), names
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
 def test_int8_compute_float_keeps_tvms_float_qdq(cli, tmp_path):

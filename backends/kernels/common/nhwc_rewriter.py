@@ -6,8 +6,8 @@ their register tiles vectorize. Each rewritten binding stays NCHW (a transpose o
 result) for whatever else reads it; `nhwc` maps it to the NHWC value, which the next kernel
 reads instead, and transposes that nothing reads are dead code afterwards. Between kernels,
 elementwise ops (a residual add, relu, clip, sigmoid, an int8 residual's dequantize and
-quantize), max pooling and a global average pool run on the NHWC values too, so that no
-transpose sits between two kernels.
+quantize), concat, split, resize, slices, pooling and a global average pool run on the NHWC
+values too, so that no transpose sits between two kernels.
 
 What a lowering rewrites is its own (`lower`); this module holds what both share.
 """
@@ -96,10 +96,11 @@ def _elementwise_call(value):
 def rewrite(mod, lower: Callable):
     """`mod` with its `main` rewritten: `lower(rewriter, binding) -> bool` emits a lowering's
     kernels for the bindings it takes (using the rewriter's `nhwc`, `to_nhwc`, `bind`); the
-    rest go to NHWC where they can (elementwise ops, max pooling, spatial means) or stay as
-    they are. Dead code is removed."""
+    rest go to NHWC where they can (elementwise ops, spatial means, nhwc_layout_ops' concat,
+    split, resize, slice and pooling) or stay as they are. Dead code is removed."""
     from tvm import relax
 
+    from edgepress.backends.kernels.common import nhwc_layout_ops
     from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
 
     @relax.expr_functor.mutator
@@ -107,6 +108,7 @@ def rewrite(mod, lower: Callable):
         def __init__(self, mod) -> None:
             super().__init__(mod)
             self.nhwc: dict = {}
+            self.nhwc_tuples: dict = {}  # a split's NCHW tuple -> its NHWC tuple
 
         def to_nhwc(self, x):
             if x not in self.nhwc:
@@ -167,11 +169,53 @@ def rewrite(mod, lower: Callable):
             self.set_var_remap(binding.var, nchw)
             return True
 
+        def layout_op_in_nhwc(self, binding) -> bool:
+            """Concat, split (and its items), resize, slice and pooling of values the
+            kernels have in NHWC, as the same op on the NHWC values (nhwc_layout_ops)."""
+            value = binding.value
+            if isinstance(value, relax.TupleGetItem):
+                items = self.nhwc_tuples.get(self.visit_expr(value.tuple_value))
+                if items is None:
+                    return False
+                self.bind(binding.var, relax.TupleGetItem(items, value.index))
+                return True
+            name = op_name(value)
+            if name == "relax.concat":
+                if not isinstance(value.args[0], relax.Tuple):
+                    return False
+                fields = [self.visit_expr(f) for f in value.args[0].fields]
+                if not any(f in self.nhwc for f in fields):
+                    return False
+                if any(getattr(f.ty, "ndim", -1) != 4 for f in fields):
+                    return False
+                fields = [self.to_nhwc(f) for f in fields]
+                self.bind(binding.var, nhwc_layout_ops.concat(value, fields))
+                return True
+            if name != "relax.split" and name not in nhwc_layout_ops.SINGLE_INPUT:
+                return False
+            x = self.visit_expr(value.args[0])
+            if x not in self.nhwc or getattr(x.ty, "ndim", -1) != 4:
+                return False
+            if name == "relax.split":
+                items = self.builder_.emit(nhwc_layout_ops.split(value, self.nhwc[x]))
+                nchw = self.emit_as(
+                    binding.var, relax.Call(value.op, [x, *value.args[1:]], value.attrs)
+                )
+                self.nhwc_tuples[nchw] = items
+                self.set_var_remap(binding.var, nchw)
+                return True
+            call = nhwc_layout_ops.SINGLE_INPUT[name](value, self.nhwc[x])
+            if call is None:
+                return False
+            self.bind(binding.var, call)
+            return True
+
         def visit_var_binding_(self, binding) -> None:
             if not (
                 lower(self, binding)
                 or self.elementwise_in_nhwc(binding)
                 or self.spatial_mean_in_nhwc(binding)
+                or self.layout_op_in_nhwc(binding)
             ):
                 super().visit_var_binding_(binding)
 
