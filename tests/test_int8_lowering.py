@@ -472,7 +472,7 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     report = json.loads((out / "report.json").read_text())
     assert set(_layers(report).values()) == {"dot-product"}
     names = [k["name"] for k in report["kernels"]]
-    assert any("concatenate" in n for n in names) and any("resize" in n for n in names), names
+    assert any("concat" in n for n in names) and any("resize" in n for n in names), names
     # the input's transpose into NHWC and the output's back; none between the kernels
     transposing = [n for n in names if "transpose" in n]
     assert len(transposing) <= 2 and not any("concat" in n for n in transposing), names

@@ -30,7 +30,8 @@ class Kernel:
 
     name: str
     flops: float  # TVM's estimate_tir_flops over the scheduled loop nest (not the graph's MACs x 2)
-    # "tuned" (a record), "sampled" (CPU fallback), "dlight" (GPU fallback), "loops" (none)
+    # "tuned" (a record), "sampled" (CPU fallback), "dlight" (GPU fallback), "loops" (none),
+    # "written" (a kernel written as loops, channel_concat)
     schedule: str
 
     def to_json(self) -> dict:
@@ -98,6 +99,13 @@ def _layout_free_where_read_directly(mod):
 
 def _is_scheduled(func) -> bool:
     return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
+
+
+def _is_written(func) -> bool:
+    """A kernel written as loops by edgepress (channel_concat), scheduled as it is."""
+    from edgepress.backends.kernels.common.channel_concat import WRITTEN
+
+    return bool(func.attrs is not None and func.attrs.get(WRITTEN, False))
 
 
 def _gpu_fallback():
@@ -204,7 +212,9 @@ def _flops(mod) -> dict[str, float]:
     return flops
 
 
-def kernels_of(mod, tuned: set[str], sampled: set[str], fallback: str, flops: dict) -> list[Kernel]:
+def kernels_of(
+    mod, tuned: set[str], sampled: set[str], fallback: str, flops: dict, written=frozenset()
+) -> list[Kernel]:
     """Each PrimFunc with its FLOPs (from `flops`, by name) and how it was scheduled."""
     import tvm
 
@@ -214,7 +224,11 @@ def kernels_of(mod, tuned: set[str], sampled: set[str], fallback: str, flops: di
             continue
         # SplitLayoutRewritePreproc renames a kernel whose weights it prepacked.
         name = gv.name_hint.removesuffix(PREPACKED)
-        schedule = "tuned" if name in tuned else "sampled" if name in sampled else fallback
+        schedule = (
+            "written"
+            if name in written
+            else "tuned" if name in tuned else "sampled" if name in sampled else fallback
+        )
         kernels.append(Kernel(gv.name_hint, flops.get(name, 0.0), schedule))
     return kernels
 
@@ -253,11 +267,16 @@ def finish(
         if database is not None:
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        written = {
+            gv.name_hint
+            for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and _is_written(f)
+        }
         tuned = {
             gv.name_hint
             for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and _is_scheduled(f)
-        }
+        } - written
         if description.is_gpu:
             mod = _gpu_fallback()(mod)
             sampled, fallback = set(), "dlight"
@@ -268,7 +287,8 @@ def finish(
                 names = {
                     gv.name_hint
                     for gv, f in mod.functions.items()
-                    if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in tuned
+                    if isinstance(f, tvm.tirx.PrimFunc)
+                    and gv.name_hint not in tuned | written
                 }
                 mod, sampled = sample_schedules(mod, target, description, names)
         # The schedules' weight-layout rewrites become separate functions on constants, which
@@ -279,7 +299,7 @@ def finish(
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tvm.tirx.PrimFunc) and post_schedule is not None:
                 mod[gv] = post_schedule(func)
-        kernels = kernels_of(mod, tuned, sampled, fallback, flops)
+        kernels = kernels_of(mod, tuned, sampled, fallback, flops, written)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
     return executable, kernels

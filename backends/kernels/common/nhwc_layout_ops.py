@@ -10,6 +10,7 @@ input already has an NHWC value.
 
 from __future__ import annotations
 
+from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
 from edgepress.backends.kernels.common.nhwc_rewriter import TO_NHWC
 
 
@@ -100,11 +101,14 @@ def split(value, x):
     return relax.op.split(x, sections, axis=nhwc_axis(int(attrs.axis)))
 
 
-def concat(value, fields):
-    """A concat of NHWC `fields` along the renamed axis."""
+def concat(builder, value, fields):
+    """A concat of NHWC `fields` along the renamed axis: along the channels (the innermost
+    axis), channel_concat's copy kernel where the shapes are static."""
     from tvm import relax
 
-    return relax.op.concat(fields, axis=nhwc_axis(int(value.attrs.axis)))
+    axis = nhwc_axis(int(value.attrs.axis))
+    call = emit_channel_concat(builder, fields) if axis == 3 else None
+    return call if call is not None else relax.op.concat(fields, axis=axis)
 
 
 # One-input ops: op name -> the NHWC call (None where this instance cannot be renamed).

@@ -189,7 +189,7 @@ def rewrite(mod, lower: Callable):
                 if any(getattr(f.ty, "ndim", -1) != 4 for f in fields):
                     return False
                 fields = [self.to_nhwc(f) for f in fields]
-                self.bind(binding.var, nhwc_layout_ops.concat(value, fields))
+                self.bind(binding.var, nhwc_layout_ops.concat(self.builder_, value, fields))
                 return True
             if name != "relax.split" and name not in nhwc_layout_ops.SINGLE_INPUT:
                 return False

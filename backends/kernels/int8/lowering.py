@@ -47,7 +47,8 @@ from edgepress.backends.kernels.int8.compute import (
     shift_zero_point,
 )
 from edgepress.backends.kernels.common.nhwc_rewriter import op_name as _op_name
-from edgepress.backends.kernels.common.nhwc_rewriter import rewrite, static_shape
+from edgepress.backends.kernels.common import nhwc_layout_ops
+from edgepress.backends.kernels.common.nhwc_rewriter import is_scalar, rewrite, static_shape
 from edgepress.backends.targets.description import DotLayout
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
@@ -488,10 +489,54 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
             rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, call))
         return True
 
+    def requantized_concat(rewriter, binding) -> bool:
+        """quantize(concat(dequantize(a), dequantize(b), ...)) as concat(quantize(
+        dequantize(a)), ...): the same arithmetic per element, but each requantize fuses into
+        the kernel that made its input and the concat copies bytes, not floats (a SqueezeNet
+        fire module's, an FPN's joins)."""
+        value = binding.value
+        if _op_name(value) != "relax.quantize" or str(value.attrs.out_dtype) not in QUANT_TYPES:
+            return False
+        cat = bindings.producer(value.args[0], "relax.concat")
+        if cat is None or not isinstance(cat.args[0], relax.Tuple):
+            return False
+        dqs = [bindings.producer(f, "relax.dequantize") for f in cat.args[0].fields]
+        if any(dq is None or _dtype(dq.args[0]) not in QUANT_TYPES for dq in dqs):
+            return False
+        if any(not is_scalar(a) for dq in dqs for a in dq.args[1:]) or not all(
+            is_scalar(a) for a in value.args[1:]
+        ):
+            return False
+        parts = [rewriter.visit_expr(dq.args[0]) for dq in dqs]
+        if any(getattr(p.ty, "ndim", -1) != 4 for p in parts):
+            return False
+        nhwc = any(p in rewriter.nhwc for p in parts)
+        requantized = [
+            rewriter.builder_.emit(
+                relax.op.quantize(
+                    relax.Call(
+                        dq.op, [rewriter.to_nhwc(p) if nhwc else p, *dq.args[1:]], dq.attrs
+                    ),
+                    *value.args[1:],
+                    axis=int(value.attrs.axis),
+                    out_dtype=str(value.attrs.out_dtype),
+                )
+            )
+            for dq, p in zip(dqs, parts, strict=True)
+        ]
+        if nhwc:
+            rewriter.bind(binding.var, nhwc_layout_ops.concat(rewriter.builder_, cat, requantized))
+        else:
+            joined = relax.op.concat(requantized, int(cat.attrs.axis))
+            rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, joined))
+        return True
+
     def lower(rewriter, binding) -> bool:
         chain = chains.get(binding.var)
         if chain is None:
-            return quantized_add_in_nhwc(rewriter, binding)
+            return quantized_add_in_nhwc(rewriter, binding) or requantized_concat(
+                rewriter, binding
+            )
         builder = rewriter.builder_
         x = rewriter.visit_expr(chain.x)
         if isinstance(chain, _Passthrough) and nhwc_pool(chain.call):
