@@ -168,11 +168,18 @@ def _schedule(mod, target, target_dict, description, folder, lowering, tuning, l
 
 
 def _legalize(description: TargetDescription, lowering: LoweringOptions) -> dict | None:
-    if not lowering.winograd or description.is_gpu:
+    """The ops legalized otherwise than TVM does: on CPUs, the transcendental functions through
+    vectorizable approximations (kernels/common/fast_math); with --winograd, 3x3 convs."""
+    if description.is_gpu:
         return None
-    from edgepress.backends.kernels.float.winograd_legalize import legalize_conv2d
+    from edgepress.backends.kernels.common.fast_math import legalize_map
 
-    return {"relax.nn.conv2d": legalize_conv2d}
+    legalize = legalize_map()
+    if lowering.winograd:
+        from edgepress.backends.kernels.float.winograd_legalize import legalize_conv2d
+
+        legalize["relax.nn.conv2d"] = legalize_conv2d
+    return legalize
 
 
 def _has_qdq(mod) -> bool:

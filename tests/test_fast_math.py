@@ -1,0 +1,91 @@
+"""Transcendental functions legalized through vectorizable approximations on CPUs
+(backends/kernels/common/fast_math.py): within float32 rounding of the exact functions, and no
+libm call per element left in the library.
+
+Their speed is measured by benchmarks (a YOLO detector's SiLU epilogues), not here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from tests.conftest import ort_outputs, save
+
+OPS = ("Sigmoid", "Exp", "Tanh", "Erf", "Softmax")
+
+
+def _unary_model(tmp_path):
+    """x [4, 5000] -> Sigmoid, Exp, Tanh, Erf, Softmax (axis -1), x * Sigmoid(x) (SiLU): six
+    outputs."""
+    nodes = [helper.make_node(op, ["x"], [op.lower()]) for op in OPS]
+    nodes += [
+        helper.make_node("Sigmoid", ["x"], ["gate"]),
+        helper.make_node("Mul", ["x", "gate"], ["silu"]),
+    ]
+    outputs = [*(op.lower() for op in OPS), "silu"]
+    graph = helper.make_graph(
+        nodes,
+        "unary",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5000])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 5000]) for name in outputs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path / "unary.onnx"), outputs
+
+
+def _exact(name: str, x: np.ndarray) -> np.ndarray:
+    """The function in float64 (numpy; erf from math)."""
+    from math import erf
+
+    x = x.astype(np.float64)
+    if name == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    return {
+        "sigmoid": lambda: 1 / (1 + np.exp(-x)),
+        "exp": lambda: np.exp(x),
+        "tanh": lambda: np.tanh(x),
+        "erf": lambda: np.vectorize(erf)(x),
+        "silu": lambda: x / (1 + np.exp(-x)),
+    }[name]()
+
+
+def test_fast_transcendentals_stay_within_float32_rounding(cli, tmp_path):
+    source, outputs = _unary_model(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    # the range where they are used: logits and activations up to +-30, and exp's whole range
+    x = np.linspace(-30, 30, 20000, dtype=np.float32).reshape(4, 5000)
+    x[3] = np.linspace(-87, 88, 5000, dtype=np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "o.npz")
+    ref = dict(zip(outputs, ort_outputs(source, {"x": x}), strict=True))
+    for name in outputs:
+        exact = _exact(name, x)
+        scale = np.maximum(np.abs(exact), 1e-30 if name in ("exp", "softmax") else 1.0)
+        error = float(np.max(np.abs(got[name] - exact) / scale))
+        ort_error = float(np.max(np.abs(ref[name] - exact) / scale))
+        # a few float32 ulps, and never far beyond onnxruntime's own error
+        assert error <= max(1e-6, 4 * ort_error), (name, error, ort_error)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
+def test_no_libm_call_per_element(cli, tmp_path):
+    source, _ = _unary_model(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    listing = subprocess.run(
+        ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
+    ).stdout
+    calls = [line for line in listing.splitlines() if "call" in line]
+    for function in ("expf", "tanhf", "erff"):
+        assert not any(f"<{function}@" in line for line in calls), function
