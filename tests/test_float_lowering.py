@@ -414,3 +414,63 @@ def test_concat_resize_slice_pool_split_stay_nhwc_between_kernels(cli, tmp_path)
     # the input's one transpose into NHWC and the output's one back: nothing between kernels
     assert len(transposing) <= 2, names
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 12, 12))
+
+
+def test_grouped_convs_run_as_a_direct_kernel_per_group(cli, tmp_path):
+    """A 3x3 conv of 2 groups and a 1x1 conv of 4 (AlexNet's, ShuffleNet's) run as one direct
+    kernel per group over its NHWC channel slice, joined without a transpose; the artifact
+    equals onnxruntime."""
+    rng = np.random.default_rng(8)
+    inits = [
+        random_initializer(rng, "w1", (16, 8, 3, 3)),
+        random_initializer(rng, "w2", (16, 8, 3, 3)),
+        random_initializer(rng, "b2", (16,)),
+        random_initializer(rng, "w3", (24, 4, 1, 1)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], group=4),
+    ]
+    source = _saved(tmp_path, "grouped", nodes, inits, [1, 8, 10, 10], [1, 24, 10, 10])
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
+    assert kernels[1:] == ["grouped", "grouped"], kernels
+    names = [k["name"] for k in report["kernels"]]
+    assert not any(n.startswith(("conv2d_nchw", "group_conv2d")) for n in names), names
+    assert sum("transpose" in n for n in names) <= 2, names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 10, 10))
+
+
+def test_channel_shuffle_stays_nhwc_between_kernels(cli, tmp_path):
+    """Conv -> Reshape [1, 4, 4, H, W] -> Transpose (0, 2, 1, 3, 4) -> Reshape -> Conv (a
+    ShuffleNet channel shuffle) shuffles the NHWC channels in place of the NCHW transposes;
+    the artifact equals onnxruntime."""
+    rng = np.random.default_rng(9)
+    inits = [
+        random_initializer(rng, "w1", (16, 8, 3, 3)),
+        random_initializer(rng, "w2", (8, 16, 1, 1)),
+        numpy_helper.from_array(np.array([1, 4, 4, 6, 6], np.int64), "grouped"),
+        numpy_helper.from_array(np.array([1, 16, 6, 6], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c1", "grouped"], ["g"]),
+        helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "flat"], ["s"]),
+        helper.make_node("Conv", ["s", "w2"], ["y"]),
+    ]
+    source = _saved(tmp_path, "shuffle", nodes, inits, [1, 8, 6, 6], [1, 8, 6, 6])
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
+    # the input's transpose into NHWC, the shuffle's own swap, and the output's transpose back
+    # (not the NCHW shuffle between two transposes, which FuseOps puts in one kernel)
+    assert sum(n.count("transpose") for n in names) <= 3, names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 6, 6))

@@ -109,6 +109,7 @@ def rewrite(mod, lower: Callable):
             super().__init__(mod)
             self.nhwc: dict = {}
             self.nhwc_tuples: dict = {}  # a split's NCHW tuple -> its NHWC tuple
+            self.original: dict = {}  # the function's own bindings seen so far: var -> value
 
         def to_nhwc(self, x):
             if x not in self.nhwc:
@@ -210,12 +211,43 @@ def rewrite(mod, lower: Callable):
             self.bind(binding.var, call)
             return True
 
+        def channel_shuffle_in_nhwc(self, binding) -> bool:
+            """reshape(permute_dims(reshape(x, [N, G, C/G, H, W]), [0, 2, 1, 3, 4]),
+            [N, C, H, W]) (ShuffleNet's channel shuffle) of a value the kernels have in NHWC,
+            as the same shuffle of its channels in NHWC: [N, H, W, G, C/G] swapped to
+            [N, H, W, C/G, G]. The NCHW chain is dead code afterwards."""
+            value = binding.value
+            if op_name(value) != "relax.reshape" or len(static_shape(binding.var) or ()) != 4:
+                return False
+            swap = self.original.get(value.args[0])
+            if op_name(swap) != "relax.permute_dims" or swap.attrs.axes is None:
+                return False
+            if [int(a) for a in swap.attrs.axes] != [0, 2, 1, 3, 4]:
+                return False
+            split = self.original.get(swap.args[0])
+            if op_name(split) != "relax.reshape":
+                return False
+            x = self.visit_expr(split.args[0])
+            grouped = static_shape(swap.args[0])
+            if x not in self.nhwc or grouped is None or static_shape(x) is None:
+                return False
+            n, groups, per_group, h, w = grouped
+            want = (n, groups * per_group, h, w)
+            if static_shape(x) != want or static_shape(binding.var) != want:
+                return False
+            y = self.builder_.emit(relax.op.reshape(self.nhwc[x], (n, h, w, groups, per_group)))
+            y = self.builder_.emit(relax.op.permute_dims(y, (0, 1, 2, 4, 3)))
+            self.bind(binding.var, relax.op.reshape(y, (n, h, w, groups * per_group)))
+            return True
+
         def visit_var_binding_(self, binding) -> None:
+            self.original[binding.var] = binding.value
             if not (
                 lower(self, binding)
                 or self.elementwise_in_nhwc(binding)
                 or self.spatial_mean_in_nhwc(binding)
                 or self.layout_op_in_nhwc(binding)
+                or self.channel_shuffle_in_nhwc(binding)
             ):
                 super().visit_var_binding_(binding)
 
