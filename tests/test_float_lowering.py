@@ -474,3 +474,27 @@ def test_channel_shuffle_stays_nhwc_between_kernels(cli, tmp_path):
     # (not the NCHW shuffle between two transposes, which FuseOps puts in one kernel)
     assert sum(n.count("transpose") for n in names) <= 3, names
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 6, 6))
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_padded_average_pool_between_kernels_equals_onnxruntime(cli, tmp_path, count_include_pad):
+    """Conv -> AveragePool 3x3 s2 pad 1 (a ShuffleNet shortcut) -> Conv: the pool is
+    edgepress's NHWC window kernel, dividing by the taps inside the input (or the whole window
+    with count_include_pad), and equals onnxruntime."""
+    rng = np.random.default_rng(10)
+    inits = [random_initializer(rng, "w1", (16, 8, 1, 1)), random_initializer(rng, "w2", (8, 16, 1, 1))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node(
+            "AveragePool", ["c1"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+            pads=[1, 1, 1, 1], count_include_pad=count_include_pad,
+        ),
+        helper.make_node("Conv", ["p", "w2"], ["y"]),
+    ]  # fmt: skip
+    source = _saved(tmp_path, "avg", nodes, inits, [1, 8, 11, 11], [1, 8, 6, 6])
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
+    assert any(n.startswith("avg_pool2d_float") for n in names), names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 11, 11))

@@ -93,7 +93,7 @@ RULES: tuple[KernelRule, ...] = (
     ),
     KernelRule(
         nhwc_schedules.WINDOW_RULE,
-        (nhwc_compute.max_pool2d,),
+        (nhwc_compute.max_pool2d, nhwc_compute.avg_pool2d),
         nhwc_schedules.schedule_window,
         declines=_no_interior,
     ),

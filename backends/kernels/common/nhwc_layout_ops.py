@@ -11,7 +11,9 @@ input already has an NHWC value.
 from __future__ import annotations
 
 from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
+from edgepress.backends.kernels.common.nhwc_compute import avg_pool2d
 from edgepress.backends.kernels.common.nhwc_rewriter import TO_NHWC
+from edgepress.backends.kernels.common.relax_lowering import opaque_call_te
 
 
 def nhwc_axis(axis: int) -> int:
@@ -23,7 +25,7 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def resize2d(value, x):
+def resize2d(builder, value, x):
     """An NCHW resize2d of `x` (NHWC): the same resize with layout NHWC (roi and size are in
     (H, W) either way)."""
     from tvm import relax
@@ -46,9 +48,10 @@ def resize2d(value, x):
     )
 
 
-def pool2d(value, x):
-    """An NCHW average or max pool of `x` (NHWC) as the same pool with layout NHWC (the pools
-    edgepress's max-pool kernel does not take: ceil mode, average)."""
+def pool2d(builder, value, x):
+    """An NCHW average or max pool of `x` (NHWC): a float average pool as nhwc_compute's
+    avg_pool2d kernel, the rest (ceil mode, 8-bit averages, the max pools edgepress's max-pool
+    kernel does not take) as TVM's pool with layout NHWC."""
     from tvm import relax
 
     attrs = value.attrs
@@ -64,13 +67,25 @@ def pool2d(value, x):
         out_layout="NHWC",
     )
     if value.op.name == "relax.nn.avg_pool2d":
+        if str(x.ty.dtype) == "float32" and not attrs.ceil_mode:
+            return opaque_call_te(
+                builder,
+                avg_pool2d,
+                x,
+                pool_size=tuple(common["pool_size"]),
+                strides=tuple(common["strides"]),
+                padding=tuple(common["padding"]),
+                dilation=tuple(common["dilation"]),
+                count_include_pad=bool(attrs.count_include_pad),
+                primfunc_name_hint="avg_pool2d_float",
+            )
         return relax.op.nn.avg_pool2d(
             x, count_include_pad=bool(attrs.count_include_pad), **common
         )
     return relax.op.nn.max_pool2d(x, **common)
 
 
-def strided_slice(value, x):
+def strided_slice(builder, value, x):
     """A slice of `x` (NHWC) along the renamed axes; None unless its axes are constants."""
     from tvm import relax
 
@@ -91,7 +106,7 @@ def strided_slice(value, x):
     )
 
 
-def split(value, x):
+def split(builder, value, x):
     """A split of `x` (NHWC) along the renamed axis: a tuple of NHWC values."""
     from tvm import relax
 

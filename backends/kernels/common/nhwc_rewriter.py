@@ -198,14 +198,16 @@ def rewrite(mod, lower: Callable):
             if x not in self.nhwc or getattr(x.ty, "ndim", -1) != 4:
                 return False
             if name == "relax.split":
-                items = self.builder_.emit(nhwc_layout_ops.split(value, self.nhwc[x]))
+                items = self.builder_.emit(
+                    nhwc_layout_ops.split(self.builder_, value, self.nhwc[x])
+                )
                 nchw = self.emit_as(
                     binding.var, relax.Call(value.op, [x, *value.args[1:]], value.attrs)
                 )
                 self.nhwc_tuples[nchw] = items
                 self.set_var_remap(binding.var, nchw)
                 return True
-            call = nhwc_layout_ops.SINGLE_INPUT[name](value, self.nhwc[x])
+            call = nhwc_layout_ops.SINGLE_INPUT[name](self.builder_, value, self.nhwc[x])
             if call is None:
                 return False
             self.bind(binding.var, call)
