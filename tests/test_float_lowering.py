@@ -498,3 +498,30 @@ def test_padded_average_pool_between_kernels_equals_onnxruntime(cli, tmp_path, c
     names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
     assert any(n.startswith("avg_pool2d_float") for n in names), names
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 11, 11))
+
+
+def test_token_matmuls_run_as_kernels_and_match_onnxruntime(cli, tmp_path):
+    """[1, 37, 48] x [48, 64] + bias -> GELU-free ReLU -> x [64, 1000] (a transformer's Linear
+    layers and a recognizer's CTC head: rank-3 inputs, 37 tokens, a prime row) run as
+    edgepress's matmul kernel, not TVM's; the artifact equals onnxruntime."""
+    rng = np.random.default_rng(11)
+    inits = [
+        random_initializer(rng, "w1", (48, 64)),
+        random_initializer(rng, "b1", (64,)),
+        random_initializer(rng, "w2", (64, 1000)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "b1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"]),
+    ]
+    source = _saved(tmp_path, "tokens", nodes, inits, [1, 37, 48], [1, 37, 1000])
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct", "direct"]
+    names = [k["name"] for k in report["kernels"]]
+    assert sum("matmul_float" in n for n in names) == 2, names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 37, 48))

@@ -6,7 +6,7 @@ much); this rewrite replaces each conv2d (and a following add of a per-channel c
 bias, folded into the kernel) by a register-tiled NHWC kernel, and lets activations stay NHWC
 between kernels (nhwc_rewriter): relu, clip and residual adds run on the NHWC values and fuse
 into the kernel before them; max pooling and the global average pool read NHWC too. A matmul
-of [M, K] by a constant [K, N] is the 1x1 convolution of M pixels.
+of [..., M, K] by a constant [K, N] is the 1x1 convolution of all its rows as pixels.
 
 Every conv2d and matmul of the module is listed in the result, lowered or with the reason it
 stayed with TVM's own kernels. Models with QDQ are int8/lowering's, not this rewrite's.
@@ -59,7 +59,7 @@ class _Conv:
     """One conv2d (or matmul, as a 1x1 conv) with what its kernel needs."""
 
     call: object
-    x: object  # the input (NCHW for a conv, [M, K] for a matmul)
+    x: object  # the input (NCHW for a conv, [..., M, K] for a matmul)
     weight: np.ndarray  # float32 OIHW (a matmul's as [N, K, 1, 1])
     bias: np.ndarray  # float32 [OC]
     strides: tuple[int, int]
@@ -141,12 +141,16 @@ class _Plan:
         if weight.dtype != np.float32:
             raise NotLowered(f"its weight is {weight.dtype}, not float32")
         if op_name(call) == "relax.matmul":
-            if len(x.ty.shape) != 2 or weight.ndim != 2:
-                raise NotLowered(f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not 2 x 2")
+            # [..., M, K] x [K, N]: a transformer's every Linear is [batch, tokens, K] x [K, N]
+            if len(x.ty.shape) < 2 or weight.ndim != 2:
+                raise NotLowered(
+                    f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not (2 or more) x 2"
+                )
             _check_out_dtype(call.attrs.out_dtype)
             oihw = np.ascontiguousarray(weight.T)[:, :, None, None]  # [K, N] -> [N, K, 1, 1]
             n = oihw.shape[0]
-            out_var, bias = self._bias(var, n, ((n,), (1, n)))
+            shapes = tuple((1,) * lead + (n,) for lead in range(len(x.ty.shape)))
+            out_var, bias = self._bias(var, n, shapes)
             conv = _Conv(call, x, oihw, bias, (1, 1), (0, 0, 0, 0), (1, 1), False, True)
             return out_var, conv
         a = call.attrs
@@ -336,12 +340,13 @@ def lower_float(
         if conv is not None:
             x = rewriter.visit_expr(conv.x)
             if conv.matmul:
-                m, k = (int(d) for d in x.ty.shape)
-                pixels = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
+                *rows, k = (int(d) for d in x.ty.shape)
+                # one image whose row is every token: the kernel's register tile runs along it
+                pixels = builder.emit(relax.op.reshape(x, (1, 1, int(np.prod(rows)), k)))
                 call = builder.emit(_emit(builder, conv, pixels, lanes))
                 n = conv.weight.shape[0]
                 rewriter.set_var_remap(
-                    binding.var, rewriter.emit_as(binding.var, relax.op.reshape(call, (m, n)))
+                    binding.var, rewriter.emit_as(binding.var, relax.op.reshape(call, (*rows, n)))
                 )
             else:
                 rewriter.bind(binding.var, _emit(builder, conv, rewriter.to_nhwc(x), lanes))
