@@ -691,3 +691,33 @@ def test_quantized_add_follows_onnxruntimes_qlinearadd_arithmetic(out_dtype):
     diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert got.dtype == np.dtype(out_dtype) and (got == info.max).any() and (got == info.min).any()
+
+
+def test_token_matmuls_run_integer_kernels_within_the_check(cli, tmp_path):
+    """[1, 37, 48] x [48, 64] -> Relu -> x [64, 10] (a transformer's Linear layers: rank-3
+    inputs, per-channel weights [K, N]), int8: both run as the dot-product kernel over one row
+    of all the tokens, and the build's check against onnxruntime on its QDQ model passes."""
+    rng = np.random.default_rng(14)
+    inits = [random_initializer(rng, "w1", (48, 64)), random_initializer(rng, "w2", (64, 10))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Relu", ["m1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tokens",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 37, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 37, 10])],
+        inits,
+    )
+    source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  tmp_path / "tokens.onnx")  # fmt: skip
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((16, 1, 37, 48)).astype(np.float32))
+    out = tmp_path / "art"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", tmp_path / "cal.npz", "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert _layers(report) == {"fc1": "dot-product", "fc2": "dot-product"}, _layers(report)
+    assert report["verification"]["artifact"]["status"] == "ok"

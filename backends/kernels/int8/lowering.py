@@ -202,8 +202,11 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
     weight, weight_scales = _dequantized_weight(bindings, weight_expr, output_axis)
     attrs: dict = {}
     if op == "relax.matmul":
-        if len(x.ty.shape) != 2 or weight.ndim != 2:
-            raise NotLowered(f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not 2 x 2")
+        if len(x.ty.shape) < 2 or weight.ndim != 2 or static_shape(x) is None:
+            raise NotLowered(
+                f"a matmul of rank {len(x.ty.shape)} x {weight.ndim}, not (2 or more) x 2 "
+                "of a static shape"
+            )
         if transposed is None:
             weight = weight.T  # [K, N] -> [N, K]
         weight = np.ascontiguousarray(weight)[:, :, None, None]
@@ -298,7 +301,7 @@ def _packed(builder, x, chain: _Chain, padding):
 
 def _emit(builder, chain: _Chain, x, layout: DotLayout):
     """The integer kernel's call for a chain, with `x` its (remapped) 8-bit input: NHWC for a
-    conv (the result is NHWC too), [M, K] for a matmul (the result is [M, N])."""
+    conv (the result is NHWC too), [..., M, K] for a matmul (the result is [..., M, N])."""
     from tvm import relax
 
     if chain.kind == "grouped":
@@ -313,9 +316,9 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
         "in_int32": scaled_in_int32(chain.weight, chain.bias, multiplier, chain.x_dtype),
     }
     matmul = _op_name(chain.compute) == "relax.matmul"
-    if matmul:
-        m, k = (int(d) for d in chain.x.ty.shape)
-        x = builder.emit(relax.op.reshape(x, (m, 1, 1, k)))
+    if matmul:  # [..., M, K]: one image whose row is every token
+        *rows, k = (int(d) for d in chain.x.ty.shape)
+        x = builder.emit(relax.op.reshape(x, (1, 1, int(np.prod(rows)), k)))
     padding = chain.attrs["padding"]
     if chain.kind == "depthwise":
         call = builder.call_te(
@@ -345,7 +348,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             **common,
         )
     if matmul:
-        call = relax.op.reshape(builder.emit(call), (m, channels))
+        call = relax.op.reshape(builder.emit(call), (*rows, channels))
     return call
 
 
