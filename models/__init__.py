@@ -30,6 +30,12 @@ def _mobilenetv2(folder: Path) -> list[Path]:
     return write_mobilenetv2(folder)
 
 
+def _vit_tiny(folder: Path) -> list[Path]:
+    from edgepress.models.vit import write_vit_tiny
+
+    return write_vit_tiny(folder)
+
+
 def _digits(folder: Path) -> list[Path]:
     from edgepress.models.digits import write_digits
 
@@ -46,6 +52,12 @@ EXAMPLES: dict[str, Example] = {
             "mobilenetv2",
             "MobileNetV2, 1x3x224x224, random weights (speed and fidelity)",
             _mobilenetv2,
+        ),
+        Example(
+            "vit_tiny",
+            "vision transformer (ViT-Tiny width, 4 layers), 1x3x224x224, random weights "
+            "(MatMul, attention, LayerNorm, GELU)",
+            _vit_tiny,
         ),
         Example(
             "digits",

@@ -11,7 +11,8 @@ from tests.conftest import ort_outputs
 def test_list(cli):
     r = cli("example", "--list")
     assert r.code == 0
-    assert [line.split()[0] for line in r.out.splitlines()] == ["resnet18", "mobilenetv2", "digits"]
+    names = [line.split()[0] for line in r.out.splitlines()]
+    assert names == ["resnet18", "mobilenetv2", "vit_tiny", "digits"]
 
 
 def test_unknown_example(cli, tmp_path):
@@ -62,3 +63,27 @@ def test_resnet18_and_mobilenetv2_export_match_torch(cli, tmp_path):
         (got,) = ort_outputs(path, {"input": x})
         assert got.shape == (1, 1000)
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_vit_tiny_exports_what_torch_computes_and_builds_on_edgepress_kernels(cli, tmp_path):
+    """The bundled transformer's file computes what its PyTorch definition computes, and its
+    fp32 build runs every Linear as the matmul kernel and attention as the batched one (the
+    build checks the artifact against onnxruntime)."""
+    import json
+
+    import torch
+
+    from edgepress.models.vit import vit_tiny
+
+    assert cli("example", "vit_tiny", "-o", tmp_path).code == 0
+    path = tmp_path / "vit_tiny.onnx"
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = vit_tiny()(torch.from_numpy(x)).numpy()
+    (got,) = ort_outputs(path, {"input": x})
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    r = cli(path, "--target", "x86_64", "-o", tmp_path / "out", "-q")
+    assert r.code == 0, r.err
+    layers = json.loads((tmp_path / "out" / "report.json").read_text())["float_conv"]["layers"]
+    kinds = [layer["kernel"] for layer in layers]
+    assert None not in kinds and kinds.count("batched") == 8, kinds

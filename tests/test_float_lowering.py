@@ -525,3 +525,43 @@ def test_token_matmuls_run_as_kernels_and_match_onnxruntime(cli, tmp_path):
     names = [k["name"] for k in report["kernels"]]
     assert sum("matmul_float" in n for n in names) == 2, names
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 37, 48))
+
+
+def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
+    """Attention over 37 tokens (no whole register tile or vector) and 3 heads of 16: Q K^T,
+    softmax, times V, where both operands are computed: the batched kernel of ours (operands
+    padded to whole tiles by a written copy, the result cropped), equal to onnxruntime."""
+    rng = np.random.default_rng(12)
+    inits = [
+        random_initializer(rng, "wq", (48, 48)),
+        random_initializer(rng, "wk", (48, 48)),
+        random_initializer(rng, "wv", (48, 48)),
+        numpy_helper.from_array(np.array([1, 37, 3, 16], np.int64), "heads"),
+        numpy_helper.from_array(np.array([1, 37, 48], np.int64), "merged"),
+    ]
+    nodes = []
+    for name in ("q", "k", "v"):
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_flat"]),
+            helper.make_node("Reshape", [f"{name}_flat", "heads"], [f"{name}_split"]),
+            helper.make_node("Transpose", [f"{name}_split"], [name],
+                             perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3]),
+        ]  # fmt: skip
+    nodes += [
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["weights"], axis=-1),
+        helper.make_node("MatMul", ["weights", "v"], ["heads_out"]),
+        helper.make_node("Transpose", ["heads_out"], ["t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["t", "merged"], ["y"]),
+    ]
+    source = _saved(tmp_path, "attention", nodes, inits, [1, 37, 48], [1, 37, 48])
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
+    assert kernels.count("batched") == 2, kernels
+    names = [k["name"] for k in report["kernels"]]
+    assert sum(n.startswith("batch_matmul_float") for n in names) == 2, names
+    assert not any(n.startswith(("matmul", "fused_matmul")) and "float" not in n for n in names)
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 37, 48))

@@ -9,6 +9,7 @@ import logging
 def test_every_named_rule_is_in_the_table_once():
     from edgepress.backends.kernels import rules
     from edgepress.backends.kernels.common import nhwc_schedules
+    from edgepress.backends.kernels.float import batch_matmul
     from edgepress.backends.kernels.float import compute as float_compute
     from edgepress.backends.kernels.float import schedules as float_schedules
     from edgepress.backends.kernels.int8 import schedules as int8_schedules
@@ -23,6 +24,7 @@ def test_every_named_rule_is_in_the_table_once():
         nhwc_schedules.DEPTHWISE_RULE,
         nhwc_schedules.WINDOW_RULE,
         nhwc_schedules.MEAN_RULE,
+        batch_matmul.RULE,
     }
     assert set(names) == named
     assert all(rule.marker for rule in rules.RULES if rule.injector)

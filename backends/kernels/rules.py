@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from edgepress.backends.kernels.common import nhwc_compute, nhwc_schedules
 from edgepress.backends.kernels.common.tir_walk import loops
+from edgepress.backends.kernels.float import batch_matmul
 from edgepress.backends.kernels.float import compute as float_compute
 from edgepress.backends.kernels.float import schedules as float_schedules
 from edgepress.backends.kernels.int8 import compute as int8_compute
@@ -109,6 +110,11 @@ RULES: tuple[KernelRule, ...] = (
         float_schedules.schedule_conv2d_float,
         injector=float_schedules.inject_weight_prefetch,
         marker=float_schedules.PREFETCH_ATTR,
+    ),
+    KernelRule(
+        batch_matmul.RULE,
+        (batch_matmul.batch_matmul,),
+        batch_matmul.schedule_batch_matmul,
     ),
     KernelRule(
         float_compute.WINOGRAD_RULE,

@@ -19,6 +19,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
+from edgepress.backends.kernels.common.window_copy import emit_window_copy
+from edgepress.backends.kernels.float.batch_matmul import ROWS as BATCH_ROWS
+from edgepress.backends.kernels.float.batch_matmul import batch_matmul
 from edgepress.backends.kernels.common.nhwc_compute import (
     output_size,
     pack_depthwise_weight,
@@ -94,6 +97,7 @@ class _Plan:
         bindings = Bindings(func)
         self.value, self.uses, self.users = bindings.value, bindings.uses, bindings.users
         self.convs: dict = {}
+        self.batched: set = set()  # matmuls of two computed operands (batch_matmul's)
         self.layers: list[LayerLowering] = []
         for var, value in self.value.items():
             op = op_name(value)
@@ -103,6 +107,12 @@ class _Plan:
             try:
                 out_var, conv = self._conv_of(var, value, skip_winograd)
             except NotLowered as why:
+                if op == "relax.matmul" and _batched(value):
+                    self.batched.add(var)
+                    self.layers.append(
+                        LayerLowering(len(self.layers), short, "batched", node=names.get(var.name))
+                    )
+                    continue
                 self.layers.append(
                     LayerLowering(len(self.layers), short, None, str(why), names.get(var.name))
                 )
@@ -175,6 +185,49 @@ class _Plan:
             conv.groups = groups
         conv.winograd = self.winograd and _winograd_fits(conv, call, self.lanes)
         return out_var, conv
+
+
+def _batched(call) -> bool:
+    """A matmul batch_matmul takes: float32 operands of static shapes and one rank (2 or more),
+    the same batch dimensions (no broadcasting), the output float32."""
+    a, b = call.args
+    shapes = [static_shape(x) for x in (a, b)]
+    if any(shape is None or len(shape) < 2 for shape in shapes) or len(set(map(len, shapes))) > 1:
+        return False
+    if any(str(getattr(x.ty, "dtype", "")) != "float32" for x in (a, b)):
+        return False
+    out = call.attrs.out_dtype
+    if out is not None and str(out) not in ("", "void", "float32"):
+        return False
+    (*batch_a, _, k), (*batch_b, k_b, _) = shapes
+    return batch_a == batch_b and k == k_b
+
+
+def _emit_batched(builder, a, b, lanes: int):
+    """a [..., M, K] x b [..., K, N] as batch_matmul over [batch, M, K] x [batch, K, N], its
+    rows padded to whole register tiles and its columns to whole vectors, then cropped."""
+    from tvm import relax
+
+    *batch, rows, depth = (int(d) for d in a.ty.shape)
+    columns = int(b.ty.shape[-1])
+    count = int(np.prod(batch)) if batch else 1
+    padded_rows = -(-rows // BATCH_ROWS) * BATCH_ROWS
+    padded_columns = -(-columns // lanes) * lanes
+    a = builder.emit(relax.op.reshape(a, (count, rows, depth)))
+    b = builder.emit(relax.op.reshape(b, (count, depth, columns)))
+    if padded_rows != rows:
+        a = builder.emit(emit_window_copy(builder, a, (count, padded_rows, depth)))
+    if padded_columns != columns:
+        b = builder.emit(emit_window_copy(builder, b, (count, depth, padded_columns)))
+    out = builder.emit(
+        opaque_call_te(
+            builder, batch_matmul, a, b, lanes=lanes, primfunc_name_hint="batch_matmul_float"
+        )
+    )
+    out = builder.emit(relax.op.reshape(out, (count, padded_rows, padded_columns)))
+    if (padded_rows, padded_columns) != (rows, columns):
+        out = builder.emit(emit_window_copy(builder, out, (count, rows, columns)))
+    return relax.op.reshape(out, (*batch, rows, columns))
 
 
 def _bias_add():
@@ -331,11 +384,16 @@ def lower_float(
     # Constants first: the bias reshapes, the FC weight's transpose, clip's bounds.
     mod = relax.transform.FoldConstant()(mod)
     plan = _Plan(mod["main"], lanes, skip_winograd, winograd, names or {})
-    if not plan.convs:
+    if not plan.convs and not plan.batched:
         return mod, plan.layers
 
     def lower(rewriter, binding) -> bool:
         builder = rewriter.builder_
+        if binding.var in plan.batched:
+            a, b = (rewriter.visit_expr(arg) for arg in binding.value.args)
+            call = _emit_batched(builder, a, b, lanes)
+            rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, call))
+            return True
         conv = plan.convs.get(binding.var)
         if conv is not None:
             x = rewriter.visit_expr(conv.x)
