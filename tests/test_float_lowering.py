@@ -18,8 +18,8 @@ from tests.conftest import ort_outputs, save
 from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
 
 
-def _saved(tmp_path, name: str, nodes, inits, x_shape: list, y_shape: list):
-    """The graph (input x, output y) saved as tmp_path/name.onnx with opset 17."""
+def _saved(tmp_path, name: str, nodes, inits, x_shape: list, y_shape: list, opset: int = 17):
+    """The graph (input x, output y) saved as tmp_path/name.onnx with `opset`."""
     graph = helper.make_graph(
         nodes,
         name,
@@ -27,7 +27,7 @@ def _saved(tmp_path, name: str, nodes, inits, x_shape: list, y_shape: list):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     return save(model, tmp_path / f"{name}.onnx")
 
 
@@ -361,6 +361,15 @@ def test_a_sample_that_recomputes_a_reduction_is_refused():
     assert float(estimate_tir_flops(mod)) <= RECOMPUTE_LIMIT * before
 
 
+def _built(cli, tmp_path, source) -> dict:
+    """The report of `source` built for this machine into tmp_path/out (the build checks the
+    artifact against onnxruntime too)."""
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    return json.loads((out / "report.json").read_text())
+
+
 def _layout_ops_net(tmp_path):
     """x 1x8x12x12 -> Conv to 16 -> Concat with a second Conv (24 channels) -> Resize x2
     (nearest) -> Slice of channels 4..20 -> AveragePool 2x2 s2 -> Split into 8 + 8 channels ->
@@ -388,15 +397,8 @@ def _layout_ops_net(tmp_path):
         helper.make_node("Conv", ["s1", "wb"], ["cb"]),
         helper.make_node("Add", ["ca", "cb"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "layout_ops",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 12])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    return save(model, tmp_path / "layout_ops.onnx")
+    # Split's num_outputs is opset 18
+    return _saved(tmp_path, "layout_ops", nodes, inits, [1, 8, 12, 12], [1, 8, 12, 12], opset=18)
 
 
 def test_concat_resize_slice_pool_split_stay_nhwc_between_kernels(cli, tmp_path):
@@ -404,9 +406,7 @@ def test_concat_resize_slice_pool_split_stay_nhwc_between_kernels(cli, tmp_path)
     artifact transposes, and it equals onnxruntime."""
     source = _layout_ops_net(tmp_path)
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    report = _built(cli, tmp_path, source)
     kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
     assert None not in kernels
     names = [k["name"] for k in report["kernels"]]
@@ -436,9 +436,7 @@ def test_grouped_convs_run_as_a_direct_kernel_per_group(cli, tmp_path):
     ]
     source = _saved(tmp_path, "grouped", nodes, inits, [1, 8, 10, 10], [1, 24, 10, 10])
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    report = _built(cli, tmp_path, source)
     kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
     assert kernels[1:] == ["grouped", "grouped"], kernels
     names = [k["name"] for k in report["kernels"]]
@@ -467,9 +465,7 @@ def test_channel_shuffle_stays_nhwc_between_kernels(cli, tmp_path):
     ]
     source = _saved(tmp_path, "shuffle", nodes, inits, [1, 8, 6, 6], [1, 8, 6, 6])
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
+    names = [k["name"] for k in _built(cli, tmp_path, source)["kernels"]]
     # the input's transpose into NHWC, the shuffle's own swap, and the output's transpose back
     # (not the NCHW shuffle between two transposes, which FuseOps puts in one kernel)
     assert sum(n.count("transpose") for n in names) <= 3, names
@@ -493,9 +489,7 @@ def test_padded_average_pool_between_kernels_equals_onnxruntime(cli, tmp_path, c
     ]  # fmt: skip
     source = _saved(tmp_path, "avg", nodes, inits, [1, 8, 11, 11], [1, 8, 6, 6])
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
+    names = [k["name"] for k in _built(cli, tmp_path, source)["kernels"]]
     assert any(n.startswith("avg_pool2d_float") for n in names), names
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 11, 11))
 
@@ -518,9 +512,7 @@ def test_token_matmuls_run_as_kernels_and_match_onnxruntime(cli, tmp_path):
     ]
     source = _saved(tmp_path, "tokens", nodes, inits, [1, 37, 48], [1, 37, 1000])
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    report = _built(cli, tmp_path, source)
     assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct", "direct"]
     names = [k["name"] for k in report["kernels"]]
     assert sum("matmul_float" in n for n in names) == 2, names
@@ -556,9 +548,7 @@ def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
     ]
     source = _saved(tmp_path, "attention", nodes, inits, [1, 37, 48], [1, 37, 48])
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    report = _built(cli, tmp_path, source)
     kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
     assert kernels.count("batched") == 2, kernels
     names = [k["name"] for k in report["kernels"]]

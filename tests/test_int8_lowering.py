@@ -365,6 +365,16 @@ def _int8_build(cli, tmp_path, *extra):
     return out, json.loads((out / "report.json").read_text())
 
 
+def _int8_without_floor(cli, tmp_path, source, cal):
+    """(folder, report) of `source` built int8 into tmp_path/art, every layer quantized
+    (--fidelity-floor 0: the kernels under test, not the fallback, are what runs)."""
+    out = tmp_path / "art"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    return out, json.loads((out / "report.json").read_text())
+
+
 def _layers(report) -> dict[str, str]:
     layers = report["int8_compute"]["layers"]
     return {layer["node"]: layer["kernel"] or f"float: {layer['reason']}" for layer in layers}
@@ -430,11 +440,7 @@ def test_silu_between_integer_kernels_stays_nhwc(cli, tmp_path):
     ]
     source, cal = _saved_with_calibration(tmp_path / "silu.onnx", nodes, inits,
                                           [1, 16, 16, 16], rng)  # fmt: skip
-    out = tmp_path / "art"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
-            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    out, report = _int8_without_floor(cli, tmp_path, source, cal)
     assert set(_layers(report).values()) == {"dot-product"}
     sigmoid = [k["name"] for k in report["kernels"] if "sigmoid" in k["name"]]
     assert sigmoid and not any("transpose" in name for name in sigmoid), sigmoid
@@ -465,11 +471,7 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     ]
     source, cal = _saved_with_calibration(tmp_path / "fire.onnx", nodes, inits,
                                           [1, 8, 32, 32], rng)  # fmt: skip
-    out = tmp_path / "art"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
-            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    out, report = _int8_without_floor(cli, tmp_path, source, cal)
     assert set(_layers(report).values()) == {"dot-product"}
     names = [k["name"] for k in report["kernels"]]
     assert any("concat" in n for n in names) and any("resize" in n for n in names), names
@@ -714,10 +716,6 @@ def test_token_matmuls_run_integer_kernels_within_the_check(cli, tmp_path):
     source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
                   tmp_path / "tokens.onnx")  # fmt: skip
     np.savez(tmp_path / "cal.npz", x=rng.standard_normal((16, 1, 37, 48)).astype(np.float32))
-    out = tmp_path / "art"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
-            "--calibration", tmp_path / "cal.npz", "--fidelity-floor", "0")  # fmt: skip
-    assert r.code == 0, r.err
-    report = json.loads((out / "report.json").read_text())
+    _, report = _int8_without_floor(cli, tmp_path, source, tmp_path / "cal.npz")
     assert _layers(report) == {"fc1": "dot-product", "fc2": "dot-product"}, _layers(report)
     assert report["verification"]["artifact"]["status"] == "ok"

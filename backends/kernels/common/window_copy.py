@@ -27,31 +27,26 @@ def window_copy(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
             )
             x = T.arg("x", T.Buffer(in_shape, dtype))
             out = T.arg("out", T.Buffer(out_shape, dtype))
+
+            def store(name: str, b, i, first: int, last: int, copy: bool) -> None:
+                """out[b, i, first:last] = x's values (copy) or zeros, in a plain loop."""
+                with T.serial(first, last) as j:
+                    with T.sblock(name):
+                        vb = T.axis.spatial(batch, b)
+                        vi = T.axis.spatial(rows, i)
+                        vj = T.axis.spatial(columns, j)
+                        T.buffer_store(out, x[vb, vi, vj] if copy else zero, [vb, vi, vj])
+
             with T.sblock("root"):
                 with T.parallel(0, batch * rows) as row:
                     b, i = row // rows, row % rows
                     with T.If(i < in_rows):
                         with T.Then():
-                            with T.serial(0, shared) as j:
-                                with T.sblock("copy"):
-                                    vb = T.axis.spatial(batch, b)
-                                    vi = T.axis.spatial(rows, i)
-                                    vj = T.axis.spatial(shared, j)
-                                    T.buffer_store(out, x[vb, vi, vj], [vb, vi, vj])
+                            store("copy", b, i, 0, shared, copy=True)
                             if columns > shared:
-                                with T.serial(shared, columns) as j:
-                                    with T.sblock("zero_columns"):
-                                        vb = T.axis.spatial(batch, b)
-                                        vi = T.axis.spatial(rows, i)
-                                        vj = T.axis.spatial(columns, j)
-                                        T.buffer_store(out, zero, [vb, vi, vj])
+                                store("zero_columns", b, i, shared, columns, copy=False)
                         with T.Else():
-                            with T.serial(0, columns) as j:
-                                with T.sblock("zero_rows"):
-                                    vb = T.axis.spatial(batch, b)
-                                    vi = T.axis.spatial(rows, i)
-                                    vj = T.axis.spatial(columns, j)
-                                    T.buffer_store(out, zero, [vb, vi, vj])
+                            store("zero_rows", b, i, 0, columns, copy=False)
     return builder.get()
 
 

@@ -48,6 +48,7 @@ from edgepress.backends.kernels.int8.compute import (
 )
 from edgepress.backends.kernels.common.nhwc_rewriter import op_name as _op_name
 from edgepress.backends.kernels.common import nhwc_layout_ops
+from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
 from edgepress.backends.kernels.common.nhwc_rewriter import is_scalar, rewrite, static_shape
 from edgepress.backends.targets.description import DotLayout
 
@@ -354,7 +355,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
 
 def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout):
     """A grouped convolution as one dot-product kernel per group over its slice of the NHWC
-    input channels, concatenated along the channels (a ShuffleNet's grouped 1x1 convolutions,
+    input channels, joined by the channel-concat kernel (a ShuffleNet's grouped 1x1 convolutions,
     which TVM's generic grouped convolution ran at a tenth of onnxruntime's speed)."""
     from tvm import relax
 
@@ -375,7 +376,8 @@ def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout):
             x, axes=[3], begin=[group * step_in], end=[(group + 1) * step_in]
         )
         parts.append(builder.emit(_emit(builder, part, builder.emit(channels), layout)))
-    return relax.op.concat(parts, axis=3)
+    joined = emit_channel_concat(builder, parts)
+    return joined if joined is not None else relax.op.concat(parts, axis=3)
 
 
 @dataclass
