@@ -191,6 +191,7 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
+PROFILE_PNG = "profile.png"
 
 
 def machine() -> str:
@@ -210,9 +211,11 @@ def machine() -> str:
 
 
 def write_bench(artifact: Path, result: BenchResult, profile: dict | None = None) -> Path:
-    """The figures as bench.json and bench.md in the artifact folder, files of their own: the
-    build's files (report, manifest, library) stay as they were, and their hashes true."""
+    """The figures as bench.json and bench.md (and the profile as profile.png) in the artifact
+    folder, files of their own: the build's files (report, manifest, library) stay as they were, and their hashes true."""
     import json
+
+    from edgepress.compiler.profile_plot import write_profile_plot
 
     data = {
         "artifact": str(artifact),
@@ -220,6 +223,13 @@ def write_bench(artifact: Path, result: BenchResult, profile: dict | None = None
         "bench": result.to_json(),
         "kernel_profile": profile,
     }
+    if profile is not None:
+        title = (
+            f"edgepress kernel profile: {artifact.name}, {profile['threads']} thread(s), "
+            f"on {data['machine']}"
+        )
+        write_profile_plot(profile, artifact / PROFILE_PNG, title)
+        profile["picture"] = PROFILE_PNG
     path = artifact / BENCH_JSON
     path.write_text(json.dumps(data, indent=2) + "\n")
     (artifact / BENCH_MD).write_text(reports.bench_markdown(data))

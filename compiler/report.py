@@ -397,5 +397,8 @@ def bench_markdown(bench: dict) -> str:
                 "",
             ]
     if report.get("kernel_profile"):
-        lines += ["## Kernel profile", "", report["kernel_profile"]["markdown"]]
+        profile = report["kernel_profile"]
+        lines += ["## Kernel profile", "", profile["markdown"]]
+        if profile.get("picture"):
+            lines += ["", f"![time per kernel against its roofline]({profile['picture']})", ""]
     return "\n".join(lines)

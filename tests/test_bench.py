@@ -44,7 +44,7 @@ def test_bench_writes_its_own_file_and_leaves_the_artifact_as_built(cli, artifac
     assert bench["bench"]["threads"] == 2 and bench["machine"]
     assert "## Speed" in (folder / "bench.md").read_text()
     for name, data in before.items():
-        if name not in ("bench.json", "bench.md"):
+        if name not in ("bench.json", "bench.md", "profile.png"):
             assert (folder / name).read_bytes() == data, name
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
@@ -74,6 +74,43 @@ def test_profile_times_every_kernel_of_the_build(cli, artifacts):
     assert all(rows[k["name"]]["calls"] >= 1 and rows[k["name"]]["ms"] > 0 for k in kernels)
     assert sum(row["share"] for row in profile["rows"]) == pytest.approx(1.0)
     assert "## Kernel profile" in (folder / "bench.md").read_text()
+    assert "profile.png" in (folder / "bench.md").read_text()
+    from PIL import Image
+
+    assert Image.open(folder / "profile.png").size[1] > 100
+
+
+def test_profile_picture_draws_measured_and_roofline_time_to_scale(tmp_path):
+    """Each bar's length is its kernel's time and the dark bar inside it its roofline time, on
+    one linear scale; rows past MAX_ROWS are summed into one."""
+    from PIL import Image
+
+    from edgepress.compiler import profile_plot as plot
+    from edgepress.compiler.kernel_profile import VM_OVERHEAD
+
+    rows = [
+        {"name": "conv", "ms": 8.0, "roofline_ms": 2.0, "peak_fraction": 0.25},
+        {"name": VM_OVERHEAD, "ms": 1.0, "roofline_ms": None, "peak_fraction": None},
+        {"name": "add", "ms": 4.0, "roofline_ms": 3.0, "peak_fraction": 0.75},
+    ]
+    rows += [{"name": f"k{i}", "ms": 0.01, "roofline_ms": 0.005} for i in range(40)]
+    path = plot.write_profile_plot({"rows": rows}, tmp_path / "p.png", "title")
+    image = Image.open(path).convert("RGB")
+    assert image.size[1] == plot.TOP + plot.ROW * plot.MAX_ROWS + 40  # 43 rows drawn as 30
+
+    def run_of(y: int, colour: tuple) -> int:
+        return sum(image.getpixel((x, y)) == colour for x in range(plot.LEFT, plot.WIDTH))
+
+    def middle(i: int) -> int:
+        return plot.TOP + i * plot.ROW + plot.ROW // 2
+
+    edge = lambda i: plot.TOP + i * plot.ROW + 4  # above the roofline bar  # noqa: E731
+    span = plot.bar_width(8.0, 8.0)
+    assert abs(run_of(edge(0), plot.MEASURED) - span) <= 2  # slowest first, full width
+    assert abs(run_of(middle(0), plot.ROOFLINE) - span / 4) <= 2
+    assert abs(run_of(edge(1), plot.MEASURED) - span / 2) <= 2  # "add", 4 of 8 ms
+    assert abs(run_of(middle(1), plot.ROOFLINE) - span * 3 / 8) <= 2
+    assert run_of(edge(2), plot.OVERHEAD) == pytest.approx(span / 8, abs=2)
 
 
 def test_kernel_rows_rates_and_roofline_from_flops_and_times():
