@@ -7,6 +7,7 @@ Their speed is measured by benchmarks (a YOLO detector's SiLU epilogues), not he
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -55,10 +56,12 @@ def _exact(name: str, x: np.ndarray) -> np.ndarray:
     }[name]()
 
 
-def test_fast_transcendentals_stay_within_float32_rounding(cli, tmp_path):
+@pytest.mark.parametrize("target", ["x86_64", "arm64"])
+def test_fast_transcendentals_stay_within_float32_rounding(cli, tmp_path, target):
+    """On x86_64 and on arm64 (NEON, run under qemu): the same polynomials, 4 or 16 lanes."""
     source, outputs = _unary_model(tmp_path)
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    r = cli(source, "--target", target, "-o", out, "-q")
     assert r.code == 0, r.err
     # the range where they are used: logits and activations up to +-30, and exp's whole range
     x = np.linspace(-30, 30, 20000, dtype=np.float32).reshape(4, 5000)
@@ -77,15 +80,22 @@ def test_fast_transcendentals_stay_within_float32_rounding(cli, tmp_path):
         assert error <= max(1e-6, 4 * ort_error), (name, error, ort_error)
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
-def test_no_libm_call_per_element(cli, tmp_path):
+@pytest.mark.parametrize(
+    ("target", "objdump", "call"),
+    [("x86_64", "objdump", "call"), ("arm64", "aarch64-linux-gnu-objdump", "bl")],
+)
+def test_no_libm_call_per_element(cli, tmp_path, target, objdump, call):
+    if shutil.which(objdump) is None:
+        pytest.skip(f"no {objdump}")
     source, _ = _unary_model(tmp_path)
     out = tmp_path / "out"
-    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    r = cli(source, "--target", target, "-o", out, "-q")
     assert r.code == 0, r.err
     listing = subprocess.run(
-        ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
+        [objdump, "-d", str(out / "model.so")], capture_output=True, text=True, check=True
     ).stdout
-    calls = [line for line in listing.splitlines() if "call" in line]
+    calls = [line for line in listing.splitlines() if f"\t{call}" in line]
     for function in ("expf", "tanhf", "erff"):
         assert not any(f"<{function}@" in line for line in calls), function
+    if target == "arm64":  # the polynomials are 4-lane NEON FMAs
+        assert len(re.findall(r"\bfmla\s+v\d+\.4s", listing)) >= 6 * 8

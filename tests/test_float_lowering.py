@@ -8,6 +8,9 @@ Speed is measured by benchmarks/speed.py, not here.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -416,10 +419,8 @@ def test_concat_resize_slice_pool_split_stay_nhwc_between_kernels(cli, tmp_path)
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 12, 12))
 
 
-def test_grouped_convs_run_as_a_direct_kernel_per_group(cli, tmp_path):
-    """A 3x3 conv of 2 groups and a 1x1 conv of 4 (AlexNet's, ShuffleNet's) run as one direct
-    kernel per group over its NHWC channel slice, joined without a transpose; the artifact
-    equals onnxruntime."""
+def _grouped_net(tmp_path):
+    """x 1x8x10x10 -> Conv 3x3 -> Relu -> Conv 3x3 of 2 groups -> Relu -> Conv 1x1 of 4 groups."""
     rng = np.random.default_rng(8)
     inits = [
         random_initializer(rng, "w1", (16, 8, 3, 3)),
@@ -434,7 +435,14 @@ def test_grouped_convs_run_as_a_direct_kernel_per_group(cli, tmp_path):
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("Conv", ["r2", "w3"], ["y"], group=4),
     ]
-    source = _saved(tmp_path, "grouped", nodes, inits, [1, 8, 10, 10], [1, 24, 10, 10])
+    return _saved(tmp_path, "grouped", nodes, inits, [1, 8, 10, 10], [1, 24, 10, 10])
+
+
+def test_grouped_convs_run_as_a_direct_kernel_per_group(cli, tmp_path):
+    """A 3x3 conv of 2 groups and a 1x1 conv of 4 (AlexNet's, ShuffleNet's) run as one direct
+    kernel per group over its NHWC channel slice, joined without a transpose; the artifact
+    equals onnxruntime."""
+    source = _grouped_net(tmp_path)
     out = tmp_path / "out"
     report = _built(cli, tmp_path, source)
     kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
@@ -519,10 +527,9 @@ def test_token_matmuls_run_as_kernels_and_match_onnxruntime(cli, tmp_path):
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 37, 48))
 
 
-def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
-    """Attention over 37 tokens (no whole register tile or vector) and 3 heads of 16: Q K^T,
-    softmax, times V, where both operands are computed: the batched kernel of ours (operands
-    padded to whole tiles by a written copy, the result cropped), equal to onnxruntime."""
+def _attention_net(tmp_path):
+    """x [1, 37, 48] -> Q, K, V projections into 3 heads of 16 -> Q K^T -> Softmax -> times V
+    -> heads merged back: both operands of two MatMuls computed."""
     rng = np.random.default_rng(12)
     inits = [
         random_initializer(rng, "wq", (48, 48)),
@@ -546,7 +553,14 @@ def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
         helper.make_node("Transpose", ["heads_out"], ["t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["t", "merged"], ["y"]),
     ]
-    source = _saved(tmp_path, "attention", nodes, inits, [1, 37, 48], [1, 37, 48])
+    return _saved(tmp_path, "attention", nodes, inits, [1, 37, 48], [1, 37, 48])
+
+
+def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
+    """Attention over 37 tokens (no whole register tile or vector) and 3 heads of 16: Q K^T,
+    softmax, times V, where both operands are computed: the batched kernel of ours (operands
+    padded to whole tiles by a written copy, the result cropped), equal to onnxruntime."""
+    source = _attention_net(tmp_path)
     out = tmp_path / "out"
     report = _built(cli, tmp_path, source)
     kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
@@ -555,3 +569,57 @@ def test_attention_matmuls_run_as_the_batched_kernel(cli, tmp_path):
     assert sum(n.startswith("batch_matmul_float") for n in names) == 2, names
     assert not any(n.startswith(("matmul", "fused_matmul")) and "float" not in n for n in names)
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 37, 48))
+
+
+def _functions(listing: str) -> dict[str, list[str]]:
+    """objdump -d's listing as each function's instructions, by symbol."""
+    functions: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in listing.splitlines():
+        symbol = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if symbol:
+            current = functions.setdefault(symbol.group(1), [])
+        elif "\t" in line:
+            current.append(line)
+    return functions
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+@pytest.mark.parametrize(
+    ("net", "kernels", "nhwc"),
+    [
+        (_layout_ops_net, ("concat_channels", "avg_pool2d_float", "conv2d_float"), True),
+        (_grouped_net, ("conv2d_float",), True),
+        (_attention_net, ("batch_matmul_float", "matmul_float", "softmax"), False),
+    ],
+)
+def test_arm64_layout_grouped_and_attention_kernels_use_neon_under_qemu(
+    cli, tmp_path, net, kernels, nhwc
+):
+    """The kernels beyond convolutions built for arm64 equal onnxruntime under qemu (the build
+    runs them there), and the arithmetic ones are NEON: 4-lane fmla in each matmul, conv and
+    softmax kernel (qemu times mean nothing, so the instructions are what is checked)."""
+    source = net(tmp_path)
+    out = tmp_path / "arm"
+    r = cli(source, "--target", "arm64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    check = report["verification"]["artifact"]
+    assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
+    names = [k["name"] for k in report["kernels"]]
+    if nhwc:  # the input's transpose into NHWC and the output's back; none between kernels
+        assert sum("transpose" in n for n in names) <= 2, names
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    functions = _functions(listing)
+    for prefix in kernels:
+        bodies = [body for name, body in functions.items() if name.startswith(prefix)]
+        assert bodies, (prefix, sorted(functions))
+        if prefix in ("concat_channels", "avg_pool2d_float"):
+            continue  # data movement and one add per tap: checked by the result above
+        for body in bodies:
+            assert any(re.search(r"\bfmla\s+v\d+\.4s", line) for line in body), prefix

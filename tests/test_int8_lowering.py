@@ -447,11 +447,9 @@ def test_silu_between_integer_kernels_stays_nhwc(cli, tmp_path):
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=12)
 
 
-def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, tmp_path):
+def _fire_module(tmp_path):
     """Conv -> Relu -> two Convs (1x1, 3x3) -> Concat (a SqueezeNet fire module) -> Resize x2
-    (an FPN's upsampling) -> Conv, int8: the concat and the resize run on the NHWC values
-    between the integer kernels, with no transpose (each cost two, a fifth of SqueezeNet's
-    int8 time)."""
+    (an FPN's upsampling) -> Conv; (model, calibration data)."""
     rng = np.random.default_rng(6)
     inits = [
         random_initializer(rng, "ws", (8, 3, 1, 1)),
@@ -469,8 +467,15 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
         helper.make_node("Resize", ["cat", "", "scales"], ["up"], mode="nearest", name="up"),
         helper.make_node("Conv", ["up", "wo"], ["y"], pads=[1] * 4, name="conv_out"),
     ]
-    source, cal = _saved_with_calibration(tmp_path / "fire.onnx", nodes, inits,
-                                          [1, 8, 32, 32], rng)  # fmt: skip
+    return _saved_with_calibration(tmp_path / "fire.onnx", nodes, inits,
+                                   [1, 8, 32, 32], rng)  # fmt: skip
+
+
+def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, tmp_path):
+    """A fire module and an upsampling, int8: the concat and the resize run on the NHWC values
+    between the integer kernels, with no transpose (each cost two, a fifth of SqueezeNet's
+    int8 time)."""
+    source, cal = _fire_module(tmp_path)
     out, report = _int8_without_floor(cli, tmp_path, source, cal)
     assert set(_layers(report).values()) == {"dot-product"}
     names = [k["name"] for k in report["kernels"]]
@@ -695,10 +700,9 @@ def test_quantized_add_follows_onnxruntimes_qlinearadd_arithmetic(out_dtype):
     assert got.dtype == np.dtype(out_dtype) and (got == info.max).any() and (got == info.min).any()
 
 
-def test_token_matmuls_run_integer_kernels_within_the_check(cli, tmp_path):
+def _token_matmuls(tmp_path):
     """[1, 37, 48] x [48, 64] -> Relu -> x [64, 10] (a transformer's Linear layers: rank-3
-    inputs, per-channel weights [K, N]), int8: both run as the dot-product kernel over one row
-    of all the tokens, and the build's check against onnxruntime on its QDQ model passes."""
+    inputs); (model, calibration data)."""
     rng = np.random.default_rng(14)
     inits = [random_initializer(rng, "w1", (48, 64)), random_initializer(rng, "w2", (64, 10))]
     nodes = [
@@ -716,6 +720,39 @@ def test_token_matmuls_run_integer_kernels_within_the_check(cli, tmp_path):
     source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
                   tmp_path / "tokens.onnx")  # fmt: skip
     np.savez(tmp_path / "cal.npz", x=rng.standard_normal((16, 1, 37, 48)).astype(np.float32))
-    _, report = _int8_without_floor(cli, tmp_path, source, tmp_path / "cal.npz")
+    return source, tmp_path / "cal.npz"
+
+
+def test_token_matmuls_run_integer_kernels_within_the_check(cli, tmp_path):
+    """Token MatMuls with per-channel weights [K, N], int8: both run as the dot-product kernel
+    over one row of all the tokens, and the build's check against onnxruntime on its QDQ model
+    passes."""
+    _, report = _int8_without_floor(cli, tmp_path, *_token_matmuls(tmp_path))
     assert _layers(report) == {"fc1": "dot-product", "fc2": "dot-product"}, _layers(report)
     assert report["verification"]["artifact"]["status"] == "ok"
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+@pytest.mark.parametrize("net", [_fire_module, _token_matmuls], ids=["fire", "tokens"])
+def test_arm64_int8_concat_and_token_matmuls_use_sdot_under_qemu(cli, tmp_path, net):
+    """The fire module's requantized channel concat and the token MatMuls, int8 for arm64
+    +dotprod: every layer a dot-product kernel, sdot in the library, the artifact within the
+    check against onnxruntime on its QDQ model under qemu, and NHWC kept between kernels."""
+    source, cal = net(tmp_path)
+    out = tmp_path / "arm"
+    r = cli(source, "--target", "arm64", "--mattr=+dotprod", "-o", out, "-q", "--quantize",
+            "int8", "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    check = report["verification"]["artifact"]
+    assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
+    assert set(_layers(report).values()) == {"dot-product"}, _layers(report)
+    names = [k["name"] for k in report["kernels"]]
+    assert sum("transpose" in n for n in names) <= 2, names
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(re.findall(r"\bsdot\b", listing)) > 0
