@@ -129,6 +129,9 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
                 stage=progress.stage,
             )
         timings["compile"] = time.perf_counter() - t
+        # runtime/ reads the signature from manifest.json: a provisional one until verified
+        target = {"name": loaded.backend.name, "tvm": compiled.target}
+        _write_manifest(staging, loaded, compressed, target, "unverified")
         t = time.perf_counter()
         with progress.stage("verify", "against onnxruntime"):
             checks = _verify(loaded, compressed, staging, inputs)
@@ -137,17 +140,7 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
         report = _report(opts, loaded, compressed, compiled, checks, staging)
         reports.write_json(report, staging / "report.json")
         (staging / "report.md").write_text(reports.render_markdown(report))
-        write_manifest(
-            staging,
-            source=loaded.source,
-            source_sha256=loaded.source_sha,
-            target=report["target"],
-            inputs=report["inputs"],
-            fixed_inputs=report["fixed_inputs"],
-            outputs=report["outputs"],
-            status=report["status"],
-            opset_upgrade=loaded.upgraded,
-        )
+        _write_manifest(staging, loaded, compressed, report["target"], report["status"])
         outdirs.commit(staging, Path(opts.outdir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -278,6 +271,20 @@ def _compress(opts: BuildOptions, loaded: _Loaded, progress: Progress) -> _Compr
         held_out,
         tensor_specs(list(model.graph.outputs)),
         tensor_specs(model_inputs(model)),
+    )
+
+
+def _write_manifest(staging: Path, loaded: _Loaded, compressed: _Compressed, target, status):
+    write_manifest(
+        staging,
+        source=loaded.source,
+        source_sha256=loaded.source_sha,
+        target=target,
+        inputs=[s.to_json() for s in compressed.artifact_specs],
+        fixed_inputs=fixed_to_json(loaded.fixed),
+        outputs=[s.to_json() for s in compressed.output_specs],
+        status=status,
+        opset_upgrade=loaded.upgraded,
     )
 
 

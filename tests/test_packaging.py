@@ -76,11 +76,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_builds(tmp_path):
     )
     code = (
         "import edgepress, edgepress.compiler, edgepress.backends.tuning.database as db\n"
-        "import edgepress.backends.runtime.aarch64 as rt, edgepress.models.corpus as corpus\n"
+        "import edgepress.backends.runtime.runtime_folder as rt, edgepress.models.corpus as corpus\n"
         f"assert edgepress.compiler.__file__.startswith({str(site)!r}), "
         "edgepress.compiler.__file__\n"
         "assert any(db.SHIPPED_DIR.glob('*/target.json')), 'shipped tuning records missing'\n"
-        "assert rt.RUNNER_SOURCE.is_file(), 'runner source missing'\n"
+        "assert rt.RUNNER_SOURCE.is_file() and rt.HEADER.is_file(), 'runtime sources missing'\n"
         "assert corpus.load_corpus(), 'corpus list missing'\n"
     )
     subprocess.run([str(python), "-c", code], check=True, timeout=300, cwd=tmp_path)

@@ -30,8 +30,8 @@ def qemu_missing() -> str | None:
 class RunnerProcess:
     """edgepress-run in a subprocess, exchanging .npy files through a temporary folder."""
 
-    def __init__(self, library: Path, runner: Path, *, emulate: bool, timeout_s: float = 1800):
-        self.library = Path(library)
+    def __init__(self, folder: Path, runner: Path, *, emulate: bool, timeout_s: float = 1800):
+        self.library = Path(folder)  # the artifact folder: named in errors, given to the runner
         self.runner = Path(runner)
         self.emulate = emulate
         self.timeout_s = timeout_s

@@ -9,11 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgepress.backends.runtime.aarch64 import CROSS_CXX, RUNTIME_FILES, aarch64_runtime_dir
+from edgepress.backends.runtime.runtime_folder import CROSS_CXX, RUNNER, copy_runtime, runtime_dir
 from edgepress.backends.runtime.qemu import RunnerProcess, qemu_missing
 from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
+    RUNTIME_DIR,
+    RUNTIME_NOTE,
     Backend,
     check_llvm_options,
     Runner,
@@ -21,7 +23,7 @@ from edgepress.backends.targets.base import (
 )
 from edgepress.compiler.errors import BackendError
 
-RUNTIME_DIR = "runtime"
+RUNTIME_FLAVOR = "aarch64"
 
 
 # Cores the schedules are parallelized for when --num-cores is not given: phones and boards
@@ -48,7 +50,7 @@ def prepare(target: dict) -> None:
             f"{CROSS_CXX} not found: the arm64 target links with Debian's cross toolchain "
             "(apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)"
         )
-    aarch64_runtime_dir()
+    runtime_dir(RUNTIME_FLAVOR)
 
 
 def cannot_measure() -> str:
@@ -67,21 +69,15 @@ def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
         )
     except Exception as err:
         raise BackendError(f"linking the arm64 library with {CROSS_CXX} failed: {err}") from err
-    (outdir / RUNTIME_DIR).mkdir()
-    files = [library]
-    runtime = aarch64_runtime_dir()
-    for name in RUNTIME_FILES:
-        files.append(Path(shutil.copy2(runtime / name, outdir / RUNTIME_DIR / name)))
-    return files, {"runtime": f"{RUNTIME_DIR}/ holds edgepress-run and the aarch64 TVM runtime"}
+    files = [library, *copy_runtime(RUNTIME_FLAVOR, outdir, RUNTIME_DIR)]
+    return files, {"runtime": RUNTIME_NOTE}
 
 
 def runner(artifact: Path) -> Runner | str:
     reason = qemu_missing()
     if reason:
         return reason
-    return RunnerProcess(
-        artifact / LIBRARY_NAME, artifact / RUNTIME_DIR / "edgepress-run", emulate=not _native()
-    )
+    return RunnerProcess(artifact, artifact / RUNTIME_DIR / RUNNER, emulate=not _native())
 
 
 def _native() -> bool:

@@ -18,6 +18,12 @@ LIBRARY_NAME = "model.so"
 # Link options for every artifact: TVM's LLVM code generator emits DWARF debug information,
 # about 0.4 MB per model that nobody debugs on a device (8% of int8 MobileNetV2's library).
 LINK_OPTIONS = ["-Wl,--strip-debug"]
+# Every CPU and cuda artifact carries runtime/ (backends/runtime/runtime_folder.py).
+RUNTIME_DIR = "runtime"
+RUNTIME_NOTE = (
+    "runtime/ holds edgepress-run, the C API (edgepress.h, libedgepress.so) and the TVM runtime "
+    "libraries they load: `runtime/edgepress-run FOLDER OUT_DIR in0.npy ... [--repeat N]`"
+)
 
 
 @dataclass(frozen=True)

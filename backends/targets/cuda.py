@@ -6,9 +6,12 @@ from pathlib import Path
 
 from edgepress.backends.runtime import cuda_codegen
 from edgepress.backends.runtime.host import HostRunner
+from edgepress.backends.runtime.runtime_folder import CUDART, copy_runtime
 from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
+    RUNTIME_DIR,
+    RUNTIME_NOTE,
     Backend,
     Runner,
     TargetOptions,
@@ -37,7 +40,12 @@ def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
         raise BackendError(
             f"{library}: the CUDA library holds no device code (only CUDA source); nvcc did not run"
         )
-    return [library], {"device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes"}
+    runtime = copy_runtime("cuda", outdir, RUNTIME_DIR)
+    return [library, *runtime], {
+        "device_code": f"fatbin for {target['arch']} with PTX, {fatbin} bytes",
+        "runtime": RUNTIME_NOTE + f"; with TVM's CUDA module and {CUDART} (CUDA 13), so the "
+        "device needs only the NVIDIA driver (580 or newer, CUDA 13)",
+    }
 
 
 def runner(artifact: Path) -> Runner | str:

@@ -1,4 +1,5 @@
-"""x86-64 host target: LLVM for the build machine's CPU (or --mcpu), run in-process."""
+"""x86-64 host target: LLVM for the build machine's CPU (or --mcpu), run in-process here; the
+folder's runtime/ runs it on another x86-64 machine without Python."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 import os
 
 from edgepress.backends.runtime.host import HostRunner
+from edgepress.backends.runtime.runtime_folder import copy_runtime
 from edgepress.backends.targets.base import (
     LIBRARY_NAME,
     LINK_OPTIONS,
+    RUNTIME_DIR,
+    RUNTIME_NOTE,
     Backend,
     check_llvm_options,
     Runner,
@@ -41,7 +45,7 @@ def tvm_target(options: TargetOptions) -> dict:
 def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:
     library = outdir / LIBRARY_NAME
     executable.export_library(str(library), options=LINK_OPTIONS)
-    return [library], {}
+    return [library, *copy_runtime("x86_64", outdir, RUNTIME_DIR)], {"runtime": RUNTIME_NOTE}
 
 
 def runner(artifact: Path) -> Runner | str:

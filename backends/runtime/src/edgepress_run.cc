@@ -1,19 +1,17 @@
-// edgepress-run: runs a compiled edgepress artifact with the TVM runtime alone (no Python).
+// edgepress-run: runs an edgepress artifact folder through its C API (edgepress.h), with the
+// TVM runtime alone (no Python).
 //
-//   edgepress-run LIBRARY OUT_DIR INPUT.npy... [--repeat N]
+//   edgepress-run FOLDER OUT_DIR INPUT.npy... [--repeat N]
 //
 // Inputs are .npy files given in the model's input order; each output is written to
-// OUT_DIR/output_<i>.npy in the model's output order. With --repeat N the entry function is
-// timed N more times after the first run and the per-run milliseconds are printed, one per line,
-// after "times_ms:". It is built for each target triple (for arm64 with the Debian cross g++)
-// and is what runs the artifact under qemu and on a device.
-#include <tvm/ffi/any.h>
-#include <tvm/ffi/container/array.h>
-#include <tvm/ffi/container/shape.h>
-#include <tvm/ffi/container/tensor.h>
-#include <tvm/ffi/error.h>
-#include <tvm/ffi/extra/module.h>
-#include <tvm/ffi/function.h>
+// OUT_DIR/output_<i>.npy in the model's output order. It prints "init_ms: X" (loading the
+// folder onto its device) and "first_run_ms: X"; with --repeat N the model is then timed N
+// more times and the per-run milliseconds are printed, one per line, after "times_ms:"; last
+// "peak_rss_kib: N", the process's peak resident memory. It is built for each target (for
+// arm64 with the Debian cross g++) and is what runs the artifact under qemu and on a device.
+#include "edgepress.h"
+
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdint>
@@ -27,46 +25,32 @@
 #include <string>
 #include <vector>
 
-namespace ffi = tvm::ffi;
-
 namespace {
-
-struct CPUAlloc {
-  void AllocData(DLTensor* t) {
-    size_t n = ffi::GetDataSize(*t);
-    t->data = std::aligned_alloc(64, (n + 63) / 64 * 64 + 64);
-  }
-  void FreeData(DLTensor* t) { std::free(t->data); }
-};
 
 struct DTypeCode {
   const char* descr;  // numpy descr without the byte-order character
-  DLDataType dtype;
+  const char* name;   // edgepress.h's dtype name
 };
 
 const DTypeCode kDTypes[] = {
-    {"f4", {kDLFloat, 32, 1}}, {"f8", {kDLFloat, 64, 1}}, {"f2", {kDLFloat, 16, 1}},
-    {"i1", {kDLInt, 8, 1}},    {"i2", {kDLInt, 16, 1}},   {"i4", {kDLInt, 32, 1}},
-    {"i8", {kDLInt, 64, 1}},   {"u1", {kDLUInt, 8, 1}},   {"u2", {kDLUInt, 16, 1}},
-    {"u4", {kDLUInt, 32, 1}},  {"u8", {kDLUInt, 64, 1}},  {"b1", {kDLBool, 8, 1}},
+    {"f4", "float32"}, {"f8", "float64"}, {"f2", "float16"}, {"i1", "int8"},
+    {"i2", "int16"},   {"i4", "int32"},   {"i8", "int64"},   {"u1", "uint8"},
+    {"u2", "uint16"},  {"u4", "uint32"},  {"u8", "uint64"},  {"b1", "bool"},
 };
 
-DLDataType DTypeFromDescr(const std::string& descr, const std::string& path) {
-  std::string code = descr.substr(1);
+std::string NameFromDescr(const std::string& descr, const std::string& path) {
   if (descr[0] == '>') throw std::runtime_error(path + ": big-endian arrays are not supported");
   for (const auto& d : kDTypes) {
-    if (code == d.descr) return d.dtype;
+    if (descr.substr(1) == d.descr) return d.name;
   }
   throw std::runtime_error(path + ": unsupported dtype '" + descr + "'");
 }
 
-std::string DescrFromDType(DLDataType t) {
+std::string DescrFromName(const std::string& name) {
   for (const auto& d : kDTypes) {
-    if (d.dtype.code == t.code && d.dtype.bits == t.bits) {
-      return std::string(t.bits == 8 ? "|" : "<") + d.descr;
-    }
+    if (name == d.name) return std::string(name == "int8" || name == "uint8" || name == "bool" ? "|" : "<") + d.descr;
   }
-  throw std::runtime_error("output has a dtype with no numpy equivalent");
+  throw std::runtime_error("output has dtype " + name + ", which has no numpy equivalent");
 }
 
 std::string HeaderValue(const std::string& header, const std::string& key) {
@@ -79,7 +63,13 @@ std::string HeaderValue(const std::string& header, const std::string& key) {
   return header.substr(start, header.find_first_of(",}", start) - start);
 }
 
-ffi::Tensor ReadNpy(const std::string& path) {
+struct Array {
+  std::string dtype;  // edgepress.h's name
+  std::vector<int64_t> shape;
+  std::vector<char> bytes;
+};
+
+Array ReadNpy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open");
   char magic[8];
@@ -100,28 +90,29 @@ ffi::Tensor ReadNpy(const std::string& path) {
   if (HeaderValue(header, "fortran_order") != "False") {
     throw std::runtime_error(path + ": Fortran-ordered arrays are not supported");
   }
-  DLDataType dtype = DTypeFromDescr(HeaderValue(header, "descr"), path);
-  std::vector<int64_t> shape;
+  Array array;
+  array.dtype = NameFromDescr(HeaderValue(header, "descr"), path);
   std::stringstream dims(HeaderValue(header, "shape"));
   std::string dim;
   while (std::getline(dims, dim, ',')) {
-    if (dim.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(dim));
+    if (dim.find_first_not_of(' ') != std::string::npos) array.shape.push_back(std::stoll(dim));
   }
-  ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(shape.data(), shape.size()),
-                                           dtype, DLDevice{kDLCPU, 0});
-  size_t nbytes = ffi::GetDataSize(*t.GetDLTensorPtr());
-  in.read(static_cast<char*>(t.data_ptr()), nbytes);
-  if (static_cast<size_t>(in.gcount()) != nbytes) throw std::runtime_error(path + ": truncated");
-  return t;
+  std::streampos data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  array.bytes.resize(static_cast<size_t>(in.tellg() - data_start));
+  in.seekg(data_start);
+  in.read(array.bytes.data(), static_cast<std::streamsize>(array.bytes.size()));
+  if (!in) throw std::runtime_error(path + ": truncated");
+  return array;
 }
 
-void WriteNpy(const std::string& path, const ffi::Tensor& t) {
-  const DLTensor* dl = t.GetDLTensorPtr();
-  if (dl->device.device_type != kDLCPU) throw std::runtime_error("output is not on the CPU");
+void WriteNpy(const std::string& path, const ep_tensor_info& info, const std::vector<char>& data) {
   std::string shape = "(";
-  for (int i = 0; i < dl->ndim; ++i) shape += std::to_string(dl->shape[i]) + (dl->ndim == 1 ? "," : (i + 1 < dl->ndim ? ", " : ""));
+  for (int i = 0; i < info.ndim; ++i) {
+    shape += std::to_string(info.shape[i]) + (info.ndim == 1 ? "," : (i + 1 < info.ndim ? ", " : ""));
+  }
   shape += ")";
-  std::string header = "{'descr': '" + DescrFromDType(dl->dtype) +
+  std::string header = "{'descr': '" + DescrFromName(info.dtype) +
                        "', 'fortran_order': False, 'shape': " + shape + ", }";
   size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
@@ -130,19 +121,18 @@ void WriteNpy(const std::string& path, const ffi::Tensor& t) {
   out.write("\x93NUMPY\x01\x00", 8);
   uint16_t len = static_cast<uint16_t>(header.size());
   out.write(reinterpret_cast<const char*>(&len), 2);
-  out.write(header.data(), header.size());
-  out.write(static_cast<const char*>(dl->data) + dl->byte_offset, ffi::GetDataSize(*dl));
+  out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
   if (!out) throw std::runtime_error(path + ": write failed");
 }
 
-void Flatten(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
-  if (auto t = value.as<ffi::Tensor>()) {
-    out->push_back(*t);
-  } else if (auto arr = value.as<ffi::Array<ffi::Any>>()) {
-    for (const ffi::Any& item : *arr) Flatten(item, out);
-  } else {
-    throw std::runtime_error("the model returned a value that is neither a tensor nor a tuple");
-  }
+double MsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Throws the model's error when `status` says the call failed.
+void Check(int status, ep_model* model) {
+  if (status != EP_OK) throw std::runtime_error(ep_error(model) ? ep_error(model) : "failed");
 }
 
 int Run(int argc, char** argv) {
@@ -155,29 +145,51 @@ int Run(int argc, char** argv) {
       inputs.push_back(argv[i]);
     }
   }
-  ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
-  ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
-  // (device type, device id, allocator: 2 = pooled) for the CPU, which is also the host.
-  vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
-  ffi::Function main_fn = vm->GetFunction("main").value();
-  std::vector<ffi::Any> args;
-  for (const auto& path : inputs) args.emplace_back(ReadNpy(path));
-  std::vector<ffi::AnyView> views(args.begin(), args.end());
-  ffi::Any result;
-  main_fn.CallPacked(views.data(), static_cast<int>(views.size()), &result);
-  std::vector<ffi::Tensor> outputs;
-  Flatten(result, &outputs);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    WriteNpy(std::string(argv[2]) + "/output_" + std::to_string(i) + ".npy", outputs[i]);
+  auto start = std::chrono::steady_clock::now();
+  ep_model* model = nullptr;
+  int status = ep_load(argv[1], &model);
+  struct Free {
+    ep_model* m;
+    ~Free() { ep_free(m); }
+  } owner{model};
+  Check(status, model);
+  std::cout << "init_ms: " << MsSince(start) << std::endl;
+  if (static_cast<int>(inputs.size()) != ep_num_inputs(model)) {
+    throw std::runtime_error("the model takes " + std::to_string(ep_num_inputs(model)) +
+                             " inputs; got " + std::to_string(inputs.size()) + " .npy files");
   }
+  for (int i = 0; i < ep_num_inputs(model); ++i) {
+    ep_tensor_info info;
+    Check(ep_input_info(model, i, &info), model);
+    Array array = ReadNpy(inputs[i]);
+    if (array.dtype != info.dtype) {
+      throw std::runtime_error(inputs[i] + ": " + array.dtype + ", but input '" + info.name +
+                               "' is " + info.dtype);
+    }
+    Check(ep_set_input(model, info.name, array.bytes.data(), array.bytes.size()), model);
+  }
+  start = std::chrono::steady_clock::now();
+  Check(ep_run(model), model);
+  std::cout << "first_run_ms: " << MsSince(start) << std::endl;
+  for (int i = 0; i < ep_num_outputs(model); ++i) {
+    ep_tensor_info info;
+    Check(ep_output_info(model, i, &info), model);
+    std::vector<char> data(info.nbytes);
+    Check(ep_get_output(model, info.name, data.data(), data.size()), model);
+    WriteNpy(std::string(argv[2]) + "/output_" + std::to_string(i) + ".npy", info, data);
+  }
+  std::vector<double> times;
+  for (int r = 0; r < repeat; ++r) {
+    start = std::chrono::steady_clock::now();
+    Check(ep_run(model), model);
+    times.push_back(MsSince(start));
+  }
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  std::cout << "peak_rss_kib: " << usage.ru_maxrss << std::endl;
   if (repeat > 0) {
     std::cout << "times_ms:" << std::endl;
-    for (int r = 0; r < repeat; ++r) {
-      auto start = std::chrono::steady_clock::now();
-      main_fn.CallPacked(views.data(), static_cast<int>(views.size()), &result);
-      std::chrono::duration<double, std::milli> ms = std::chrono::steady_clock::now() - start;
-      std::cout << ms.count() << std::endl;
-    }
+    for (double ms : times) std::cout << ms << std::endl;
   }
   return 0;
 }
@@ -186,7 +198,7 @@ int Run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: edgepress-run LIBRARY OUT_DIR INPUT.npy... [--repeat N]" << std::endl;
+    std::cerr << "usage: edgepress-run FOLDER OUT_DIR INPUT.npy... [--repeat N]" << std::endl;
     return 2;
   }
   try {
