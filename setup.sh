@@ -10,8 +10,9 @@ cd "$(dirname "$0")"
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: the aarch64 cross toolchain and qemu-user (arm64 target and its tests),
-# a host C/C++ compiler (TVM links libraries with it), Python 3.11 with venv.
-apt_packages=(gcc g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)
+# a host C/C++ compiler (TVM links libraries with it), OpenSSH (the device-bench tests run a
+# real sshd on loopback), Python 3.11 with venv.
+apt_packages=(gcc g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user openssh-server openssh-client)
 command -v python3.11 >/dev/null 2>&1 || apt_packages+=(python3.11 python3.11-venv)
 python3.11 -c "import ensurepip" >/dev/null 2>&1 || apt_packages+=(python3.11-venv)
 missing=()

@@ -1,7 +1,12 @@
 """Tune the bundled models for this machine's CPU and ship the best records with edgepress.
 
     .venv/bin/python benchmarks/tune_bundled.py [--minutes resnet18=45,mobilenetv2=35,digits=2]
-        [--work build/tune-bundled] [--no-ship | --ship-only]
+        [--work build/tune-bundled] [--mcpu NAME] [--no-ship | --ship-only]
+
+--mcpu tunes code for another CPU than this one, timed on this one: `--mcpu znver3` on an
+AVX-512 machine makes the records for AVX2-only CPUs (Zen 3), which any build for
+`--mcpu znver3` then applies, and which an AVX2-only CPU finds by its own name. The shipped
+tuning.json says for each set on which CPU it was timed and for which it was built.
 
 A model written `resnet18+winograd=30` is tuned as built with `--winograd` (its Winograd
 kernels are other workloads than the direct ones, so both sets of records are shipped).
@@ -51,6 +56,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default=DEFAULT_MINUTES, help="MODEL=MINUTES,...")
     parser.add_argument("--work", type=Path, default=Path("build/tune-bundled"))
+    parser.add_argument("--mcpu", help="tune code for this LLVM CPU (default: this machine's)")
     parser.add_argument("--no-ship", action="store_true", help="tune only; do not export")
     parser.add_argument(
         "--ship-only", action="store_true", help="export what WORK holds; tune nothing"
@@ -66,6 +72,9 @@ def main() -> int:
     from edgepress.compiler.cli import main as compress
     from edgepress.models import EXAMPLES
 
+    mcpu = ["--mcpu", args.mcpu] if args.mcpu else []
+    target = tvm_target(TargetOptions(mcpu=args.mcpu))
+    args.work = args.work / target["mcpu"]  # one work database per CPU the code is for
     args.work.mkdir(parents=True, exist_ok=True)
     database = args.work / "db"
     facts = {}
@@ -92,6 +101,7 @@ def main() -> int:
                 str(database),
                 "--no-shipped-records",
                 "--retune",
+                *mcpu,
                 *(["--winograd"] if winograd else []),
             ]
         )
@@ -110,12 +120,12 @@ def main() -> int:
             "trials": report["tuning"]["trials_measured"],
             "minutes": report["tuning"]["seconds"] / 60,
             "estimated_kernel_ms": report["tuning"]["estimated_total_ms"],
-            "cpu": _cpu_name(),
+            "cpu": _cpu_name(),  # the machine the trials were timed on
+            "built_for": target["mcpu"],  # the LLVM CPU the code was built for
             "float_conv": (report.get("float_conv") or {}).get("kernels", "tvm"),
         }
     if args.no_ship:
         return 0
-    target = tvm_target(TargetOptions())
     destination = SHIPPED_DIR / target_key(target)
     # The work database keeps every earlier run's records, and so do the shipped ones: the
     # facts of models not tuned in this run stay, and a model tuned before keeps its earlier

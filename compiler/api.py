@@ -162,6 +162,9 @@ class Artifact:
             )
         else:
             verified = str(check.get("status", "not verified"))
+            on_device = _verified_on_device(self.path)
+            if on_device:
+                verified += f"; verified against onnxruntime on {on_device} (device-verify.json)"
         seconds = (self.report.get("timings_s") or {}).get("total")
         parts = [
             self.target,
@@ -171,6 +174,15 @@ class Artifact:
             f"{seconds:.1f} s" if seconds else None,
         ]
         return f"{self.status}: {self.path} ({'; '.join(p for p in parts if p)})"
+
+
+def _verified_on_device(folder: Path) -> str | None:
+    """The devices where `compress verify --device` passed on this very folder (its
+    device-verify.json, kept apart from the hashed files), or None."""
+    from edgepress.compiler.device_check import passed_on_devices
+
+    devices = passed_on_devices(folder)
+    return ", ".join(devices) if devices else None
 
 
 def _int8_fidelity(quantization: dict | None) -> str | None:

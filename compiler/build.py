@@ -44,6 +44,7 @@ from edgepress.compiler.verify import (
     Tolerance,
     check_reference_loads,
     compare,
+    compare_within_noise,
     not_verified,
     reference_noise,
     run_onnxruntime,
@@ -302,20 +303,23 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
     changed_by = compressed.changed_by
     measured: dict = {}
 
-    def checked(got, want, name, steps=None):
-        """compare(); an output outside tolerance is compared again within the reference's own
-        noise (measured once, only when needed): fp32 noise for a float build, one-step
+    def noise() -> dict:
+        """The reference's own noise, measured once: fp32 noise for a float build, one-step
         rounding noise of model.onnx for an int8 build (compiler/quant_noise.py)."""
-        verification = compare(got, want, loaded.tolerance, name, steps)
-        if not verification.failed or changed_by == "pruned":
-            return verification
         if "noise" not in measured:
             if changed_by == "int8":
                 measured["noise"] = quantization_noise(compressed.proto, inputs)
             else:
                 measured["noise"] = reference_noise(loaded.reference_model, source_feeds)
+        return measured["noise"]
+
+    def checked(got, want, name, steps=None):
+        """compare(), then within the reference's own noise (not for a pruned build, whose
+        model.onnx differs from the source by design)."""
+        if changed_by == "pruned":
+            return compare(got, want, loaded.tolerance, name, steps)
         source = INT8_NOISE if changed_by == "int8" else FP32_NOISE
-        return compare(got, want, loaded.tolerance, name, steps, measured["noise"], source)
+        return compare_within_noise(got, want, loaded.tolerance, name, steps, noise, source)
 
     if changed_by is None:
         after_passes = checked(compressed_outputs, reference, "onnxruntime on the source model")

@@ -4,7 +4,8 @@ caught here once and become a message and an exit code.
 compress build MODEL.onnx --target TARGET -o OUTDIR [--config build.toml] [...]
 compress MODEL.onnx --target TARGET -o OUTDIR      (the same: build is the default command)
 compress run OUTDIR --inputs in.npz -o out.npz
-compress bench OUTDIR [--threads N] [--repeat N] [--json] [--profile]
+compress bench OUTDIR [--threads N] [--repeat N] [--json] [--profile] [--device URL]
+compress verify OUTDIR [--device URL] [--inputs in.npz]
 compress inspect MODEL.onnx
 compress example NAME -o DIR | --list
 compress passes
@@ -125,6 +126,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from edgepress.compiler import api
 
+    if args.device:
+        return _bench_on_device(args)
     artifact = api.load(args.artifact)
     result, profile = artifact.bench(
         threads=args.threads, repeat=args.repeat, warmup=args.warmup, profile=args.profile
@@ -149,6 +152,54 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         if profile is not None:
             print("\n" + profile["markdown"])
         print(f"written to {artifact.path / 'bench.json'}")
+    return 0
+
+
+def _bench_on_device(args: argparse.Namespace) -> int:
+    from edgepress.compiler.device_check import DEVICE_BENCH, bench_on_device, describe
+
+    if args.profile:
+        raise UsageError("--profile times kernels in this process; it cannot go with --device")
+    entry = bench_on_device(args.artifact, args.device, threads=args.threads,
+                            repeat=args.repeat, ssh_config=args.ssh_config)  # fmt: skip
+    if args.json:
+        print(json.dumps(entry))
+    elif not args.quiet:
+        lines = [
+            f"device       {args.device} ({describe(entry['identity'])})",
+            f"median       {entry['median_ms']:10.3f} ms (p90 {entry['p90_ms']:.3f}, std "
+            f"{entry['std_ms']:.3f}; {entry['repeat']} runs, {entry['threads']} thread(s))",
+            f"init         {entry['init_ms']:10.3f} ms (first run {entry['first_run_ms']:.3f} ms)",
+        ]
+        if entry["peak_rss_kib"] is not None:
+            lines.append(f"peak memory  {entry['peak_rss_kib'] / 1024:10.1f} MiB")
+        lines.append(
+            f"written to {args.artifact / DEVICE_BENCH}"
+            + ("" if entry["pushed"] else " (the folder was on the device already)")
+        )
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, argv: list[str]) -> int:
+    from edgepress.compiler.device_check import DEVICE_VERIFY, verify_on_device
+    from edgepress.compiler.errors import VerificationError
+
+    result = verify_on_device(args.artifact, args.device, inputs=args.inputs,
+                              ssh_config=args.ssh_config)  # fmt: skip
+    if not args.quiet:
+        for check in result.outputs:
+            print(
+                f"{check.name}: {'ok' if check.ok else 'FAILED'} (max abs error "
+                f"{check.max_abs_err:.3g}, cosine {check.cosine:.6f})"
+                if check.max_abs_err is not None
+                else f"{check.name}: {check.problem}"
+            )
+        print(f"{result.status}: against {result.reference}; written to "
+              f"{args.artifact / DEVICE_VERIFY}")  # fmt: skip
+    if result.failed:
+        broken = ", ".join(f"'{o.name}' ({o.problem})" for o in result.broken_outputs())
+        raise VerificationError(f"{args.artifact}: outside tolerance: output {broken}")
     return 0
 
 
@@ -197,6 +248,18 @@ def cmd_passes(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        metavar="URL",
+        help="run on a device: ssh://user@host[:port] (the folder's runtime/edgepress-run) or "
+        "tvm-rpc://host:port (TVM's RPC server)",
+    )
+    parser.add_argument(
+        "--ssh-config", type=Path, metavar="FILE", help="an ssh_config for ssh:// (ssh -F)"
+    )
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="compress",
@@ -240,7 +303,19 @@ def _parser() -> _Parser:
         action="store_true",
         help="also time each kernel: share of the run, GFLOP/s, fraction of the CPU's peak",
     )
+    _device_arguments(bench)
     _common(bench)
+
+    verify = command(
+        "verify",
+        cmd_verify,
+        "Run an artifact (on a device with --device) and check it against onnxruntime on its "
+        "model.onnx here; the result goes to OUTDIR/device-verify.json.",
+    )
+    verify.add_argument("artifact", type=Path, metavar="OUTDIR")
+    verify.add_argument("--inputs", type=Path, metavar="IN.npz", help="default: random, seed 0")
+    _device_arguments(verify)
+    _common(verify)
 
     inspect = command("inspect", cmd_inspect, "Describe an ONNX model.")
     inspect.add_argument("model", type=Path)
@@ -260,7 +335,7 @@ def _parser() -> _Parser:
     return parser
 
 
-COMMANDS = ("build", "run", "bench", "inspect", "example", "passes")
+COMMANDS = ("build", "run", "bench", "verify", "inspect", "example", "passes")
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
