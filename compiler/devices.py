@@ -82,12 +82,17 @@ class SshDevice:
             self.base += ["-p", str(port)]
 
     def _ssh(self, command: str, stdin: bytes | None = None, what: str = "") -> bytes:
-        proc = subprocess.run(
-            [*self.base, self.destination, command],
-            input=stdin,
-            capture_output=True,
-            timeout=SSH_TIMEOUT_S,
-        )
+        try:
+            proc = subprocess.run(
+                [*self.base, self.destination, command],
+                input=stdin,
+                capture_output=True,
+                timeout=SSH_TIMEOUT_S,
+            )
+        except FileNotFoundError as err:
+            raise BackendError(f"{self.url}: no ssh client here (install openssh-client)") from err
+        except subprocess.TimeoutExpired as err:
+            raise BackendError(f"{self.url}: {what or command} took over {SSH_TIMEOUT_S} s") from err
         if proc.returncode != 0:
             message = proc.stderr.decode(errors="replace").strip()[-1500:]
             raise BackendError(f"{self.url}: {what or command} failed (exit {proc.returncode}): {message}")

@@ -25,7 +25,10 @@ HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
 def tvm_target(options: TargetOptions) -> dict:
     if not options.arch.startswith("sm_") or not options.arch[3:].isdigit():
         raise UsageError(f"--arch {options.arch!r}: expected sm_NN, e.g. sm_80 or sm_90")
-    return {"kind": "cuda", "arch": options.arch}
+    # What every CUDA GPU gives a block without opt-in (dlight assumes the same, with a warning
+    # per kernel when the target does not say it).
+    return {"kind": "cuda", "arch": options.arch, "max_shared_memory_per_block": 49152,
+            "max_threads_per_block": 1024}  # fmt: skip
 
 
 def prepare(target: dict) -> None:
