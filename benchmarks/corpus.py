@@ -2,7 +2,7 @@
 for a target and checks it against onnxruntime on realistic inputs; writes Markdown and JSON.
 
     .venv/bin/python benchmarks/corpus.py [--target x86_64|arm64] [--only NAME,...] [--bench]
-                                          [--int8]
+                                          [--threads 1,2] [--int8] [--rebench]
 
 For each model (fetched once into the cache; the onnx light models with random weights, see
 edgepress.models.corpus), `compress` builds it with only --input-shape (and --input-value where
@@ -12,7 +12,10 @@ sets, compared with onnxruntime (graph optimizations off) on the *source* model:
 detector's sigmoids on a photo without text, a dynamically quantized model's rounding cascade)
 within 2x the reference's own fp32 noise (edgepress.compiler.verify.reference_noise), which the
 table then shows. `--target arm64` runs the artifact under qemu. With --bench, `compress bench`
-times it against onnxruntime in the same run (x86_64 only).
+times it against onnxruntime in the same run (x86_64 only), once per thread count of --threads
+(the same artifact: it is built for the machine's cores), with the geometric mean of the
+speedups over the models that built. `--rebench` times the artifacts an earlier run left in
+--output again at --threads (nothing is built) and adds those columns to its tables.
 
 With --int8, each image model is also built with `--quantize int8 --calibration` on scikit-image's
 calibration photographs (edgepress.models.corpus, the model's normalization, nothing else beyond
@@ -31,7 +34,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +66,8 @@ class Int8Row:
     min_cosine: float | None = None  # artifact vs fp32 source, least over eval photos and outputs
     float_layers: list[str] | None = None
     library_ratio: float | None = None  # int8 model.so bytes / fp32 model.so bytes
-    artifact_ms: float | None = None
-    speedup_vs_ort_int8: float | None = None
-    speedup_vs_ort_fp32: float | None = None
+    # per thread count: artifact_ms, speedup_vs_ort_int8 (its QDQ model), speedup_vs_ort_fp32
+    speed: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,9 +80,8 @@ class Row:
     max_rel_error: float | None = None  # worst output's max |err| / max |ref| on further inputs
     # where that is over RELATIVE_LIMIT: the reference's own noise, the same way (corpus.match)
     onnxruntime_noise: float | None = None
-    speedup: float | None = None
-    artifact_ms: float | None = None
-    onnxruntime_ms: float | None = None
+    # per thread count: artifact_ms, onnxruntime_ms and speedup (onnxruntime / artifact)
+    speed: dict[str, dict] = field(default_factory=dict)
     int8: Int8Row | None = None
 
 
@@ -97,7 +98,39 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     return (lines[-1] if lines else f"exit {proc.returncode}")[:400]
 
 
-def run_model(entry: Entry, target: str, work: Path, bench: bool, threads: int) -> Row:
+def _bench_row(row: Row, folder: Path, threads: list[int]) -> None:
+    """Times the fp32 artifact (folder/out) and the int8 one (folder/int8) at each thread count."""
+    for n in threads:
+        result = _bench(folder / "out", n)
+        if result is not None:
+            row.speed[str(n)] = {
+                "artifact_ms": round(result["artifact_ms"], 3),
+                "onnxruntime_ms": round(result["onnxruntime_ms"], 3),
+                "speedup": round(result["speedup"], 3),
+            }
+        quantized = row.int8 is not None and row.int8.status in ("ok", "inaccurate")
+        result = _bench(folder / "int8", n) if quantized else None
+        if result is not None:
+            vs_int8 = result.get("speedup_vs_onnxruntime_int8")
+            row.int8.speed[str(n)] = {
+                "artifact_ms": round(result["artifact_ms"], 3),
+                "speedup_vs_ort_fp32": round(result["speedup"], 3),
+                "speedup_vs_ort_int8": None if vs_int8 is None else round(vs_int8, 3),
+            }
+
+
+def _load_rows(path: Path) -> list[Row]:
+    """The rows of an earlier run's corpus.json (fields this version does not know dropped)."""
+    known = lambda cls, d: {k: v for k, v in d.items() if k in cls.__dataclass_fields__}  # noqa: E731
+    rows = []
+    for data in json.loads(path.read_text())["rows"]:
+        row = Row(**known(Row, data))
+        row.int8 = Int8Row(**known(Int8Row, data["int8"])) if data.get("int8") else None
+        rows.append(row)
+    return rows
+
+
+def run_model(entry: Entry, target: str, work: Path) -> Row:
     row = Row(entry.name)
     try:
         source = fetch(entry)
@@ -137,12 +170,6 @@ def run_model(entry: Entry, target: str, work: Path, bench: bool, threads: int) 
     row.status = "ok" if ok else "mismatch"
     if not ok:
         row.error = f"max |error| {row.max_rel_error:.3g} x max |reference| on further inputs"
-    if bench and target == "x86_64":
-        result = _bench(folder / "out", threads)
-        if result is not None:
-            row.speedup = round(result["speedup"], 3)
-            row.artifact_ms = round(result["artifact_ms"], 3)
-            row.onnxruntime_ms = round(result["onnxruntime_ms"], 3)
     return row
 
 
@@ -153,7 +180,7 @@ def _bench(folder: Path, threads: int) -> dict | None:
     return json.loads(timed.stdout.strip().splitlines()[-1])
 
 
-def run_int8(entry: Entry, target: str, folder: Path, bench: bool, threads: int) -> Int8Row:
+def run_int8(entry: Entry, target: str, folder: Path) -> Int8Row:
     """The int8 build of an image model (see the module docstring); `folder` holds the fp32
     build (out/) and verify.npz."""
     import edgepress
@@ -196,14 +223,16 @@ def run_int8(entry: Entry, target: str, folder: Path, bench: bool, threads: int)
             least = min(least, cosine_similarity(np.asarray(have), np.asarray(ref)))
     row.min_cosine = round(least, 5)
     row.status = "ok" if least >= MIN_INT8_COSINE else "inaccurate"
-    if bench and target == "x86_64":
-        result = _bench(folder / "int8", threads)
-        if result is not None:
-            row.artifact_ms = round(result["artifact_ms"], 3)
-            row.speedup_vs_ort_fp32 = round(result["speedup"], 3)
-            if result.get("speedup_vs_onnxruntime_int8") is not None:
-                row.speedup_vs_ort_int8 = round(result["speedup_vs_onnxruntime_int8"], 3)
     return row
+
+
+def _geomean(values: list[float]) -> str:
+    return f"{float(np.exp(np.mean(np.log(values)))):.2f}x" if values else "-"
+
+
+def _thread_counts(rows: list[Row]) -> list[str]:
+    counts = {n for r in rows for n in r.speed} | {n for r in rows if r.int8 for n in r.int8.speed}
+    return sorted(counts, key=int)
 
 
 def int8_markdown(rows: list[Row]) -> list[str]:
@@ -211,6 +240,8 @@ def int8_markdown(rows: list[Row]) -> list[str]:
     if not rows:
         return []
     ok = sum(r.int8.status == "ok" for r in rows)
+    threads = _thread_counts(rows)
+    speed_heads = "".join(f" {n} thread(s): vs onnxruntime int8 / fp32 |" for n in threads)
     lines = [
         "",
         f"## int8 (`--quantize int8 --calibration` on {len(CALIBRATION_PHOTOS)} photographs)",
@@ -219,10 +250,10 @@ def int8_markdown(rows: list[Row]) -> list[str]:
         f"onnxruntime on the fp32 source on {len(EVAL_PHOTOS)} photographs not used for "
         "calibration.",
         "",
-        "| model | int8 status | least cosine | layers kept in float | library vs fp32 | "
-        "vs onnxruntime int8 | vs onnxruntime fp32 | build s | error or note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | int8 status | least cosine | layers kept in float | library vs fp32 |{speed_heads} build s | error or note |",
+        "|---|---|---|---|---|" + "---|" * len(threads) + "---|---|",
     ]
+    ratio = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
     for r in rows:
         q = r.int8
         cosine = "" if q.min_cosine is None else f"{q.min_cosine:.4f}"
@@ -231,37 +262,55 @@ def int8_markdown(rows: list[Row]) -> list[str]:
             more = ", ..." if len(q.float_layers) > 3 else ""
             kept += " (" + ", ".join(q.float_layers[:3]) + more + ")"
         size = "" if q.library_ratio is None else f"{q.library_ratio:.2f}x"
-        vs_int8 = "" if q.speedup_vs_ort_int8 is None else f"{q.speedup_vs_ort_int8:.2f}x"
-        vs_fp32 = "" if q.speedup_vs_ort_fp32 is None else f"{q.speedup_vs_ort_fp32:.2f}x"
+        speeds = "".join(
+            f" {ratio(q.speed[n]['speedup_vs_ort_int8'])} / {ratio(q.speed[n]['speedup_vs_ort_fp32'])} "
+            f"({q.speed[n]['artifact_ms']} ms) |" if n in q.speed else " |"
+            for n in threads
+        )
         note = q.error.replace("|", "/")
         lines.append(
-            f"| {r.model} | {q.status} | {cosine} | {kept} | {size} | {vs_int8} | {vs_fp32} | "
-            f"{q.build_s} | {note} |"
+            f"| {r.model} | {q.status} | {cosine} | {kept} | {size} |{speeds} {q.build_s} | {note} |"
         )
+    for n in threads:
+        vs_int8 = [q.speed[n]["speedup_vs_ort_int8"] for q in (r.int8 for r in rows)
+                   if n in q.speed and q.speed[n]["speedup_vs_ort_int8"]]  # fmt: skip
+        lines.append(f"\nGeometric mean, {n} thread(s), over {len(vs_int8)} models: "
+                     f"{_geomean(vs_int8)} onnxruntime int8 on the same QDQ model.")  # fmt: skip
     return lines
 
 
 def markdown(rows: list[Row], target: str, cpu: str) -> str:
     ok = sum(r.status == "ok" for r in rows)
+    threads = _thread_counts(rows)
     lines = [
         f"# Corpus on {target} ({cpu})",
         "",
         f"{ok} of {len(rows)} built and matched onnxruntime on {FURTHER_INPUTS} further inputs "
         f"(max |error| <= {RELATIVE_LIMIT:g} x max |reference| per output).",
         "",
-        "| model | status | max error / max ref | build s | speed vs onnxruntime | error or note |",
-        "|---|---|---|---|---|---|",
+        "| model | status | max error / max ref | build s |"
+        + "".join(f" {n} thread(s): vs onnxruntime |" for n in threads)
+        + " error or note |",
+        "|---|---|---|---|" + "---|" * len(threads) + "---|",
     ]
     for r in rows:
         err = "" if r.max_rel_error is None else f"{r.max_rel_error:.2e}"
-        speed = "" if r.speedup is None else f"{r.speedup:.2f}x ({r.artifact_ms} vs {r.onnxruntime_ms} ms)"
+        speeds = "".join(
+            f" {r.speed[n]['speedup']:.2f}x ({r.speed[n]['artifact_ms']} vs "
+            f"{r.speed[n]['onnxruntime_ms']} ms) |" if n in r.speed else " |"
+            for n in threads
+        )
         note = r.error.replace("|", "/")
         if r.onnxruntime_noise is not None:
             note = (
                 f"within 2x the reference's own fp32 noise "
                 f"({r.onnxruntime_noise:.2e} x max |reference|)"
             )
-        lines.append(f"| {r.model} | {r.status} | {err} | {r.build_s} | {speed} | {note} |")
+        lines.append(f"| {r.model} | {r.status} | {err} | {r.build_s} |{speeds} {note} |")
+    for n in threads:
+        speedups = [r.speed[n]["speedup"] for r in rows if n in r.speed]
+        lines.append(f"\nGeometric mean, {n} thread(s), over {len(speedups)} models: "
+                     f"{_geomean(speedups)} onnxruntime fp32.")  # fmt: skip
     return "\n".join(lines + int8_markdown(rows)) + "\n"
 
 
@@ -285,13 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="x86_64", choices=("x86_64", "arm64"))
     p.add_argument("--only", help="comma-separated model names")
     p.add_argument("--bench", action="store_true", help="also time against onnxruntime")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", default="1", help="thread counts to time, e.g. 1,2")
     p.add_argument("--int8", action="store_true",
                    help="also build each image model int8; its fidelity on unseen photos")
+    p.add_argument("--rebench", action="store_true",
+                   help="time the artifacts of an earlier run in --output again; build nothing")
     p.add_argument("-o", "--output", type=Path, default=Path("build/corpus"))
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error("--threads must be at least 1")
+    try:
+        threads = [int(n) for n in args.threads.split(",")]
+    except ValueError:
+        threads = [0]
+    if min(threads) < 1:
+        p.error(f"--threads {args.threads}: expected counts of at least 1, e.g. 1,2")
     corpus = load_corpus()
     names = args.only.split(",") if args.only else list(corpus)
     unknown = [n for n in names if n not in corpus]
@@ -299,15 +354,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--only: unknown model(s) {', '.join(unknown)}; known: {', '.join(corpus)}")
     out = args.output / args.target
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        row = run_model(corpus[name], args.target, out, args.bench, args.threads)
-        print(f"{name}: {row.status} {row.error}", flush=True)
-        if args.int8 and row.status == "ok":
-            row.int8 = run_int8(corpus[name], args.target, out / name, args.bench, args.threads)
-            print(f"{name} int8: {row.int8.status} {row.int8.min_cosine} {row.int8.error}",
-                  flush=True)
-        rows.append(row)
+    if args.rebench:
+        if not (out / "corpus.json").is_file():
+            p.error(f"--rebench: no earlier run in {out} (no corpus.json)")
+        rows = [r for r in _load_rows(out / "corpus.json") if r.model in names]
+        for row in rows:
+            if row.status == "ok" and args.target == "x86_64":
+                _bench_row(row, out / row.model, threads)
+                print(f"{row.model}: {row.speed}", flush=True)
+    else:
+        rows = []
+        for name in names:
+            row = run_model(corpus[name], args.target, out)
+            print(f"{name}: {row.status} {row.error}", flush=True)
+            if args.int8 and row.status == "ok":
+                row.int8 = run_int8(corpus[name], args.target, out / name)
+                print(f"{name} int8: {row.int8.status} {row.int8.min_cosine} {row.int8.error}",
+                      flush=True)
+            if args.bench and row.status == "ok" and args.target == "x86_64":
+                _bench_row(row, out / name, threads)
+            rows.append(row)
     text = markdown(rows, args.target, _cpu())
     (out / "corpus.md").write_text(text)
     (out / "corpus.json").write_text(
