@@ -13,6 +13,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
     sum_as_add,
 )
 from edgepress.passes.decompose import (  # noqa: F401
+    conv_along_width,
     gather_nearest_resize,
     lower_integer_ops,
     resolve_sequences,

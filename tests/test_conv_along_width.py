@@ -1,0 +1,94 @@
+"""conv_along_width: 1-D convolutions and k x 1 convolutions over [N, C, H, 1] as 2-D
+convolutions along the width, equal in onnxruntime, and taken by edgepress's conv kernel in a
+build (TVM's conv1d had no kernel of ours; a width of 1 filled no register tile)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import save
+from tests.pass_checks import check_pass, model, ops, rand
+
+
+def _conv(x_shape: str, y_shape: str, w: np.ndarray, attributes: str, bias: bool = True) -> object:
+    inputs = "x, w, b" if bias else "x, w"
+    inits = {"w": w, **({"b": rand(w.shape[0], seed=2)} if bias else {})}
+    return model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float{x_shape} x) => (float{y_shape} y) {{ y = Conv <{attributes}> ({inputs}) }}""",
+        inits,
+    )
+
+
+@pytest.mark.parametrize(
+    ("attributes", "length"),
+    [
+        ("pads = [2, 1], strides = [2], dilations = [2], group = 2", 18),
+        ('auto_pad = "SAME_UPPER"', 37),
+        ("kernel_shape = [3]", 35),
+    ],
+)
+def test_1d_conv_becomes_a_2d_conv_along_the_width(attributes, length):
+    groups = 2 if "group" in attributes else 1
+    proto = _conv("[1, 4, 37]", f"[1, 6, {length}]", rand(6, 4 // groups, 3, seed=1), attributes)
+    after = check_pass("conv_along_width", proto, changes=1, atol=0, rtol=0)
+    assert ops(after) == {"Reshape": 2, "Conv": 1}
+    (conv,) = [n for n in after.graph.node if n.op_type == "Conv"]
+    weight = {i.name: list(i.dims) for i in after.graph.initializer}[conv.input[1]]
+    assert weight == [6, 4 // groups, 1, 3]
+
+
+def test_k_by_1_conv_over_a_width_of_1_runs_along_the_width():
+    proto = _conv("[2, 4, 30, 1]", "[2, 6, 15, 1]", rand(6, 4, 5, 1, seed=1),
+                  "pads = [2, 0, 1, 0], strides = [2, 1]")  # fmt: skip
+    check_pass("conv_along_width", proto, changes=1, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "w_shape", "attributes"),
+    [
+        ("[1, 4, 8, 8]", "[1, 6, 8, 8]", (6, 4, 3, 3), "pads = [1, 1, 1, 1]"),  # a 2-D map
+        ("[1, 4, 8, 1]", "[1, 6, 8, 3]", (6, 4, 3, 1), "pads = [1, 1, 1, 1]"),  # padded width
+        ("[1, 4, 1, 1]", "[1, 6, 1, 1]", (6, 4, 1, 1), "group = 1"),  # a 1x1 map: nothing to gain
+    ],
+)
+def test_other_convs_are_left_alone(x_shape, y_shape, w_shape, attributes):
+    proto = _conv(x_shape, y_shape, rand(*w_shape, seed=1), attributes)
+    check_pass("conv_along_width", proto, changes=0)
+
+
+def test_a_weight_computed_at_run_time_is_left_alone():
+    proto = model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 9] x, float[6, 4, 3] w) => (float[1, 6, 7] y) { y = Conv (x, w) }"""
+    )
+    check_pass("conv_along_width", proto, changes=0)
+
+
+def test_a_built_1d_conv_net_uses_the_direct_conv_kernel(cli, tmp_path):
+    """Conv1d -> Relu -> Conv1d, as an audio or byte model has them: built, verified against
+    onnxruntime, each conv on edgepress's kernel under its own node name."""
+    proto = model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 8, 64] x) => (float[1, 8, 31] y) {
+            h = Conv <pads = [2, 2], dilations = [2], kernel_shape = [3]> (x, w1, b1)
+            r = Relu (h)
+            y = Conv <strides = [2], kernel_shape = [4]> (r, w2, b2)
+        }""",
+        {"w1": rand(16, 8, 3, seed=1), "b1": rand(16, seed=2), "w2": rand(8, 16, 4, seed=3),
+         "b2": rand(8, seed=4)},
+    )  # fmt: skip
+    for conv, name in zip((n for n in proto.graph.node if n.op_type == "Conv"), ("c1", "c2")):
+        conv.name = name
+    source = save(proto, tmp_path / "conv1d.onnx")
+    result = cli(source, "--target", "x86_64", "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verification"]["artifact"]["status"] == "ok"
+    layers = {layer["node"]: layer for layer in report["float_conv"]["layers"]}
+    assert {layers[n]["kernel"] for n in ("c1", "c2")} == {"direct"}, layers
+    changed = {p["name"]: p["changes"] for p in report["passes"]}
+    assert changed["conv_along_width"] == 2
