@@ -212,7 +212,8 @@ def machine() -> str:
 
 def write_bench(artifact: Path, result: BenchResult, profile: dict | None = None) -> Path:
     """The figures as bench.json and bench.md (and the profile as profile.png) in the artifact
-    folder, files of their own: the build's files (report, manifest, library) stay as they were, and their hashes true."""
+    folder, files of their own: the build's files (report, manifest, library) stay as they
+    were, and their hashes true."""
     import json
 
     from edgepress.compiler.profile_plot import write_profile_plot

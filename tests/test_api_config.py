@@ -124,8 +124,8 @@ def test_an_empty_output_folder_is_filled(cli, tiny, tmp_path):
 
 
 def test_layers_carry_their_onnx_node_names(cli, tmp_path):
-    """A 1-D conv (not a layer of the lowerings) before a 2-D one and a MatMul: the report names
-    each lowered layer after its node, which matching by count could not."""
+    """A 1-D conv (a 2-D conv along the width after conv_along_width) before a 2-D one and a
+    MatMul: the report names each lowered layer after its node, the rewritten one too."""
     rng = np.random.default_rng(0)
 
     def init(name, shape):
@@ -156,6 +156,7 @@ def test_layers_carry_their_onnx_node_names(cli, tmp_path):
     assert r.code == 0, r.err
     layers = json.loads((tmp_path / "o" / "report.json").read_text())["float_conv"]["layers"]
     assert [(layer["node"], layer["op"]) for layer in layers] == [
+        ("temporal", "conv2d"),
         ("spatial", "conv2d"),
         ("classifier", "matmul"),
     ]
