@@ -14,6 +14,7 @@ from edgepress.passes.cleanup import (  # noqa: F401
 )
 from edgepress.passes.decompose import (  # noqa: F401
     conv_along_width,
+    conv_transpose_as_depth_to_space,
     gather_nearest_resize,
     lower_integer_ops,
     resolve_sequences,

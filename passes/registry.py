@@ -26,8 +26,8 @@ PASSES: dict[str, PassFn] = {}
 # their tensors, unroll recurrent layers (their step count
 # is a static shape), compute integer ops in float (TVM imports neither) and take nearest
 # Resizes TVM maps wrongly as Gathers, drop what does nothing, then fuse (BN before the per-channel affine fold, which would otherwise take BN's
-# decomposed form), turn 1-D convs along the width (after the fusions that match a Conv's
-# consumers), then simplify Pow (after the fusions, whose patterns match it) and clean up
+# decomposed form), turn 1-D convs along the width and stride-sized ConvTransposes into 1x1
+# Convs (after the fusions that match a Conv's consumers), then simplify Pow (after the fusions, whose patterns match it) and clean up
 # what the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
@@ -40,6 +40,7 @@ DEFAULT_PIPELINE: list[str] = [
     "fuse_conv_bn",
     "fold_conv_affine",
     "conv_along_width",
+    "conv_transpose_as_depth_to_space",
     "fuse_matmul_add",
     "fuse_layer_norm",
     "fuse_gelu",

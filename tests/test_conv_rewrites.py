@@ -1,6 +1,8 @@
-"""conv_along_width: 1-D convolutions and k x 1 convolutions over [N, C, H, 1] as 2-D
-convolutions along the width, equal in onnxruntime, and taken by edgepress's conv kernel in a
-build (TVM's conv1d had no kernel of ours; a width of 1 filled no register tile)."""
+"""Convolutions TVM lowered generically, rewritten into ones edgepress's kernels take:
+conv_along_width (1-D convs and k x 1 convs over a width of 1 as 2-D convs along the width;
+TVM's conv1d had no kernel of ours, and a width of 1 filled no register tile) and
+conv_transpose_as_depth_to_space (a ConvTranspose whose kernel equals its stride as a 1x1 conv
+and a DepthToSpace). Equal in onnxruntime, and on the conv kernel in a build."""
 
 from __future__ import annotations
 
@@ -92,3 +94,49 @@ def test_a_built_1d_conv_net_uses_the_direct_conv_kernel(cli, tmp_path):
     assert {layers[n]["kernel"] for n in ("c1", "c2")} == {"direct"}, layers
     changed = {p["name"]: p["changes"] for p in report["passes"]}
     assert changed["conv_along_width"] == 2
+
+
+# conv_transpose_as_depth_to_space: the other rewrite of a conv TVM lowered generically.
+
+
+def _conv_transpose(stride: int, attributes: str, bias: bool, w_shape=None) -> object:
+    w_shape = w_shape or (5, 7, stride, stride)
+    size = 6 * stride if "pads" not in attributes else 6 * stride - 2
+    inputs = "x, w, b" if bias else "x, w"
+    return model(
+        f"""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[2, 5, 6, 9] x) => (float[2, {w_shape[1]}, {size}, {9 * stride if 'pads' not in attributes else 9 * stride - 2}] y) {{
+            y = ConvTranspose <{attributes}> ({inputs})
+        }}""",
+        {"w": rand(*w_shape, seed=1), **({"b": rand(w_shape[1], seed=2)} if bias else {})},
+    )
+
+
+@pytest.mark.parametrize(("stride", "bias"), [(2, True), (3, False), (4, True)])
+def test_conv_transpose_with_kernel_equal_to_stride_is_a_1x1_conv_and_depth_to_space(stride, bias):
+    proto = _conv_transpose(stride, f"strides = [{stride}, {stride}]", bias)
+    after = check_pass("conv_transpose_as_depth_to_space", proto, changes=1, atol=1e-5, rtol=1e-5)
+    assert ops(after) == {"Conv": 1, "DepthToSpace": 1}
+
+
+def test_overlapping_or_padded_conv_transposes_are_left_alone():
+    padded = _conv_transpose(2, "strides = [2, 2], pads = [1, 1, 1, 1]", True)
+    check_pass("conv_transpose_as_depth_to_space", padded, changes=0)
+    overlapping = model(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 5, 6, 6] x) => (float[1, 7, 13, 13] y) { y = ConvTranspose <strides = [2, 2]> (x, w) }""",
+        {"w": rand(5, 7, 3, 3, seed=1)},
+    )
+    check_pass("conv_transpose_as_depth_to_space", overlapping, changes=0)
+
+
+def test_a_built_upsampling_head_runs_its_conv_transpose_on_the_direct_conv_kernel(cli, tmp_path):
+    proto = _conv_transpose(2, "strides = [2, 2]", True)
+    proto.graph.node[0].name = "upsample"
+    source = save(proto, tmp_path / "up.onnx")
+    result = cli(source, "--target", "x86_64", "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verification"]["artifact"]["status"] == "ok"
+    layers = {layer["node"]: layer for layer in report["float_conv"]["layers"]}
+    assert layers["upsample"]["kernel"] == "direct", layers
