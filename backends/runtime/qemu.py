@@ -31,7 +31,7 @@ class RunnerProcess:
     """edgepress-run in a subprocess, exchanging .npy files through a temporary folder."""
 
     def __init__(self, folder: Path, runner: Path, *, emulate: bool, timeout_s: float = 1800):
-        self.library = Path(folder)  # the artifact folder: named in errors, given to the runner
+        self.folder = Path(folder)  # named in errors, given to the runner
         self.runner = Path(runner)
         self.emulate = emulate
         self.timeout_s = timeout_s
@@ -39,7 +39,7 @@ class RunnerProcess:
         self.emulated = emulate  # times under qemu mean nothing
 
     def _command(self, out_dir: Path, inputs: list[Path], repeat: int) -> list[str]:
-        cmd = [str(self.runner), str(self.library), str(out_dir), *map(str, inputs)]
+        cmd = [str(self.runner), str(self.folder), str(out_dir), *map(str, inputs)]
         if repeat:
             cmd += ["--repeat", str(repeat)]
         if self.emulate:
@@ -64,11 +64,11 @@ class RunnerProcess:
                 )
             except subprocess.TimeoutExpired as err:
                 raise BackendError(
-                    f"{self.library}: {self.description} ran past {self.timeout_s:.0f} s"
+                    f"{self.folder}: {self.description} ran past {self.timeout_s:.0f} s"
                 ) from err
             if proc.returncode != 0:
                 raise BackendError(
-                    f"{self.library}: {self.description} failed (exit {proc.returncode}): "
+                    f"{self.folder}: {self.description} failed (exit {proc.returncode}): "
                     f"{(proc.stderr or proc.stdout).strip()[-1500:]}"
                 )
             outputs = []
