@@ -85,30 +85,35 @@ def test_a_built_1d_conv_net_uses_the_direct_conv_kernel(cli, tmp_path):
     )  # fmt: skip
     for conv, name in zip((n for n in proto.graph.node if n.op_type == "Conv"), ("c1", "c2")):
         conv.name = name
-    source = save(proto, tmp_path / "conv1d.onnx")
-    result = cli(source, "--target", "x86_64", "-o", tmp_path / "out")
+    layers, changed = _built(cli, proto, tmp_path)
+    assert {layers[n]["kernel"] for n in ("c1", "c2")} == {"direct"}, layers
+    assert changed["conv_along_width"] == 2
+
+
+def _built(cli, proto, tmp_path) -> tuple[dict, dict]:
+    """`proto` built for x86_64 and verified against onnxruntime: the report's lowered conv
+    layers by node name, and each pass's change count."""
+    result = cli(save(proto, tmp_path / "model.onnx"), "--target", "x86_64", "-o", tmp_path / "out")
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verification"]["artifact"]["status"] == "ok"
     layers = {layer["node"]: layer for layer in report["float_conv"]["layers"]}
-    assert {layers[n]["kernel"] for n in ("c1", "c2")} == {"direct"}, layers
-    changed = {p["name"]: p["changes"] for p in report["passes"]}
-    assert changed["conv_along_width"] == 2
+    return layers, {p["name"]: p["changes"] for p in report["passes"]}
 
 
 # conv_transpose_as_depth_to_space: the other rewrite of a conv TVM lowered generically.
 
 
-def _conv_transpose(stride: int, attributes: str, bias: bool, w_shape=None) -> object:
-    w_shape = w_shape or (5, 7, stride, stride)
-    size = 6 * stride if "pads" not in attributes else 6 * stride - 2
+def _conv_transpose(stride: int, attributes: str, bias: bool, trim: int = 0) -> object:
+    """x[2, 5, 6, 9] -> ConvTranspose(7 channels, stride x stride kernel); `trim`: the output
+    rows and columns its pads take off."""
     inputs = "x, w, b" if bias else "x, w"
     return model(
         f"""<ir_version: 8, opset_import: ["" : 13]>
-        g (float[2, 5, 6, 9] x) => (float[2, {w_shape[1]}, {size}, {9 * stride if 'pads' not in attributes else 9 * stride - 2}] y) {{
+        g (float[2, 5, 6, 9] x) => (float[2, 7, {6 * stride - trim}, {9 * stride - trim}] y) {{
             y = ConvTranspose <{attributes}> ({inputs})
         }}""",
-        {"w": rand(*w_shape, seed=1), **({"b": rand(w_shape[1], seed=2)} if bias else {})},
+        {"w": rand(5, 7, stride, stride, seed=1), **({"b": rand(7, seed=2)} if bias else {})},
     )
 
 
@@ -120,7 +125,7 @@ def test_conv_transpose_with_kernel_equal_to_stride_is_a_1x1_conv_and_depth_to_s
 
 
 def test_overlapping_or_padded_conv_transposes_are_left_alone():
-    padded = _conv_transpose(2, "strides = [2, 2], pads = [1, 1, 1, 1]", True)
+    padded = _conv_transpose(2, "strides = [2, 2], pads = [1, 1, 1, 1]", True, trim=2)
     check_pass("conv_transpose_as_depth_to_space", padded, changes=0)
     overlapping = model(
         """<ir_version: 8, opset_import: ["" : 13]>
@@ -133,10 +138,6 @@ def test_overlapping_or_padded_conv_transposes_are_left_alone():
 def test_a_built_upsampling_head_runs_its_conv_transpose_on_the_direct_conv_kernel(cli, tmp_path):
     proto = _conv_transpose(2, "strides = [2, 2]", True)
     proto.graph.node[0].name = "upsample"
-    source = save(proto, tmp_path / "up.onnx")
-    result = cli(source, "--target", "x86_64", "-o", tmp_path / "out")
-    assert result.code == 0, result.err
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["verification"]["artifact"]["status"] == "ok"
-    layers = {layer["node"]: layer for layer in report["float_conv"]["layers"]}
+    layers, changed = _built(cli, proto, tmp_path)
     assert layers["upsample"]["kernel"] == "direct", layers
+    assert changed["conv_transpose_as_depth_to_space"] == 1
