@@ -189,7 +189,7 @@ def _int8_fidelity(quantization: dict | None) -> str | None:
     """int8's fidelity to the float model and the layers kept in float, for the summary."""
     if not quantization or not quantization.get("fidelity"):
         return None
-    rows = quantization["fidelity"]
+    rows = quantization.get("artifact_fidelity") or quantization["fidelity"]
     least = min(r.get("min_cosine", r["cosine"]) for r in rows)
     text = f"int8 min cosine {least:.4f} against float"
     kept = [f["layer"] for f in quantization.get("float_layers", [])]

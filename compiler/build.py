@@ -18,7 +18,7 @@ from edgepress.backends.targets import get_backend
 from edgepress.backends.targets.base import TargetOptions
 from edgepress.compiler import outdir as outdirs
 from edgepress.compiler import report as reports
-from edgepress.compiler.errors import ModelError, VerificationError
+from edgepress.compiler.errors import BudgetError, ModelError, VerificationError
 from edgepress.compiler.input_values import fix_input_values, fixed_to_json
 from edgepress.compiler.inputs import load_npz, random_inputs
 from edgepress.compiler.manifest import write_manifest
@@ -146,6 +146,13 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    missed = below_floor(compressed.quantization)
+    if report["status"] == "failed" and missed and not any(c.failed for c in checks):
+        raise BudgetError(
+            f"{loaded.source}: {missed}. The artifact and its report are in {opts.outdir}; "
+            "calibrate on more representative samples, or lower --fidelity-floor (0 turns it "
+            "off)."
+        )
     if report["status"] == "failed":
         broken = [f"'{o.name}' ({o.problem})" for v in checks for o in v.broken_outputs()]
         raise VerificationError(
@@ -339,8 +346,11 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
             **held_out,
             **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in loaded.fixed.items()},
         }
+        float_outputs = outputs_over(loaded.reference_model, with_fixed)
         compressed.quantization["fidelity"] = fidelity(
-            outputs_over(model_path, held_out), outputs_over(loaded.reference_model, with_fixed)
+            outputs_over(model_path, held_out),
+            float_outputs,
+            compressed.quantization.get("output_scales"),
         )
     runner = loaded.backend.runner(staging)
     if isinstance(runner, str):
@@ -349,12 +359,55 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
     got = {s.name: np.asarray(a) for s, a in zip(compressed.output_specs, outputs)}
     artifact_check = checked(got, artifact_reference, reference_name, steps)
     artifact_check.reference += f"; artifact run by {runner.description}"
+    if compressed.quantization is not None:
+        compressed.quantization["artifact_fidelity"] = _artifact_fidelity(
+            runner, compressed, compressed.held_out, float_outputs
+        )
     return artifact_check, after_passes
+
+
+def _artifact_fidelity(runner, compressed: _Compressed, held_out: dict, float_outputs: dict):
+    """The artifact's own fidelity to the float source on the held-out samples: its integer
+    kernels round where onnxruntime running model.onnx does not, so this is the number the
+    user gets (and the one the fidelity floor is held to)."""
+    specs = compressed.artifact_specs
+    if any(s.name not in held_out for s in specs):
+        return None
+    count = min(held_out[s.name].shape[0] for s in specs)
+    runs = [runner.run([held_out[s.name][i] for s in specs]) for i in range(count)]
+    got = {
+        s.name: np.stack([np.asarray(r[j]) for r in runs])
+        for j, s in enumerate(compressed.output_specs)
+    }
+    return fidelity(
+        {k: got[k] for k in float_outputs if k in got},
+        float_outputs,
+        compressed.quantization.get("output_scales"),
+    )
+
+
+def below_floor(quantization: dict | None) -> str | None:
+    """Why an int8 artifact misses its fidelity floor on the held-out samples, or None."""
+    floor = (quantization or {}).get("fidelity_floor")
+    rows = (quantization or {}).get("artifact_fidelity")
+    if not floor or not rows:
+        return None
+    least = min(r["min_cosine"] for r in rows)
+    if least >= floor:
+        return None
+    reached = min(r["min_cosine"] for r in quantization.get("fidelity") or rows)
+    return (
+        f"the int8 artifact keeps a least cosine of {least:.4f} against the float model on "
+        f"{quantization['fidelity_samples']} held-out sample(s), under the fidelity floor "
+        f"{floor:g} (model.onnx in onnxruntime: {reached:.4f}; the integer kernels round "
+        "differently)"
+    )
 
 
 def _report(opts, loaded: _Loaded, compressed: _Compressed, compiled, checks, staging) -> dict:
     artifact_check, after_passes = checks
     failed = artifact_check.failed or after_passes.failed
+    failed = failed or below_floor(compressed.quantization) is not None
     status = "failed" if failed else ("ok" if artifact_check.ok else artifact_check.status)
     report = {
         "status": status,

@@ -157,11 +157,19 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
         f"{q['method']} on {q['samples']} sample(s) of `{q['calibration']}` "
         f"({q['calibrated_tensors']} tensors). model.onnx: {human_size(model)}{ratio}.",
         "",
-        f"Fidelity against the float source on {q['fidelity_samples']} sample(s), "
+        "Fidelity of model.onnx (in onnxruntime) against the float source on "
+        f"{q['fidelity_samples']} sample(s), "
         f"{q['fidelity_data']}:",
         "",
         *fidelity_table(q.get("fidelity", [])),
     ]
+    if q.get("artifact_fidelity"):
+        floor = f" (the fidelity floor: {q['fidelity_floor']:g})" if q.get("fidelity_floor") else ""
+        lines += [
+            f"The artifact itself, on the same samples{floor}:",
+            "",
+            *fidelity_table(q["artifact_fidelity"]),
+        ]
     if q.get("eval_top1"):
         lines += top1_lines(q["eval_top1"], "int8")
     if q.get("equalized_pairs") is not None:

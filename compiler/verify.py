@@ -104,6 +104,34 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+# A sample whose reference output is this small against the largest sample's (L2 norms) has
+# no direction worth a cosine: a text detector's probability map of a photo without text is
+# 1e-6 noise, and int8 moving that noise by another 1e-6 gave cosine 0.976 on a map whose
+# every pixel stays under the detection threshold.
+LOW_SIGNAL = 1e-3
+
+
+def sample_cosines(have: np.ndarray, want: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """The cosine of each sample (leading axis) of `have` against `want`. A sample whose
+    reference norm is under LOW_SIGNAL x `scale` (by default the largest sample's norm) is held
+    instead to the cosine its error would give an output of that floor norm,
+    1 - |have - want|^2 / (2 floor^2): its error is judged against the signal the output
+    carries on other samples, not against its own noise."""
+    count = have.shape[0]
+    h = np.asarray(have, np.float64).reshape(count, -1)
+    w = np.asarray(want, np.float64).reshape(count, -1)
+    norms = np.linalg.norm(w, axis=1)
+    if scale is None:
+        scale = float(norms.max(initial=0.0))
+    floor = LOW_SIGNAL * scale
+    cosines = np.array([cosine_similarity(a, b) for a, b in zip(h, w)])
+    if np.isfinite(floor) and floor > 0:
+        low = norms < floor
+        err = np.linalg.norm((h[low] - w[low]) / floor, axis=1)
+        cosines[low] = np.maximum(-1.0, 1.0 - 0.5 * err**2)
+    return cosines
+
+
 def _max_rel_err(diff: np.ndarray, ref: np.ndarray) -> float:
     """Largest |got - ref| / max(|ref|, 1e-3 * max|ref|): near-zero elements are measured
     against the output's scale instead of blowing up."""

@@ -5,6 +5,7 @@ size, the artifact against onnxruntime on the int8 model) and the messages for b
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -489,12 +490,47 @@ def test_the_default_fidelity_floor_keeps_the_layer_that_costs_it_in_float(cli, 
             "-q")  # fmt: skip
     assert r.code == 0, r.err
     q = json.loads((out / "report.json").read_text())["quantization"]
-    assert q["budget"]["what"] == "least cosine at least 0.99"
+    assert q["budget"]["what"] == "least cosine at least 0.99, searched for 0.9925"
     assert q["budget"]["all_int8_drop"] > 0.01  # the all-int8 model missed the floor
     assert sorted(f["layer"] for f in q["float_layers"]) == ["a", "b"]
     assert min(f["min_cosine"] for f in q["fidelity"]) >= 0.99
+    # the artifact itself, run on the same held-out samples, is held to the floor too
+    assert q["fidelity_floor"] == 0.99
+    assert min(f["min_cosine"] for f in q["artifact_fidelity"]) >= 0.99
     assert "2 layer(s) kept in float (" in r.out and "int8 min cosine" in r.out
     assert "least cosine at least 0.99" in (out / "report.md").read_text()
+    assert "The artifact itself, on the same samples (the fidelity floor: 0.99)" in (
+        out / "report.md"
+    ).read_text()
+
+
+def test_an_artifact_under_the_floor_fails_the_build_and_keeps_the_folder(
+    cli, tmp_path, monkeypatch
+):
+    """The search measures model.onnx in onnxruntime; the artifact's integer kernels round
+    otherwise. Where the artifact's own held-out fidelity misses the floor (planted here: its
+    runs come back scaled off-direction), the build exits 7 (a broken budget) naming both
+    figures, and the folder and its report stay for the user to read."""
+    from edgepress.compiler import build as build_module
+
+    real = build_module._artifact_fidelity
+
+    def skewed(runner, compressed, held_out, float_outputs):
+        rows = real(runner, compressed, held_out, float_outputs)
+        return [{**row, "min_cosine": 0.95} for row in rows]
+
+    monkeypatch.setattr(build_module, "_artifact_fidelity", skewed)
+    source, cal = _one_loud_channel_model(tmp_path)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "--quantize", "int8", "--calibration", cal,
+            "-q")  # fmt: skip
+    assert r.code == 7, r.err
+    assert "least cosine of 0.9500" in r.err and "under the fidelity floor 0.99" in r.err
+    assert re.search(r"model\.onnx in onnxruntime: (0\.99\d\d|1\.0000)", r.err), r.err
+    assert "Traceback" not in r.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed"
+    assert (out / "model.so").is_file()
 
 
 def test_fidelity_floor_0_turns_it_off(cli, tmp_path):
@@ -505,7 +541,10 @@ def test_fidelity_floor_0_turns_it_off(cli, tmp_path):
     assert r.code == 0, r.err
     q = json.loads((out / "report.json").read_text())["quantization"]
     assert q["float_layers"] == [] and "budget" not in q
-    least = min(f["min_cosine"] for f in q["fidelity"])
+    assert min(f["min_cosine"] for f in q["fidelity"]) < 0.99
+    # no floor: the artifact's fidelity is reported (in the summary too), not held to one
+    assert q["fidelity_floor"] is None
+    least = min(f["min_cosine"] for f in q["artifact_fidelity"])
     assert least < 0.99 and f"int8 min cosine {least:.4f}" in r.out
 
 

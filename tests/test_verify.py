@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from edgepress.compiler.verify import Noise, Tolerance, compare, cosine_similarity
+from edgepress.compiler.verify import (
+    LOW_SIGNAL,
+    Noise,
+    Tolerance,
+    compare,
+    cosine_similarity,
+    sample_cosines,
+)
 
 
 def test_figures_match_numpy():
@@ -89,3 +97,25 @@ def test_an_error_beyond_onnxruntimes_own_noise_still_fails():
     # no noise at all (the runs agree exactly): nothing is excused
     v = compare({"y": ref[::-1].copy()}, {"y": ref}, Tolerance(), "test", noise={"y": Noise(0.0, 1.0)})
     assert v.failed
+
+
+def test_sample_cosines_judge_a_sample_without_signal_by_its_error():
+    """A detector's map of a photo without text is 1e-6 noise: its own cosine says nothing, so
+    it is held to its error against the largest sample's norm; a sample with signal keeps its
+    plain cosine (numpy's)."""
+    rng = np.random.default_rng(0)
+    signal = rng.uniform(0, 1, (2, 64))
+    noise = rng.uniform(0, 1e-6, (1, 64))
+    want = np.concatenate([signal, noise])
+    have = want.copy()
+    have[0] += rng.normal(0, 0.05, 64)
+    have[2] = rng.uniform(0, 1e-6, 64)  # the noise moved by its own size: cosine about 0.75
+    got = sample_cosines(have, want)
+    plain = [float(h @ w / np.linalg.norm(h) / np.linalg.norm(w)) for h, w in zip(have, want)]
+    assert got[0] == pytest.approx(plain[0]) and got[1] == pytest.approx(1.0)
+    assert plain[2] < 0.9 and got[2] > 0.999999
+    floor = LOW_SIGNAL * np.linalg.norm(want, axis=1).max()
+    assert got[2] == pytest.approx(1 - 0.5 * (np.linalg.norm(have[2] - want[2]) / floor) ** 2)
+    # the same error on a noise sample as large as the floor counts fully
+    have[2] = want[2] + 30 * floor / 8  # |err| = 30 floors: cosine clamps at -1
+    assert sample_cosines(have, want)[2] == -1.0
