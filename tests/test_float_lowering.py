@@ -158,10 +158,59 @@ def test_same_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, cho
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, 14, 14))
 
 
+def _silu_head(tmp_path):
+    """x 1x16x16x16 -> Conv 3x3 pad 1 -> SiLU (x * sigmoid(x)) -> two heads, a 1x1 Conv to 1
+    channel with its Sigmoid and a 1x1 Conv to 2 channels, concatenated: a YOLO-style
+    detector's (ddddocr-det's) layers."""
+    rng = np.random.default_rng(9)
+    inits = [
+        random_initializer(rng, "w1", (16, 16, 3, 3)),
+        random_initializer(rng, "b1", (16,)),
+        random_initializer(rng, "wo", (1, 16, 1, 1)),
+        random_initializer(rng, "bo", (1,)),
+        random_initializer(rng, "wb", (2, 16, 1, 1)),
+        random_initializer(rng, "bb", (2,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["g1"]),
+        helper.make_node("Mul", ["c1", "g1"], ["s1"]),
+        helper.make_node("Conv", ["s1", "wo", "bo"], ["o"]),
+        helper.make_node("Sigmoid", ["o"], ["p"]),
+        helper.make_node("Conv", ["s1", "wb", "bb"], ["q"]),
+        helper.make_node("Concat", ["p", "q"], ["y"], axis=1),
+    ]
+    return _saved(tmp_path, "silu_head", nodes, inits, [1, 16, 16, 16], [1, 3, 16, 16])
+
+
+@pytest.mark.parametrize("mcpu", ["sapphirerapids", "znver3"], ids=["avx512", "avx2"])
+def test_silu_after_winograd_and_narrow_heads_get_schedules_and_match(cli, tmp_path, mcpu):
+    """The SiLU reads the Winograd output's sums twice, and the heads' 1x1 convs to 1 and 2
+    channels would fill a vector of 8 or 16 output channels mostly with padding: each was
+    refused by the sampler (as recomputing) and ran as one thread of plain loops. Now the
+    sums are computed once per tile, and the heads are dot products along the input
+    channels (the narrow kernel); no kernel is left as plain loops, and the artifact equals
+    onnxruntime."""
+    if mcpu == "sapphirerapids" and not _host_has_avx512():
+        pytest.skip("this CPU has no AVX-512")
+    source = _silu_head(tmp_path)
+    out = tmp_path / mcpu
+    r = cli(source, "--target", "x86_64", "--mcpu", mcpu, "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    kernels = [layer["kernel"] for layer in report["float_conv"]["layers"]]
+    assert kernels == ["winograd", "narrow", "narrow"]
+    schedules = {k["name"]: k["schedule"] for k in report["kernels"]}
+    assert not [name for name, how in schedules.items() if how == "loops"], schedules
+    assert any(name.startswith("fused_winograd_output_sigmoid") for name in schedules)
+    assert sum(name.startswith(("narrow_", "fused_narrow_")) for name in schedules) == 2
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, 16, 16))
+
+
 def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
     """The residual block's Winograd kernels and the small net's direct, depthwise and Gemm
     kernels built for arm64 (4 lanes) equal onnxruntime, run under qemu by the build."""
-    for source in (_residual_block(tmp_path), _float_net(tmp_path)):
+    for source in (_residual_block(tmp_path), _float_net(tmp_path), _silu_head(tmp_path)):
         out = tmp_path / f"arm-{source.stem}"
         r = cli(source, "--target", "arm64", "-o", out, "-q")
         assert r.code == 0, r.err

@@ -20,6 +20,7 @@ def test_every_named_rule_is_in_the_table_once():
         int8_schedules.RULE,
         float_schedules.RULE,
         float_compute.WINOGRAD_RULE,
+        float_compute.NARROW_RULE,
         nhwc_schedules.PACK_RULE,
         nhwc_schedules.DEPTHWISE_RULE,
         nhwc_schedules.WINDOW_RULE,

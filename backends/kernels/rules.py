@@ -117,6 +117,11 @@ RULES: tuple[KernelRule, ...] = (
         batch_matmul.schedule_batch_matmul,
     ),
     KernelRule(
+        float_compute.NARROW_RULE,
+        (float_compute.narrow_pointwise,),
+        float_schedules.schedule_narrow_pointwise,
+    ),
+    KernelRule(
         float_compute.WINOGRAD_RULE,
         (float_compute.winograd_input, float_compute.winograd_output),
         float_schedules.schedule_winograd_transform,

@@ -135,6 +135,17 @@ RECOMPUTE_LIMIT = 1.5
 RECOMPUTE_SLACK = 16384
 
 
+def _by_our_rule(func) -> bool:
+    """Whether a block of `func` names one of edgepress's kernel rules (kernels/rules.py): its
+    schedule is written, not sampled, and what it computes beyond the function (output channels
+    padded to a whole vector) is by design, not a reduction recomputed."""
+    from edgepress.backends.kernels.common.tir_walk import sblocks
+    from edgepress.backends.kernels.rules import RULES
+
+    names = {rule.name for rule in RULES}
+    return any(str(b.annotations.get("schedule_rule", "")) in names for b in sblocks(func))
+
+
 def _tensorized(spaces):
     """The first design space that uses a tensor intrinsic (an int8 dot product), if any: one
     untimed sample of it beats any plain-loop space for the kernels it applies to."""
@@ -154,6 +165,7 @@ def sample_schedules(mod, target, description, names: set[str], seed: int = 0):
     for gv, func in list(mod.functions.items()):
         if gv.name_hint not in names:
             continue
+        ours = _by_our_rule(func)
         for attempt in range(FALLBACK_TRIES):
             try:
                 context = ms.TuneContext(
@@ -172,7 +184,7 @@ def sample_schedules(mod, target, description, names: set[str], seed: int = 0):
             except Exception as err:  # a function MetaSchedule's rules cannot take: plain loops
                 log.debug("no sampled schedule for %s: %s", gv.name_hint, err)
                 break
-            if valid and tensorized is None and _recomputes(func, sch.mod):
+            if valid and tensorized is None and not ours and _recomputes(func, sch.mod):
                 log.debug("sample %d of %s recomputes its reductions", attempt, gv.name_hint)
                 continue
             if valid:

@@ -90,6 +90,30 @@ def conv2d_nhwc(
     return te.compute(shape, out, name="bias_add")
 
 
+NARROW_RULE = "edgepress.narrow_pointwise"  # float/schedules.schedule_narrow_pointwise
+
+
+def narrow_pointwise(x, weight, bias):
+    """A 1x1 conv (or a matmul) to fewer output channels than a quarter of a vector (a
+    detector head's objectness and boxes: 96 -> 1 and 96 -> 4) as one dot product per output
+    over the input channels, contiguous in NHWC: the direct kernel's vector of output channels
+    would be mostly zero padding. `x` NHWC [N, H, W, C], `weight` [K, C], `bias` [K]."""
+    from tvm import te
+
+    n, height, width, channels = (int(d) for d in x.shape)
+    outputs = int(weight.shape[0])
+    rc = te.reduce_axis((0, channels), name="rc")
+    sums = te.compute(
+        (n, height, width, outputs),
+        lambda b, y, z, o: te.sum(x[b, y, z, rc] * weight[o, rc], axis=rc),
+        name="narrow_sums",
+        attrs={"schedule_rule": NARROW_RULE},
+    )
+    return te.compute(
+        (n, height, width, outputs), lambda b, y, z, o: sums[b, y, z, o] + bias[o], name="bias_add"
+    )
+
+
 def depthwise_conv2d_nhwc(
     x,
     weight,

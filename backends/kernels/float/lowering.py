@@ -40,6 +40,7 @@ from edgepress.backends.kernels.common.relax_lowering import (
 from edgepress.backends.kernels.float.compute import (
     conv2d_nhwc,
     depthwise_conv2d_nhwc,
+    narrow_pointwise,
     pack_conv_weight,
     winograd_input,
     winograd_output,
@@ -123,6 +124,7 @@ class _Plan:
                 if conv.depthwise
                 else "grouped" if conv.groups != 1
                 else "winograd" if conv.winograd
+                else "narrow" if _narrow(conv, lanes)
                 else "direct"
             )
             node = names.get(var.name)
@@ -325,6 +327,20 @@ def _emit_grouped(builder, conv: _Conv, x_nhwc, lanes: int):
     return joined if joined is not None else relax.op.concat(parts, axis=3)
 
 
+def _narrow(conv: _Conv, lanes: int) -> bool:
+    """A pointwise conv to at most a quarter vector of output channels (narrow_pointwise)."""
+    out_channels, _, kh, kw = conv.weight.shape
+    return (
+        4 * out_channels <= lanes
+        and (kh, kw) == (1, 1)
+        and conv.strides == (1, 1)
+        and conv.dilation == (1, 1)
+        and not any(conv.padding)
+        and not conv.depthwise
+        and conv.groups == 1
+    )
+
+
 def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
     """The kernel's call on NHWC `x_nhwc` (the result is NHWC)."""
     from tvm import relax
@@ -346,6 +362,14 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
             **common,
         )
     out_channels, in_channels, kh, kw = conv.weight.shape
+    if _narrow(conv, lanes):
+        return builder.call_te(
+            narrow_pointwise,
+            x_nhwc,
+            relax.const(np.ascontiguousarray(conv.weight[:, :, 0, 0])),
+            relax.const(conv.bias),
+            primfunc_name_hint="narrow_matmul_float" if conv.matmul else "narrow_conv2d_float",
+        )
     width = int(x_nhwc.ty.shape[2])
     top, left, bottom, right = conv.padding
     out_width = output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])

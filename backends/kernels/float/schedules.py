@@ -190,11 +190,21 @@ def schedule_winograd_transform(sch, block):
     elementwise ops FuseOps put behind the output one inlined into it): per tile (in
     parallel) and vector of channels, the tile positions unrolled, so that every select of a
     position's coefficient or offset folds to a constant and each input vector is loaded
-    once per tile."""
+    once per tile.
+
+    A SiLU behind the output transform (x * sigmoid(x)) reads its sums twice: inlined, they
+    would be computed twice (the sampler refused that, and the kernel ran as one thread of
+    plain loops at 11% of peak). There the sums of each tile and vector of channels are
+    computed once, into registers, under the epilogue's loops instead."""
     final = last_consumer(sch, block)
-    if final is not None:  # the output transform, and a residual add or relu behind it
+    sums = None
+    if final is not None:  # the output transform, and a residual add, relu or SiLU behind it
+        reread = len(sch.get_consumers(block)) > 1
         inline_between(sch, block, final)
-        sch.compute_inline(block)
+        if reread:
+            sums = block
+        else:
+            sch.compute_inline(block)
         block = final
     loops = sch.get_loops(block)
     *outer, channels = loops
@@ -211,9 +221,39 @@ def schedule_winograd_transform(sch, block):
         ty, r = sch.split(y, [None, 2])
         tx, s = sch.split(x, [None, 2])
         sch.reorder(b, ty, tx, c_o, r, s, c_i)
+        if sums is not None:
+            sch.compute_at(sums, c_o)
+            *tile, vector = sch.get_loops(sums)[-4:]
+            sch.vectorize(vector)
+            for loop in tile:
+                sch.unroll(loop)
         sch.unroll(r)
         sch.unroll(s)
         sch.parallel(sch.fuse(b, ty))
     sch.vectorize(c_i)
+    sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
+    return [sch]
+
+
+def schedule_narrow_pointwise(sch, block):
+    """float/compute.narrow_pointwise: per pixel (rows in parallel), each output's dot product
+    as `lanes` partial sums over vectors of input channels (rfactor), then added up; the
+    epilogue FuseOps put behind it (a sigmoid) inlined into the bias add."""
+    final = last_consumer(sch, block)
+    inline_between(sch, block, final)
+    b, y, z, _ = sch.get_loops(final)
+    sch.parallel(sch.fuse(b, y))
+    *_, rc = sch.get_loops(block)
+    extent = int(sch.get(rc).extent)
+    lanes = next(v for v in (16, 8, 4, 1) if extent % v == 0)
+    _, rci = sch.split(rc, [None, lanes])
+    partial = sch.rfactor(rci, factor_axis=4)
+    sch.compute_at(block, z)
+    sch.compute_at(partial, z)
+    *_, vector = sch.get_loops(partial)
+    if extent > lanes:  # a loop of unit extent is dropped: one vector of channels has none
+        *_, vector, steps = sch.get_loops(partial)
+        sch.reorder(steps, vector)
+    sch.vectorize(vector)
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
