@@ -69,11 +69,12 @@ def split_tile(sch, loop, inner: int, most: int):
 
 
 
-def inline_between(sch, conv, output) -> None:
+def inline_between(sch, conv, output, keep=()) -> None:
     """Inline every other elementwise block of the function so the output block reads the
-    accumulators directly (the conv and the output block stay)."""
+    accumulators directly (the conv, the output block and those in `keep` stay)."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).same_as(sch.get(conv)) or sch.get(block).same_as(sch.get(output)):
+        # compared afresh: inlining into a block replaces its statement
+        if any(sch.get(block).same_as(sch.get(other)) for other in (conv, output, *keep)):
             continue
         try:
             sch.compute_inline(block)

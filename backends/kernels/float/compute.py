@@ -94,8 +94,8 @@ NARROW_RULE = "edgepress.narrow_pointwise"  # float/schedules.schedule_narrow_po
 
 
 def narrow_pointwise(x, weight, bias):
-    """A 1x1 conv (or a matmul) to fewer output channels than a quarter of a vector (a
-    detector head's objectness and boxes: 96 -> 1 and 96 -> 4) as one dot product per output
+    """A 1x1 conv (or a matmul) to at most an eighth of a vector of output channels (a
+    detector head's objectness: 96 -> 1) as one dot product per output
     over the input channels, contiguous in NHWC: the direct kernel's vector of output channels
     would be mostly zero padding. `x` NHWC [N, H, W, C], `weight` [K, C], `bias` [K]."""
     from tvm import te

@@ -113,10 +113,15 @@ def schedule_conv2d_float(sch, block):
         sch.annotate(rx, PREFETCH_ATTR, [ahead, rows, depth, steps])
     sch.set_scope(block, 0, "global" if on_stack else "local")
     final = last_consumer(sch, block)
+    pad = None
+    if final is not None and _pads(sch, block, final):
+        pad, final = final, sch.get_producers(final)[0]
     if final is not None:
-        inline_between(sch, block, final)
+        inline_between(sch, block, final, keep=() if pad is None else (pad,))
         sch.reverse_compute_at(final, z_o, preserve_unit_loops=True)
         unroll_epilogue(sch, final, lanes)
+    if pad is not None:
+        _schedule_pad(sch, pad)
     sch.parallel(sch.fuse(b, ob_o, y))
     # The root is kept out of MetaSchedule's other rules (whose vectorizing would take the
     # unrolled tile loops); this rule does the function's parallel loop itself.
@@ -125,6 +130,28 @@ def schedule_conv2d_float(sch, block):
     sch.unroll(z_i)
     sch.unroll(ob_i)
     return [sch]
+
+
+def _pads(sch, conv, final) -> bool:
+    """Whether the last block FuseOps put behind the conv writes more pixels than the conv
+    makes (the next layer's padding): it cannot be computed per register tile (run there, its
+    every border pixel was unrolled into each tile: a PP-OCR classifier's codegen ran out of
+    memory), so it stays a loop nest of its own behind the epilogue."""
+    out = sch.get_consumers(conv)
+    if not out or sch.get(final).same_as(sch.get(out[0])):
+        return False
+    shape = lambda blk: [int(d) for d in sch.get(blk).writes[0].source.shape]  # noqa: E731
+    return shape(final) != shape(out[0]) and len(sch.get_producers(final)) == 1
+
+
+def _schedule_pad(sch, pad) -> None:
+    """The padding copy: rows in parallel, channels vectorized where they fill a vector."""
+    b, y, *_, c = sch.get_loops(pad)
+    sch.parallel(sch.fuse(b, y))
+    extent = int(sch.get(c).extent)
+    lanes = next((v for v in (16, 8, 4) if extent % v == 0), None)
+    if lanes is not None:
+        sch.vectorize(sch.split(c, [None, lanes])[1])
 
 
 def _weight_buffer(func):
