@@ -214,9 +214,10 @@ def output_scales(outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def quantize(
     model: ir.Model, opts: QuantizeOptions, done: list[str]
-) -> tuple[ir.Model, list[PassRecord], dict, dict[str, np.ndarray]]:
+) -> tuple[ir.Model, list[PassRecord], dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Calibrate on `opts.calibration` and quantize (keeping layers in float when a budget asks
-    for it); returns the model, the pass record, facts for the report and the held-out samples.
+    for it); returns the model, the pass record, facts for the report, the held-out samples
+    and the float model's outputs on them.
 
     Raises BudgetError, with the per-layer table, when even an all-float fallback misses the
     budget.
@@ -296,7 +297,10 @@ def quantize(
     facts["seconds"] = time.perf_counter() - start
     if opts.equalize:
         records = eq_records + records
-    return model, records, facts, held_out
+    # what int8's own loss is measured against: the float model it started from (after the
+    # passes and any pruning, whose loss is by design and reported apart)
+    held_reference = run_samples(float_model, held_out)
+    return model, records, facts, held_out, held_reference
 
 
 def excluded_nodes(groups: dict[str, list[str]], layers: list[str]) -> list[str]:

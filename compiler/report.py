@@ -166,7 +166,8 @@ def quantization_lines(q: dict, sizes: dict) -> list[str]:
     if q.get("artifact_fidelity"):
         floor = f" (the fidelity floor: {q['fidelity_floor']:g})" if q.get("fidelity_floor") else ""
         lines += [
-            f"The artifact itself, on the same samples{floor}:",
+            "The artifact itself, on the same samples, against the float model int8 started "
+            f"from{floor}:",
             "",
             *fidelity_table(q["artifact_fidelity"]),
         ]

@@ -499,7 +499,7 @@ def test_the_default_fidelity_floor_keeps_the_layer_that_costs_it_in_float(cli, 
     assert min(f["min_cosine"] for f in q["artifact_fidelity"]) >= 0.99
     assert "2 layer(s) kept in float (" in r.out and "int8 min cosine" in r.out
     assert "least cosine at least 0.99" in (out / "report.md").read_text()
-    assert "The artifact itself, on the same samples (the fidelity floor: 0.99)" in (
+    assert "against the float model int8 started from (the fidelity floor: 0.99)" in (
         out / "report.md"
     ).read_text()
 
