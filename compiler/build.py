@@ -350,10 +350,9 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
             **held_out,
             **{k: np.broadcast_to(v, (count, *v.shape)) for k, v in loaded.fixed.items()},
         }
-        float_outputs = outputs_over(loaded.reference_model, with_fixed)
         compressed.quantization["fidelity"] = fidelity(
             outputs_over(model_path, held_out),
-            float_outputs,
+            outputs_over(loaded.reference_model, with_fixed),
             compressed.quantization.get("output_scales"),
         )
     runner = loaded.backend.runner(staging)
@@ -370,7 +369,7 @@ def _verify(loaded: _Loaded, compressed: _Compressed, staging: Path, inputs: dic
     return artifact_check, after_passes
 
 
-def _artifact_fidelity(runner, compressed: _Compressed, held_out: dict, float_outputs: dict):
+def _artifact_fidelity(runner, compressed: _Compressed, held_out: dict, reference: dict):
     """The artifact's own fidelity on the held-out samples to the float model int8 started from
     (the source after the passes and any pruning, whose loss is by design and in its own
     section): its integer kernels round where onnxruntime running model.onnx does not, so this
@@ -385,8 +384,8 @@ def _artifact_fidelity(runner, compressed: _Compressed, held_out: dict, float_ou
         for j, s in enumerate(compressed.output_specs)
     }
     return fidelity(
-        {k: got[k] for k in float_outputs if k in got},
-        float_outputs,
+        {k: got[k] for k in reference if k in got},
+        reference,
         compressed.quantization.get("output_scales"),
     )
 
@@ -404,8 +403,8 @@ def below_floor(quantization: dict | None) -> str | None:
     return (
         f"the int8 artifact keeps a least cosine of {least:.4f} against the float model on "
         f"{quantization['fidelity_samples']} held-out sample(s), under the fidelity floor "
-        f"{floor:g} (model.onnx in onnxruntime: {reached:.4f}; the integer kernels round "
-        "differently)"
+        f"{floor:g} (model.onnx in onnxruntime, against the source: {reached:.4f}; the integer "
+        "kernels round differently)"
     )
 
 

@@ -126,11 +126,6 @@ def top1(outputs: dict[str, np.ndarray]) -> np.ndarray:
     return first.reshape(first.shape[0], -1).argmax(-1)
 
 
-def least_cosine(rows: list[dict]) -> float:
-    """The least per-sample cosine over the outputs of fidelity() rows."""
-    return min((r["min_cosine"] for r in rows), default=1.0)
-
-
 def budget_samples(
     data: dict[str, np.ndarray], held_out: dict[str, np.ndarray], disjoint: bool
 ) -> tuple[dict[str, np.ndarray], str]:
@@ -237,8 +232,14 @@ def quantize(
         equalized = eq_records[0].changes
     float_model = ir.to_proto(model)
     stats = calibrate(float_model, data, method=opts.method, percentile=opts.percentile)
+    # the float model on every sample, the held-out ones first: their outputs are what int8's
+    # own loss is measured against (after the passes and any pruning, whose loss is by design
+    # and reported apart), and the largest output tells a sample without signal
     every = data if not disjoint else {k: np.concatenate([held_out[k], data[k]]) for k in data}
-    scales = output_scales(run_samples(float_model, every))
+    float_outputs = run_samples(float_model, every)
+    held = min(a.shape[0] for a in held_out.values())
+    held_reference = {k: v[:held] for k, v in float_outputs.items()}
+    scales = output_scales(float_outputs)
     facts = {
         "calibration": str(opts.calibration),
         "method": opts.method,
@@ -297,9 +298,6 @@ def quantize(
     facts["seconds"] = time.perf_counter() - start
     if opts.equalize:
         records = eq_records + records
-    # what int8's own loss is measured against: the float model it started from (after the
-    # passes and any pruning, whose loss is by design and reported apart)
-    held_reference = run_samples(float_model, held_out)
     return model, records, facts, held_out, held_reference
 
 

@@ -526,7 +526,8 @@ def test_an_artifact_under_the_floor_fails_the_build_and_keeps_the_folder(
             "-q")  # fmt: skip
     assert r.code == 7, r.err
     assert "least cosine of 0.9500" in r.err and "under the fidelity floor 0.99" in r.err
-    assert re.search(r"model\.onnx in onnxruntime: (0\.99\d\d|1\.0000)", r.err), r.err
+    ort_figure = r"model\.onnx in onnxruntime, against the source: (0\.99\d\d|1\.0000)"
+    assert re.search(ort_figure, r.err), r.err
     assert "Traceback" not in r.err
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed"

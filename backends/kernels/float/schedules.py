@@ -140,7 +140,10 @@ def _pads(sch, conv, final) -> bool:
     out = sch.get_consumers(conv)
     if not out or sch.get(final).same_as(sch.get(out[0])):
         return False
-    shape = lambda blk: [int(d) for d in sch.get(blk).writes[0].source.shape]  # noqa: E731
+
+    def shape(block) -> list[int]:
+        return [int(d) for d in sch.get(block).writes[0].source.shape]
+
     return shape(final) != shape(out[0]) and len(sch.get_producers(final)) == 1
 
 
