@@ -4,6 +4,8 @@ them, after DynamicQuantizeLinear) as the float Conv and MatMul of the centred i
     ConvInteger(x, w, xz, wz)   =>  Cast(Conv(float(x) - float(xz), float(w - wz)), int32)
     MatMulInteger(a, b, az, bz) =>  Cast(MatMul(float(a) - float(az), float(b - bz)), int32)
 
+(a Cast of that int32 back to float reads the float product directly: _skip_round_trip).
+
 The integers are exact in float32: an 8-bit value less its zero point fits in 9 bits, a product
 in 17, and a sum stays exact below 2^24 (256 products at the extremes, far more in practice).
 The result is the int32 the op defines, so the Cast-and-scale after it stays as it is; and the
@@ -54,6 +56,32 @@ def why_not_lowerable(node: ir.Node) -> str | None:
     return None
 
 
+def _float_casts(value: ir.Value) -> list[ir.Node]:
+    """The Casts to float32 that read `value` (onnxruntime's quantize_dynamic puts one after
+    each ConvInteger and MatMulInteger, before the scale), graph outputs aside."""
+    return [
+        user
+        for user, _ in value.uses()
+        if user.op_type == "Cast"
+        and user.domain in ("", "ai.onnx")
+        and user.attributes.get_int("to") == ir.DataType.FLOAT
+        and not user.outputs[0].is_graph_output()
+    ]
+
+
+def _skip_round_trip(result: ir.Value, product: ir.Value, float_casts: list[ir.Node]) -> None:
+    """Readers of Cast(Cast(product, int32), float) read `product` itself: it holds integers
+    exact in float32, so the round trip is the identity. Lowered, the float -> int32 Cast is a
+    chain of tests (finite, wrap-around modulo 2^32) around each conv's output, which no
+    schedule could take as one vectorized epilogue: ddddocr's convs ran their epilogues as plain
+    loops on one thread."""
+    for cast in float_casts:
+        cast.outputs[0].replace_all_uses_with(product)
+        cast.graph.remove(cast, safe=True)
+    if not result.uses() and not result.is_graph_output():
+        result.producer().graph.remove(result.producer(), safe=True)
+
+
 @register_pass("lower_integer_ops")
 def lower_integer_ops(model: ir.Model) -> PassResult:
     """ConvInteger / MatMulInteger with constant weights => float Conv / MatMul, Cast to int32."""
@@ -74,6 +102,9 @@ def lower_integer_ops(model: ir.Model) -> PassResult:
         attributes = {k: v for k, v in node.attributes.items()} if node.op_type == "ConvInteger" else {}
         product = tape.op(OPS[node.op_type], [x, weight], attributes or None)
         result = tape.op("Cast", [product], {"to": ir.DataType.INT32})
+        float_casts = _float_casts(node.outputs[0])
         replace_node(node, tape.nodes, [result])
+        product.shape, product.dtype = result.shape, ir.DataType.FLOAT
+        _skip_round_trip(result, product, float_casts)
         changes += 1
     return PassResult(model, changes)
