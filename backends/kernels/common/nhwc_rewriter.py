@@ -42,7 +42,23 @@ ELEMENTWISE_OPS = (
     "relax.negative",
     "relax.abs",
     "relax.sqrt",
+    # a dynamic quantization's rounding and casts (onnxruntime's quantize_dynamic before every
+    # conv): left NCHW, they put two transposes around each conv
+    "relax.astype",
+    "relax.round",
+    "relax.floor",
+    "relax.ceil",
 )
+# Binary ops that broadcast: an operand of rank 4 the kernels do not have in NHWC (a bias of
+# shape [1, C, 1, 1] added after a conv without one) is transposed like the others (folded,
+# where it is a constant), which keeps broadcasting the same; lower ranks are first reshaped
+# to rank 4, as NumPy broadcasting reads them.
+BROADCASTING_OPS = frozenset(
+    {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+     "relax.minimum"}
+)  # fmt: skip
+# Reductions over every axis: the same in any layout.
+FULL_REDUCTIONS = frozenset({"relax.max", "relax.min", "relax.sum", "relax.mean"})
 # TVM's ONNX importer emits Clip (opset 11+, bounds as inputs) as call_tir of TOPI's maximum
 # and minimum PrimFuncs, named so: they run as the Relax ops of the same name.
 ELEMENTWISE_PRIMFUNCS = ("maximum", "minimum")
@@ -139,10 +155,44 @@ def rewrite(mod, lower: Callable):
             args = [self.visit_expr(a) for a in args]
             if not any(a in self.nhwc for a in args):
                 return False
-            if not all(a in self.nhwc or is_scalar(a) for a in args):
+            if op.name in BROADCASTING_OPS:
+                args = [self.broadcast_nhwc(a) for a in args]
+                if any(a is None for a in args):
+                    return False
+            elif not all(a in self.nhwc or is_scalar(a) for a in args):
                 return False
             args = [self.nhwc.get(a, a) for a in args]
             self.bind(binding.var, relax.Call(op, args, attrs))
+            return True
+
+        def broadcast_nhwc(self, x):
+            """An operand of a broadcasting op in NHWC: as it is (NHWC already, or one
+            element), transposed (rank 4) or reshaped to rank 4 and transposed; None for a
+            shape that is not static."""
+            if x in self.nhwc or is_scalar(x):
+                return x
+            shape = static_shape(x)
+            if shape is None or len(shape) > 4:
+                return None
+            if len(shape) < 4:
+                x = self.builder_.emit(relax.op.reshape(x, (1,) * (4 - len(shape)) + shape))
+            return self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
+
+        def full_reduction_of_nhwc(self, binding) -> bool:
+            """max, min, sum or mean over every axis (a dynamic quantization's range) of a
+            value the kernels have in NHWC: the same reduction of the NHWC value."""
+            value = binding.value
+            if op_name(value) not in FULL_REDUCTIONS:
+                return False
+            x = self.visit_expr(value.args[0])
+            axes = value.attrs.axis
+            ndim = getattr(x.ty, "ndim", -1)
+            if x not in self.nhwc or ndim != 4:
+                return False
+            if axes is not None and sorted(int(a) % ndim for a in axes) != [0, 1, 2, 3]:
+                return False
+            call = relax.Call(value.op, [self.nhwc[x]], value.attrs)
+            self.set_var_remap(binding.var, self.emit_as(binding.var, call))
             return True
 
         def spatial_mean_in_nhwc(self, binding) -> bool:
@@ -248,6 +298,7 @@ def rewrite(mod, lower: Callable):
                 lower(self, binding)
                 or self.elementwise_in_nhwc(binding)
                 or self.spatial_mean_in_nhwc(binding)
+                or self.full_reduction_of_nhwc(binding)
                 or self.layout_op_in_nhwc(binding)
                 or self.channel_shuffle_in_nhwc(binding)
             ):
