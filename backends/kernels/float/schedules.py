@@ -215,6 +215,25 @@ def inject_weight_prefetch(func):
     return func if body.same_as(func.body) else func.with_body(body)
 
 
+INLINED_COPIES = 1.5  # estimated FLOPs, inlined over as written: the sums computed again
+
+
+def _inlining_copies(sch, block, final, keep=()) -> bool:
+    """Whether inlining `block` and the blocks up to `final` copies `block`'s expression
+    (FLOPs estimated at over INLINED_COPIES x those of the function as it is)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    trial = sch.copy()
+    inline_between(trial, block, final, keep)
+    trial.compute_inline(block)
+    try:
+        return float(estimate_tir_flops(trial.mod)) > INLINED_COPIES * float(
+            estimate_tir_flops(sch.mod)
+        )
+    except Exception:  # noqa: BLE001 - no estimate: compute the sums once, which is safe
+        return True
+
+
 def schedule_winograd_transform(sch, block):
     """A Winograd transform (float/compute.winograd_input or winograd_output, with the
     elementwise ops FuseOps put behind the output one inlined into it): per tile (in
@@ -225,12 +244,18 @@ def schedule_winograd_transform(sch, block):
     A SiLU behind the output transform (x * sigmoid(x)) reads its sums twice: inlined, they
     would be computed twice (the sampler refused that, and the kernel ran as one thread of
     plain loops at 11% of peak). There the sums of each tile and vector of channels are
-    computed once, into registers, under the epilogue's loops instead."""
+    computed once, into registers, under the epilogue's loops instead. So they are too where
+    the sums reach the rereading block through others (a dynamically quantized conv's scale
+    and bias before the SiLU: _inlining_copies)."""
     final = last_consumer(sch, block)
-    sums = None
-    if final is not None:  # the output transform, and a residual add, relu or SiLU behind it
-        reread = len(sch.get_consumers(block)) > 1
-        inline_between(sch, block, final)
+    sums = tail = None
+    if final is not None and _extents(sch, final) != _extents(sch, block):
+        tail, final = final, sch.get_producers(final)[0]  # an NCHW copy at the end
+    keep = () if tail is None else (tail,)
+    if final is not None and not sch.get(final).same_as(sch.get(block)):
+        # the output transform, and a residual add, relu or SiLU behind it
+        reread = len(sch.get_consumers(block)) > 1 or _inlining_copies(sch, block, final, keep)
+        inline_between(sch, block, final, keep)
         if reread:
             sums = block
         else:
@@ -261,8 +286,30 @@ def schedule_winograd_transform(sch, block):
         sch.unroll(s)
         sch.parallel(sch.fuse(b, ty))
     sch.vectorize(c_i)
+    if tail is not None:
+        _schedule_copy(sch, tail)
+        # MetaSchedule's AutoInline, which visits the blocks after this rule, would inline
+        # the epilogue (no longer the function's output) into the copy
+        sch.annotate(block, "meta_schedule.inline_rule", "disable")
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
+
+
+def _extents(sch, block) -> tuple[int, ...]:
+    return tuple(int(sch.get(loop).extent) for loop in sch.get_loops(block))
+
+
+def _schedule_copy(sch, block) -> None:
+    """A transposing copy after a kernel (the NHWC result back to NCHW where the graph leaves
+    the kernels: a model output, a reshape into a sequence): its rows in parallel, each row
+    one vector loop. Inlined into the kernel's epilogue it made that loop over the wrong axis
+    (a conv's NCHW output at 4% of peak); left alone, one thread of plain loops."""
+    *outer, inner = sch.get_loops(block)
+    sch.parallel(sch.fuse(*outer))
+    extent = int(sch.get(inner).extent)
+    lanes = next(v for v in (16, 8, 4, 1) if extent % v == 0)
+    if lanes > 1:
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
 
 
 def schedule_narrow_pointwise(sch, block):
