@@ -196,6 +196,55 @@ def test_integer_ops_and_quantized_lstm_match_onnxruntime(dynamic_quantized):
         np.testing.assert_allclose(got, ref, rtol=FLOAT_REWRITE_RTOL, atol=FLOAT_REWRITE_ATOL)
 
 
+def _int32_bias_conv() -> onnx.ModelProto:
+    """What older onnxruntime quantize_dynamic writes for a Conv with a bias: the bias divided
+    by the two scales at run time, floored and cast to int32, added to ConvInteger's int32
+    result, which is then cast to float and scaled."""
+    rng = np.random.default_rng(8)
+    w = rng.integers(0, 256, (4, 3, 3, 3)).astype(np.uint8)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("Mul", ["xs", "ws"], ["s"]),
+        helper.make_node("Div", ["b", "s"], ["bd"]),
+        helper.make_node("Floor", ["bd"], ["bf"]),
+        helper.make_node("Cast", ["bf"], ["bi"], to=TensorProto.INT32),
+        helper.make_node("ConvInteger", ["xq", "w", "xz", "wz"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["bi", "shape"], ["br"]),
+        helper.make_node("Add", ["c", "br"], ["cb"]),
+        helper.make_node("Cast", ["cb"], ["cf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["cf", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int32_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 7])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array(131, np.uint8), "wz"),
+            numpy_helper.from_array(np.array(0.004, np.float32), "ws"),
+            numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.5, "b"),
+            numpy_helper.from_array(np.array([1, 4, 1, 1], np.int64), "shape"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+
+
+def test_an_int32_bias_add_runs_in_float_and_matches_onnxruntime():
+    """ConvInteger's int32 result plus an int32 bias, cast back to float: the add is done on
+    the float product and the floored bias (nothing is cast to int32 any more, once dead code
+    is gone), and the result equals onnxruntime's integer arithmetic."""
+    model = _int32_bias_conv()
+    after, changes = _unrolled(model, "lower_integer_ops")
+    assert changes == 1
+    after, _ = _unrolled(after, "eliminate_dead_code")
+    to = [helper.get_attribute_value(n.attribute[0]) for n in after.graph.node if n.op_type == "Cast"]
+    assert TensorProto.INT32 not in to, to
+    x = np.random.default_rng(3).standard_normal((1, 3, 6, 7)).astype(np.float32)
+    (got,), (want,) = _ort(after, {"x": x}), _ort(model, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_dynamic_quantized_model_builds_and_verifies(cli, dynamic_quantized, tmp_path):
     out = tmp_path / "out"
     r = cli(dynamic_quantized, "--target", "x86_64", "-o", out, "-q")

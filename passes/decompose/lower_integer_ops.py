@@ -4,7 +4,8 @@ them, after DynamicQuantizeLinear) as the float Conv and MatMul of the centred i
     ConvInteger(x, w, xz, wz)   =>  Cast(Conv(float(x) - float(xz), float(w - wz)), int32)
     MatMulInteger(a, b, az, bz) =>  Cast(MatMul(float(a) - float(az), float(b - bz)), int32)
 
-(a Cast of that int32 back to float reads the float product directly: _skip_round_trip).
+(a Cast of that int32 back to float reads the float product directly: _skip_round_trip; so
+does an integer bias add between the two Casts, in float: _bias_adds_in_float).
 
 The integers are exact in float32: an 8-bit value less its zero point fits in 9 bits, a product
 in 17, and a sum stays exact below 2^24 (256 products at the extremes, far more in practice).
@@ -82,6 +83,56 @@ def _skip_round_trip(result: ir.Value, product: ir.Value, float_casts: list[ir.N
         result.producer().graph.remove(result.producer(), safe=True)
 
 
+ROUNDING_OPS = ("Floor", "Ceil", "Round")
+
+
+def _integral_float(value: ir.Value | None, tape: ir.tape.Tape) -> ir.Value | None:
+    """A float32 value holding the integers of the int32 `value`, where the graph has one:
+    Cast(Floor(f), int32) is f's Floor (a bias that older onnxruntime quantize_dynamic divides
+    by the two scales at run time), through a Reshape; else None."""
+    if value is None or value.producer() is None:
+        return None
+    node = value.producer()
+    if node.op_type == "Reshape" and node.domain in ("", "ai.onnx"):
+        inner = _integral_float(node.inputs[0], tape)
+        if inner is None:
+            return None
+        attributes = {k: v for k, v in node.attributes.items()} or None
+        reshaped = tape.op("Reshape", [inner, node.inputs[1]], attributes)
+        reshaped.shape, reshaped.dtype = value.shape, ir.DataType.FLOAT
+        return reshaped
+    if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.INT32:
+        source = node.inputs[0]
+        rounding = source.producer() if source is not None else None
+        if rounding is not None and rounding.op_type in ROUNDING_OPS:
+            return source
+    return None
+
+
+def _bias_adds_in_float(result: ir.Value, product: ir.Value) -> None:
+    """Cast(Add(Cast(product, int32), Cast(Floor(b), int32)), float), the integer bias add of
+    older quantize_dynamic, as Add(product, Floor(b)) in float: the same integers, exact below
+    2^24 (a bias is far below that, its quantization step being the product of the scales)."""
+    for add, _ in list(result.uses()):
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            continue
+        casts = _float_casts(add.outputs[0])
+        if not casts or len(casts) != len(add.outputs[0].uses()):
+            continue
+        other = add.inputs[1] if add.inputs[0] is result else add.inputs[0]
+        tape = ir.tape.Tape()
+        bias = _integral_float(other, tape)
+        if bias is None:
+            continue
+        total = tape.op("Add", [product, bias])
+        total.shape, total.dtype = add.outputs[0].shape, ir.DataType.FLOAT
+        add.graph.insert_before(add, list(tape.nodes))
+        for cast in casts:
+            cast.outputs[0].replace_all_uses_with(total)
+            cast.graph.remove(cast, safe=True)
+        add.graph.remove(add, safe=True)
+
+
 @register_pass("lower_integer_ops")
 def lower_integer_ops(model: ir.Model) -> PassResult:
     """ConvInteger / MatMulInteger with constant weights => float Conv / MatMul, Cast to int32."""
@@ -105,6 +156,7 @@ def lower_integer_ops(model: ir.Model) -> PassResult:
         float_casts = _float_casts(node.outputs[0])
         replace_node(node, tape.nodes, [result])
         product.shape, product.dtype = result.shape, ir.DataType.FLOAT
+        _bias_adds_in_float(result, product)
         _skip_round_trip(result, product, float_casts)
         changes += 1
     return PassResult(model, changes)
