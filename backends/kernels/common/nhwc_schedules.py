@@ -50,10 +50,17 @@ def schedule_pack(sch, block):
 
 
 def _inline_producers(sch, block) -> None:
-    """Inline every block `block` reads, transitively, where TIR allows it."""
+    """Inline every block `block` reads, transitively, where TIR allows it, but for those
+    reading layout-free buffers (weights): MetaSchedule's layout rewrite of a weight read
+    inside the pack broke TVM's SplitLayoutRewritePreproc (a Winograd weight transform)."""
+    func = sch.mod["main"]
+    marked = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    free = {func.params[int(i)].name for i in (marked or ())}
     pending = list(sch.get_producers(block))
     while pending:
         producer = pending.pop()
+        if free & {r.source.name for r in sch.get(producer).reads}:
+            continue
         upstream = list(sch.get_producers(producer))
         try:
             sch.compute_inline(producer)
