@@ -209,7 +209,8 @@ def test_silu_after_winograd_and_narrow_heads_get_schedules_and_match(cli, tmp_p
 
 
 def _dynamically_quantized(tmp_path):
-    """x 1x8x16x32 -> Conv 3x3 pad 1 to 16 -> SiLU -> MaxPool 2 -> Conv 3x3 pad 1 -> Relu,
+    """x 1x1x32x64 -> Conv 3x3 stride 2 pad 1 to 24 -> SiLU -> MaxPool 2 -> Conv 3x3 pad 1 to
+    16 -> Relu,
     through onnxruntime's quantize_dynamic: each Conv is a DynamicQuantizeLinear (a range
     over all elements, a rounding), a ConvInteger, a Cast back to float, the scale and the
     bias (ddddocr's captcha model, opset 12, is this throughout)."""
@@ -217,20 +218,20 @@ def _dynamically_quantized(tmp_path):
 
     rng = np.random.default_rng(21)
     inits = [
-        random_initializer(rng, "w1", (16, 8, 3, 3)),
-        random_initializer(rng, "b1", (16,)),
-        random_initializer(rng, "w2", (16, 16, 3, 3)),
+        random_initializer(rng, "w1", (24, 1, 3, 3)),
+        random_initializer(rng, "b1", (24,)),
+        random_initializer(rng, "w2", (16, 24, 3, 3)),
         random_initializer(rng, "b2", (16,)),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Sigmoid", ["c1"], ["g1"]),
         helper.make_node("Mul", ["c1", "g1"], ["s1"]),
         helper.make_node("MaxPool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c2"], ["y"]),
     ]
-    source = _saved(tmp_path, "float", nodes, inits, [1, 8, 16, 32], [1, 16, 8, 16], opset=12)
+    source = _saved(tmp_path, "float", nodes, inits, [1, 1, 32, 64], [1, 16, 8, 16], opset=12)
     quantized = tmp_path / "dynamic.onnx"
     quantize_dynamic(str(source), str(quantized), op_types_to_quantize=["Conv"],
                      weight_type=QuantType.QUInt8)  # fmt: skip
@@ -240,7 +241,9 @@ def _dynamically_quantized(tmp_path):
 def test_dynamically_quantized_convs_stay_nhwc_get_schedules_and_match(cli, tmp_path):
     """A dynamic quantization's range, rounding and casts run on the NHWC values, its int32
     round trip is gone (lower_integer_ops), its scalars are not counted as recomputation,
-    the scale-bias-SiLU epilogue reads the Winograd sums once, and the last conv writes its
+    the scale-bias-SiLU epilogue reads the Winograd sums once (behind the direct kernel of
+    ddddocr's first conv, 24 channels in vectors of 32, it is within OUR_RECOMPUTE_LIMIT),
+    and the last conv writes its
     NCHW output as a separate copy: no kernel is left as plain loops (four were, at 1-17%
     of peak), two transposes are left (the input's and the output's), and the artifact
     equals onnxruntime."""
@@ -253,7 +256,7 @@ def test_dynamically_quantized_convs_stay_nhwc_get_schedules_and_match(cli, tmp_
     schedules = {k["name"]: k["schedule"] for k in report["kernels"]}
     assert not [name for name, how in schedules.items() if how == "loops"], schedules
     assert sum("transpose" in name for name in schedules) == 2, schedules
-    _matches_onnxruntime(cli, tmp_path, source, out, (1, 8, 16, 32))
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 1, 32, 64))
 
 
 def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
