@@ -259,9 +259,12 @@ def test_dynamically_quantized_convs_stay_nhwc_get_schedules_and_match(cli, tmp_
 
 
 def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
-    """The residual block's Winograd kernels and the small net's direct, depthwise and Gemm
-    kernels built for arm64 (4 lanes) equal onnxruntime, run under qemu by the build."""
-    for source in (_residual_block(tmp_path), _float_net(tmp_path), _silu_head(tmp_path)):
+    """The residual block's Winograd kernels, the small net's direct, depthwise and Gemm
+    kernels and the dynamically quantized net's (its rounding on NHWC values, its NCHW
+    output copy) built for arm64 (4 lanes) equal onnxruntime, run under qemu by the build."""
+    sources = (_residual_block(tmp_path), _float_net(tmp_path), _silu_head(tmp_path),
+               _dynamically_quantized(tmp_path))  # fmt: skip
+    for source in sources:
         out = tmp_path / f"arm-{source.stem}"
         r = cli(source, "--target", "arm64", "-o", out, "-q")
         assert r.code == 0, r.err
