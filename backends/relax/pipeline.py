@@ -216,11 +216,11 @@ def _scalars_inlined(func):
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         writes = sch.get(block).writes
-        if writes and all(all(int(d) == 1 for d in w.source.shape) for w in writes):
-            try:
+        try:
+            if writes and all(all(int(d) == 1 for d in w.source.shape) for w in writes):
                 sch.compute_inline(block)
-            except Exception:  # noqa: BLE001 - not inlinable (a reduction): counted as it is
-                pass
+        except Exception:  # noqa: BLE001 - a symbolic shape, or not inlinable: as it is
+            pass
     return sch.mod
 
 

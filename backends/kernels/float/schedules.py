@@ -225,12 +225,12 @@ def _inlining_copies(sch, block, final, keep=()) -> bool:
 
     trial = sch.copy()
     inline_between(trial, block, final, keep)
-    trial.compute_inline(block)
     try:
+        trial.compute_inline(block)
         return float(estimate_tir_flops(trial.mod)) > INLINED_COPIES * float(
             estimate_tir_flops(sch.mod)
         )
-    except Exception:  # noqa: BLE001 - no estimate: compute the sums once, which is safe
+    except Exception:  # noqa: BLE001 - not inlinable, or no estimate: compute the sums once
         return True
 
 
