@@ -583,6 +583,41 @@ def test_channel_shuffle_stays_nhwc_between_kernels(cli, tmp_path):
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 6, 6))
 
 
+def _grouped_shuffle_net(tmp_path):
+    """x 1x16x10x12 -> Conv (group 4) -> Relu -> ShuffleNet's channel shuffle of the 4
+    groups -> depthwise Conv 3x3 -> Conv (group 4)."""
+    rng = np.random.default_rng(10)
+    inits = [
+        random_initializer(rng, "w1", (32, 4, 1, 1)),
+        random_initializer(rng, "wd", (32, 1, 3, 3)),
+        random_initializer(rng, "w2", (16, 8, 1, 1)),
+        numpy_helper.from_array(np.array([1, 4, 8, 10, 12], np.int64), "grouped"),
+        numpy_helper.from_array(np.array([1, 32, 10, 12], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], group=4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "grouped"], ["g"]),
+        helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "flat"], ["s"]),
+        helper.make_node("Conv", ["s", "wd"], ["d"], group=32, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "w2"], ["y"], group=4),
+    ]
+    return _saved(tmp_path, "grouped_shuffle", nodes, inits, [1, 16, 10, 12], [1, 16, 10, 12])
+
+
+def test_grouped_conv_then_shuffle_is_one_interleaving_copy(cli, tmp_path):
+    """The grouped conv's outputs, each through the Relu, are written interleaved by one copy
+    kernel (no concatenation, no shuffle of its own); the artifact equals onnxruntime."""
+    source = _grouped_shuffle_net(tmp_path)
+    out = tmp_path / "out"
+    names = [k["name"] for k in _built(cli, tmp_path, source)["kernels"]]
+    assert sum(n.startswith("interleave_channels") for n in names) == 1, names
+    assert sum(n.startswith("concat_channels") for n in names) == 1, names  # the second conv's
+    assert not [n for n in names if "reshape" in n and "transpose" in n], names
+    _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 16, 10, 12))
+
+
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 def test_padded_average_pool_between_kernels_equals_onnxruntime(cli, tmp_path, count_include_pad):
     """Conv -> AveragePool 3x3 s2 pad 1 (a ShuffleNet shortcut) -> Conv: the pool is
@@ -693,6 +728,7 @@ def _functions(listing: str) -> dict[str, list[str]]:
     [
         (_layout_ops_net, ("concat_channels", "avg_pool2d_float", "conv2d_float"), True),
         (_grouped_net, ("conv2d_float",), True),
+        (_grouped_shuffle_net, ("interleave_channels", "conv2d_float"), True),
         (_attention_net, ("batch_matmul_float", "matmul_float", "softmax"), False),
     ],
 )
@@ -722,7 +758,7 @@ def test_arm64_layout_grouped_and_attention_kernels_use_neon_under_qemu(
     for prefix in kernels:
         bodies = [body for name, body in functions.items() if name.startswith(prefix)]
         assert bodies, (prefix, sorted(functions))
-        if prefix in ("concat_channels", "avg_pool2d_float"):
+        if prefix in ("concat_channels", "interleave_channels", "avg_pool2d_float"):
             continue  # data movement and one add per tap: checked by the result above
         for body in bodies:
             assert any(re.search(r"\bfmla\s+v\d+\.4s", line) for line in body), prefix

@@ -57,6 +57,9 @@ BROADCASTING_OPS = frozenset(
     {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
      "relax.minimum"}
 )  # fmt: skip
+# Activations between a grouped conv's concatenation and a channel shuffle, applied to each
+# group's output instead, so that the shuffle interleaves the groups (channel_interleave).
+SHUFFLED_ACTIVATIONS = frozenset({"relax.nn.relu", "relax.clip", "relax.nn.leakyrelu"})
 # Reductions over every axis: the same in any layout.
 FULL_REDUCTIONS = frozenset({"relax.max", "relax.min", "relax.sum", "relax.mean"})
 # TVM's ONNX importer emits Clip (opset 11+, bounds as inputs) as call_tir of TOPI's maximum
@@ -117,6 +120,10 @@ def rewrite(mod, lower: Callable):
     from tvm import relax
 
     from edgepress.backends.kernels.common import nhwc_layout_ops
+    from edgepress.backends.kernels.common.channel_concat import (
+        CONCAT_NAME,
+        emit_channel_interleave,
+    )
     from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
 
     @relax.expr_functor.mutator
@@ -287,10 +294,41 @@ def rewrite(mod, lower: Callable):
             want = (n, groups * per_group, h, w)
             if static_shape(x) != want or static_shape(binding.var) != want:
                 return False
+            fields = self.concatenated(self.nhwc[x], groups, per_group)
+            if fields is not None:
+                call = emit_channel_interleave(self.builder_, fields)
+                if call is not None:
+                    self.bind(binding.var, call)
+                    return True
             y = self.builder_.emit(relax.op.reshape(self.nhwc[x], (n, h, w, groups, per_group)))
             y = self.builder_.emit(relax.op.permute_dims(y, (0, 1, 2, 4, 3)))
             self.bind(binding.var, relax.op.reshape(y, (n, h, w, groups * per_group)))
             return True
+
+        def concatenated(self, y, groups: int, per_group: int):
+            """The NHWC values whose channel concatenation `y` is (through an activation,
+            applied here to each), where there are `groups` of `per_group` channels each: a
+            grouped conv's outputs (ShuffleNet's, before its shuffle). Else None."""
+            value = self.builder_.lookup_binding(y)
+            activation = None
+            if op_name(value) in SHUFFLED_ACTIVATIONS:
+                activation, value = value, self.builder_.lookup_binding(value.args[0])
+            if op_name(value) != "relax.call_tir" or not isinstance(value.args[1], relax.Tuple):
+                return None
+            if not value.args[0].name_hint.startswith(CONCAT_NAME):
+                return None
+            fields = list(value.args[1].fields)
+            if len(fields) != groups or any(
+                (static_shape(f) or (0,))[-1] != per_group for f in fields
+            ):
+                return None
+            if activation is not None:
+                rest = list(activation.args[1:])
+                fields = [
+                    self.builder_.emit(relax.Call(activation.op, [f, *rest], activation.attrs))
+                    for f in fields
+                ]
+            return fields
 
         def visit_var_binding_(self, binding) -> None:
             self.original[binding.var] = binding.value
