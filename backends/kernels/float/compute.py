@@ -47,13 +47,15 @@ def conv2d_nhwc(
     dilation: tuple[int, int],
     out_channels: int,
     out_width: int | None = None,
+    in_offset: int = 0,
 ):
     """conv2d of padded NHWC `xp` with packed weights (pack_conv_weight) plus `bias` [OC]
     (None: no bias): NHWC [N, OH, OW, out_channels]. Weights of rank 6 hold one packed weight
     per image of the batch ([N, OC/lanes, IC, KH, KW, lanes]: Winograd's 16 products, one per
     tile position). The accumulating block names float/schedules' rule. `out_width` < the
     columns `xp` gives: those beyond it are computed (float/schedules.padded_width: a row
-    length with a better tile) and dropped."""
+    length with a better tile) and dropped. The input channels read are `in_offset` onwards
+    (a group of a grouped conv, read in place rather than sliced out first)."""
     from tvm import te
 
     from edgepress.backends.kernels.float.schedules import RULE
@@ -73,10 +75,14 @@ def conv2d_nhwc(
             return weight[b, ob, rc, ry, rx, oi]
         return weight[ob, rc, ry, rx, oi]
 
+    # as written without an offset: the kernel's workload key (and the shipped tuning
+    # records) stay those of every ungrouped conv
+    channel = rc if in_offset == 0 else in_offset + rc
     acc = te.compute(
         (n, blocks, oh, ow, lanes),
         lambda b, ob, y, z, oi: te.sum(
-            xp[b, y * sh + ry * dh, z * sw + rx * dw, rc] * w(b, ob, oi), axis=[rc, ry, rx]
+            xp[b, y * sh + ry * dh, z * sw + rx * dw, channel] * w(b, ob, oi),
+            axis=[rc, ry, rx],
         ),
         name="conv_float",
         attrs={"schedule_rule": RULE},

@@ -319,12 +319,37 @@ def _emit_grouped(builder, conv: _Conv, x_nhwc, lanes: int):
     for group in range(groups):
         rows = slice(group * step_out, (group + 1) * step_out)
         part = replace(conv, weight=conv.weight[rows], bias=conv.bias[rows], groups=1)
-        channels = relax.op.strided_slice(
-            x_nhwc, axes=[3], begin=[group * step_in], end=[(group + 1) * step_in]
-        )
-        parts.append(builder.emit(_emit(builder, part, builder.emit(channels), lanes)))
+        if _reads_in_place(part, x_nhwc, lanes):  # no slice: one copy and one call less
+            call = _emit(builder, part, x_nhwc, lanes, in_offset=group * step_in)
+        else:
+            channels = relax.op.strided_slice(
+                x_nhwc, axes=[3], begin=[group * step_in], end=[(group + 1) * step_in]
+            )
+            call = _emit(builder, part, builder.emit(channels), lanes)
+        parts.append(builder.emit(call))
     joined = emit_channel_concat(builder, parts)
     return joined if joined is not None else relax.op.concat(parts, axis=3)
+
+
+def _reads_in_place(conv: _Conv, x_nhwc, lanes: int) -> bool:
+    """Whether the direct kernel takes `conv` (one group of a grouped conv) on `x_nhwc` as it
+    is, without padding it: then it reads the group's channels in place (a pad, Winograd's
+    transform or a depthwise or narrow kernel copies its input anyway)."""
+    return not (conv.winograd or conv.depthwise or _narrow(conv, lanes)) and not any(
+        _direct_padding(conv, x_nhwc, lanes)
+    )
+
+
+def _direct_padding(conv: _Conv, x_nhwc, lanes: int) -> tuple[int, int, int, int]:
+    """The direct kernel's padding of its input: the conv's own, and the columns that make a
+    row length with a better register tile (float/schedules.padded_width)."""
+    out_channels, in_channels, kh, kw = conv.weight.shape
+    width = int(x_nhwc.ty.shape[2])
+    top, left, bottom, right = conv.padding
+    out_width = output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])
+    blocks = -(-out_channels // lanes)
+    computed = padded_width(out_width, blocks, in_channels * kh * kw, lanes)
+    return (top, left, bottom, right + (computed - out_width) * conv.strides[1])
 
 
 def _narrow(conv: _Conv, lanes: int) -> bool:
@@ -344,8 +369,9 @@ def _narrow(conv: _Conv, lanes: int) -> bool:
     )
 
 
-def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
-    """The kernel's call on NHWC `x_nhwc` (the result is NHWC)."""
+def _emit(builder, conv: _Conv, x_nhwc, lanes: int, in_offset: int = 0):
+    """The kernel's call on NHWC `x_nhwc` (the result is NHWC); `in_offset`: the direct
+    kernel reads the input channels from there on (_reads_in_place)."""
     from tvm import relax
 
     if conv.groups != 1:
@@ -364,7 +390,7 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
             primfunc_name_hint="depthwise_conv2d_float",
             **common,
         )
-    out_channels, in_channels, kh, kw = conv.weight.shape
+    out_channels, _, _, kw = conv.weight.shape
     if _narrow(conv, lanes):
         return builder.call_te(
             narrow_pointwise,
@@ -374,11 +400,9 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
             primfunc_name_hint="narrow_matmul_float" if conv.matmul else "narrow_conv2d_float",
         )
     width = int(x_nhwc.ty.shape[2])
-    top, left, bottom, right = conv.padding
+    _, left, _, right = conv.padding
     out_width = output_size(width, left + right, kw, conv.strides[1], conv.dilation[1])
-    blocks = -(-out_channels // lanes)
-    computed = padded_width(out_width, blocks, in_channels * kh * kw, lanes)
-    padding = (top, left, bottom, right + (computed - out_width) * conv.strides[1])
+    padding = _direct_padding(conv, x_nhwc, lanes)
     if any(padding):
         x_nhwc = builder.emit(
             builder.call_te(pad_nhwc, x_nhwc, padding=padding, primfunc_name_hint="pad")
@@ -391,6 +415,7 @@ def _emit(builder, conv: _Conv, x_nhwc, lanes: int):
         out_channels=out_channels,
         out_width=out_width,
         primfunc_name_hint="matmul_float" if conv.matmul else "conv2d_float",
+        in_offset=in_offset,
         **common,
     )
 
