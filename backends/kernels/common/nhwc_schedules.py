@@ -8,6 +8,7 @@ while they stay the same.
 
 from __future__ import annotations
 
+from edgepress.backends.kernels.common.tir_walk import sblocks
 from edgepress.backends.kernels.common.tiles import (
     DEPTHWISE_ACCUMULATORS,
     STACK_ALLOCA_BYTES,
@@ -52,8 +53,15 @@ def schedule_pack(sch, block):
 def _inline_producers(sch, block) -> None:
     """Inline every block `block` reads, transitively, where TIR allows it, but for those
     reading layout-free buffers (weights): MetaSchedule's layout rewrite of a weight read
-    inside the pack broke TVM's SplitLayoutRewritePreproc (a Winograd weight transform)."""
+    inside the pack broke TVM's SplitLayoutRewritePreproc (a Winograd weight transform).
+    Nothing is inlined where another block names a rule: the pack then pads a kernel's
+    output (a conv's, with its epilogue), which that kernel's rule schedules."""
     func = sch.mod["main"]
+    own = sch.get(block)
+    if any(
+        "schedule_rule" in b.annotations and not b.same_as(own) for b in sblocks(func)
+    ):
+        return
     marked = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
     free = {func.params[int(i)].name for i in (marked or ())}
     pending = list(sch.get_producers(block))
