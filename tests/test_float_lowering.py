@@ -244,8 +244,8 @@ def test_dynamically_quantized_convs_stay_nhwc_get_schedules_and_match(cli, tmp_
     the scale-bias-SiLU epilogue reads the Winograd sums once (behind the direct kernel of
     ddddocr's first conv, 24 channels in vectors of 32, it is within OUR_RECOMPUTE_LIMIT),
     and the last conv writes its NCHW output as a separate copy: no kernel is left as plain
-    loops (four were, at 1-17% of peak), two transposes are left (the input's and the
-    output's), and the artifact equals onnxruntime."""
+    loops (two were: the first conv's input quantization and its epilogue), two transposes
+    are left (the input's and the output's), and the artifact equals onnxruntime."""
     source = _dynamically_quantized(tmp_path)
     assert "ConvInteger" in {n.op_type for n in onnx.load(source).graph.node}
     out = tmp_path / "out"
