@@ -121,7 +121,7 @@ def schedule_conv2d_float(sch, block):
         sch.reverse_compute_at(final, z_o, preserve_unit_loops=True)
         unroll_epilogue(sch, final, lanes)
     if pad is not None:
-        _schedule_pad(sch, pad)
+        _schedule_copy(sch, pad)
     sch.parallel(sch.fuse(b, ob_o, y))
     # The root is kept out of MetaSchedule's other rules (whose vectorizing would take the
     # unrolled tile loops); this rule does the function's parallel loop itself.
@@ -138,18 +138,26 @@ def _pads(sch, conv, final) -> bool:
     every border pixel was unrolled into each tile: a PP-OCR classifier's codegen ran out of
     memory), so it stays a loop nest of its own behind the epilogue."""
     out = sch.get_consumers(conv)
-    if not out or sch.get(final).same_as(sch.get(out[0])):
+    return bool(out) and _copies_behind(sch, out[0], final)
+
+
+def _copies_behind(sch, kernel_output, final) -> bool:
+    """Whether `final`, the last block behind a kernel's output block, writes another shape
+    (the next layer's padding, an NCHW transpose) from that one block: a copy
+    (_schedule_copy), not part of the kernel's epilogue."""
+    if sch.get(final).same_as(sch.get(kernel_output)):
         return False
 
     def shape(block) -> list[int]:
         return [int(d) for d in sch.get(block).writes[0].source.shape]
 
-    return shape(final) != shape(out[0]) and len(sch.get_producers(final)) == 1
+    return shape(final) != shape(kernel_output) and len(sch.get_producers(final)) == 1
 
 
-def _schedule_pad(sch, pad) -> None:
-    """The padding copy: rows in parallel, channels vectorized where they fill a vector."""
-    b, y, *_, c = sch.get_loops(pad)
+def _schedule_copy(sch, copy) -> None:
+    """A copy behind a kernel (_copies_behind): its two outer loops (the rows; an NCHW copy's
+    channels) in parallel, the innermost vectorized where it fills a vector."""
+    b, y, *_, c = sch.get_loops(copy)
     sch.parallel(sch.fuse(b, y))
     extent = int(sch.get(c).extent)
     lanes = next((v for v in (16, 8, 4) if extent % v == 0), None)
@@ -249,8 +257,8 @@ def schedule_winograd_transform(sch, block):
     and bias before the SiLU: _inlining_copies)."""
     final = last_consumer(sch, block)
     sums = tail = None
-    if final is not None and _extents(sch, final) != _extents(sch, block):
-        tail, final = final, sch.get_producers(final)[0]  # an NCHW copy at the end
+    if final is not None and _copies_behind(sch, block, final):
+        tail, final = final, sch.get_producers(final)[0]  # an NCHW transpose, a pad
     keep = () if tail is None else (tail,)
     if final is not None and not sch.get(final).same_as(sch.get(block)):
         # the output transform, and a residual add, relu or SiLU behind it
@@ -293,23 +301,6 @@ def schedule_winograd_transform(sch, block):
         sch.annotate(block, "meta_schedule.inline_rule", "disable")
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
-
-
-def _extents(sch, block) -> tuple[int, ...]:
-    return tuple(int(sch.get(loop).extent) for loop in sch.get_loops(block))
-
-
-def _schedule_copy(sch, block) -> None:
-    """A transposing copy after a kernel (the NHWC result back to NCHW where the graph leaves
-    the kernels: a model output, a reshape into a sequence): its rows in parallel, each row
-    one vector loop. Inlined into the kernel's epilogue it made that loop over the wrong axis
-    (a conv's NCHW output at 4% of peak); left alone, one thread of plain loops."""
-    *outer, inner = sch.get_loops(block)
-    sch.parallel(sch.fuse(*outer))
-    extent = int(sch.get(inner).extent)
-    lanes = next(v for v in (16, 8, 4, 1) if extent % v == 0)
-    if lanes > 1:
-        sch.vectorize(sch.split(inner, [None, lanes])[1])
 
 
 def schedule_narrow_pointwise(sch, block):
