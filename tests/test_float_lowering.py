@@ -467,6 +467,42 @@ def test_a_sample_that_recomputes_a_reduction_is_refused():
     assert float(estimate_tir_flops(mod)) <= RECOMPUTE_LIMIT * before
 
 
+def test_a_sample_that_only_inlines_a_tanh_gelu_is_kept():
+    """A tanh-GELU before a max over the sequence (magika's conv epilogue): fast_tanh reads
+    its clipped input once per term of its polynomial, so the sample's inlining puts 5.9x the
+    function's FLOPs in the estimate (copies of one expression, which common-subexpression
+    elimination removes). sample_schedules keeps that sample (it went to plain loops on one
+    thread), and the built function equals numpy."""
+    import tvm
+    from tvm import te, topi
+
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    x = te.placeholder((1, 64, 508), "float32", name="x")
+    b = te.placeholder((1, 64, 1), "float32", name="b")
+    a = topi.add(x, b)
+    cube = topi.multiply(a, topi.multiply(a, topi.multiply(0.044715, a)))
+    inner = topi.multiply(0.7978846, topi.add(a, cube))
+    gelu = topi.multiply(a, topi.multiply(0.5, topi.add(1.0, topi.fast_tanh(inner))))
+    out = topi.max(gelu, axis=2, keepdims=True)
+    mod = tvm.IRModule({"main": te.create_prim_func([x, b, out])})
+    mod, done = sample_schedules(mod, target, describe(target), {"main"})
+    assert done == {"main"}
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(1, 64, 508)).astype(np.float32)
+    bs = rng.normal(size=(1, 64, 1)).astype(np.float32)
+    host = tvm.target.Target({"kind": "llvm"})
+    lib = tvm.compile(mod, target=host)
+    got = tvm.runtime.empty((1, 64, 1), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(bs), got)
+    v = (xs + bs).astype(np.float64)
+    want = (0.5 * v * (1 + np.tanh(0.7978846 * (v + 0.044715 * v**3)))).max(axis=2, keepdims=True)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
 def _built(cli, tmp_path, source) -> dict:
     """The report of `source` built for this machine into tmp_path/out (the build checks the
     artifact against onnxruntime too)."""
