@@ -63,6 +63,37 @@ def test_remove_no_ops_keeps_a_graph_output_name_when_removing_its_producer():
     assert ops(after) == {"Relu": 1} and after.graph.node[0].output[0] == "y"
 
 
+def test_remove_no_ops_drops_a_slice_of_everything_and_keeps_a_reversal_and_a_crop():
+    """tf2onnx's masked strided slice (every element, steps of 1) goes; a Slice with step -1
+    (same shape, reversed) and one that crops stay, and the numbers are onnxruntime's."""
+    big = np.iinfo(np.int64).max
+    proto = model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3,4] x) => (float[2,3,4] y, float[2,3,4] r, float[2,3,3] c) {
+          s = Slice (x, zeros, ends, axes, ones)
+          y = Relu (s)
+          r = Slice (x, last, first, two, back)
+          c = Slice (x, zero1, three, two)
+        }
+        """,
+        {
+            "zeros": np.zeros(3, np.int64),
+            "ends": np.full(3, big, np.int64),
+            "axes": np.arange(3, dtype=np.int64),
+            "ones": np.ones(3, np.int64),
+            "last": np.array([-1], np.int64),
+            "first": np.array([-big], np.int64),
+            "two": np.array([2], np.int64),
+            "back": np.array([-1], np.int64),
+            "zero1": np.array([0], np.int64),
+            "three": np.array([3], np.int64),
+        },
+    )
+    after = check_pass("remove_no_ops", proto, changes=1, **EXACT)
+    assert ops(after) == {"Relu": 1, "Slice": 2}
+
+
 def test_eliminate_dead_code_removes_unread_nodes_and_initializers():
     proto = model(
         """

@@ -1,8 +1,8 @@
 """remove_no_ops: operators that pass their input through, and pairs that cancel.
 
 Identity; Dropout at inference (training_mode absent or constant false, mask unused); Cast to
-the input's own type; Reshape and Expand to the input's own static shape; Transpose with the
-identity permutation. Pairs: Transpose -> Transpose (composed; dropped when the composition is
+the input's own type; Reshape, Expand and Slice (positive steps) to the input's own static
+shape; Transpose with the identity permutation. Pairs: Transpose -> Transpose (composed; dropped when the composition is
 the identity), Cast -> Cast (the first dropped when it cannot change values), Reshape -> Reshape
 (the first dropped). Each becomes an Identity, then onnx-ir's IdentityEliminationPass removes
 the Identities (keeping graph output names).
@@ -75,7 +75,37 @@ class NoOpReshape(pattern.RewriteRuleClassBase):
         return op.Identity(x)
 
 
+class NoOpSlice(pattern.RewriteRuleClassBase):
+    """Slice(x, starts, ends[, axes[, steps]]) whose output has x's own static shape, with
+    constant positive steps => Identity(x): it takes every element in order (tf2onnx writes a
+    Keras strided slice with masked bounds around every Conv1D)."""
+
+    def pattern(self, op, x, starts, ends):
+        return op.Slice(x, starts, ends, _allow_other_inputs=True, _outputs=["y"])
+
+    def check(self, context, x, starts, ends, y, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        before, after = _static_shape(x), _static_shape(y)
+        if before is None or after is None:
+            return result.fail("input or output shape is not static")
+        if before != after:
+            return result.fail(f"slices {before} to {after}")
+        node = y.producer()
+        steps = node.inputs[4] if len(node.inputs) > 4 else None
+        if steps is not None:
+            known = steps.const_value
+            if known is None:
+                return result.fail("its steps are not constant")
+            if (np.asarray(known.numpy()) <= 0).any():
+                return result.fail("a negative step reverses an axis")
+        return result
+
+    def rewrite(self, op, x, **_):
+        return op.Identity(x)
+
+
 RULES = [
+    NoOpSlice.rule(),
     no_op_cast_rule,
     no_op_expand_rule,
     no_op_transpose_rule,
