@@ -275,6 +275,59 @@ def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
         assert all(layer["kernel"] for layer in report["float_conv"]["layers"])
 
 
+def _sequence_net(tmp_path):
+    """x 1x16x40 (a sequence of 40 steps) -> Conv1d to 32, kernel 3, pad 1 -> + a [32, 1]
+    constant -> x * tanh(x) -> Unsqueeze to [1, 32, 40, 1] -> an identity Slice (tf2onnx's
+    masked strided slice) -> Conv 5x1 to 24 (tf2onnx's Keras Conv1D) -> identity Slice ->
+    Squeeze to [1, 24, 36] -> Relu -> GlobalMaxPool: magika's layers, and PyTorch's Conv1d."""
+    rng = np.random.default_rng(11)
+    big = np.iinfo(np.int64).max
+    inits = [
+        random_initializer(rng, "w1", (32, 16, 3)),
+        random_initializer(rng, "b1", (32,)),
+        random_initializer(rng, "shift", (32, 1)),
+        random_initializer(rng, "w2", (24, 32, 5, 1)),
+        numpy_helper.from_array(np.array([3], np.int64), "last"),
+        numpy_helper.from_array(np.zeros(4, np.int64), "starts"),
+        numpy_helper.from_array(np.full(4, big, np.int64), "ends"),
+        numpy_helper.from_array(np.arange(4, dtype=np.int64), "axes"),
+        numpy_helper.from_array(np.ones(4, np.int64), "steps"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1]),
+        helper.make_node("Add", ["c1", "shift"], ["a1"]),
+        helper.make_node("Tanh", ["a1"], ["t1"]),
+        helper.make_node("Mul", ["a1", "t1"], ["g1"]),
+        helper.make_node("Unsqueeze", ["g1", "last"], ["u"]),
+        helper.make_node("Slice", ["u", "starts", "ends", "axes", "steps"], ["s1"]),
+        helper.make_node("Conv", ["s1", "w2"], ["c2"]),
+        helper.make_node("Slice", ["c2", "starts", "ends", "axes", "steps"], ["s2"]),
+        helper.make_node("Squeeze", ["s2", "last"], ["q"]),
+        helper.make_node("Relu", ["q"], ["r"]),
+        helper.make_node("GlobalMaxPool", ["r"], ["y"]),
+    ]
+    return _saved(tmp_path, "sequence", nodes, inits, [1, 16, 40], [1, 24, 1])
+
+
+def test_sequence_convs_stay_channels_last_fuse_their_epilogues_and_match(cli, tmp_path):
+    """A 1-D conv's [N, C, L] values stay channels-last between the kernels: no transpose but
+    the input's, each conv's epilogue (the tanh, the relu) fused into its kernel, the global
+    max pool over the sequence as one spatial_max kernel, nothing in plain loops, and the
+    artifact equals onnxruntime. Before, each Squeeze and Unsqueeze put a transpose between
+    the kernels (magika: 0.62 ms of its 8), and its epilogue ran as a kernel of its own."""
+    source = _sequence_net(tmp_path)
+    out = tmp_path / "out"
+    report = _built(cli, tmp_path, source)
+    assert all(layer["kernel"] for layer in report["float_conv"]["layers"])
+    schedules = {k["name"]: k["schedule"] for k in report["kernels"]}
+    assert not [name for name, how in schedules.items() if how == "loops"], schedules
+    assert sum("transpose" in name for name in schedules) <= 1, schedules
+    convs = [n for n in schedules if n.startswith("fused_conv2d_float")]
+    assert any("tanh" in n for n in convs) and any("relu" in n for n in convs), schedules
+    assert any(n.startswith("spatial_max") for n in schedules), schedules
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, 40))
+
+
 def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
     """19 columns have no divisor for a register tile: the convs compute 21 (7 x 2 tiles) and
     drop 2 (float_schedules.padded_width); 19 x 19 = 361 Winograd tiles have none either, so
@@ -770,6 +823,7 @@ def _functions(listing: str) -> dict[str, list[str]]:
         (_grouped_net, ("conv2d_float",), True),
         (_grouped_shuffle_net, ("interleave_channels", "conv2d_float"), True),
         (_attention_net, ("batch_matmul_float", "matmul_float", "softmax"), False),
+        (_sequence_net, ("fused_conv2d_float",), True),
     ],
 )
 def test_arm64_layout_grouped_and_attention_kernels_use_neon_under_qemu(

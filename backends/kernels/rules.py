@@ -100,7 +100,7 @@ RULES: tuple[KernelRule, ...] = (
     ),
     KernelRule(
         nhwc_schedules.MEAN_RULE,
-        (nhwc_compute.spatial_mean,),
+        (nhwc_compute.spatial_mean, nhwc_compute.spatial_reduce),
         nhwc_schedules.schedule_spatial_mean,
         declines=_rank(4),
     ),

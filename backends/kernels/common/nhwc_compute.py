@@ -224,6 +224,24 @@ def spatial_mean(x, *, keepdims: bool):
     return te.compute((n, channels), lambda b, c: total[b, c] / count)
 
 
+def spatial_reduce(x, *, kind: str):
+    """The max, min or sum over the rows and columns of NHWC `x`, as [N, C]: a global max
+    pool (magika's over its byte sequence: TVM's max over the NCW axis ran the sequence
+    innermost, one element at a time). Scheduled as spatial_mean's sum (MEAN_RULE)."""
+    from tvm import te
+
+    n, height, width, channels = (int(d) for d in x.shape)
+    ry = te.reduce_axis((0, height), name="ry")
+    rx = te.reduce_axis((0, width), name="rx")
+    reducer = {"max": te.max, "min": te.min, "sum": te.sum}[kind]
+    return te.compute(
+        (n, channels),
+        lambda b, c: reducer(x[b, ry, rx, c], axis=[ry, rx]),
+        name=f"spatial_{kind}",
+        attrs={"schedule_rule": MEAN_RULE},
+    )
+
+
 def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
     """NHWC `x` with zero rows and columns around it (top, left, bottom, right): the conv
     kernel reads every tap without a test. nhwc_schedules' pack rule cuts the border off, so

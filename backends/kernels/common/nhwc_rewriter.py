@@ -66,6 +66,25 @@ FULL_REDUCTIONS = frozenset({"relax.max", "relax.min", "relax.sum", "relax.mean"
 # and minimum PrimFuncs, named so: they run as the Relax ops of the same name.
 ELEMENTWISE_PRIMFUNCS = ("maximum", "minimum")
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+# A sequence model's 1-D conv (conv_along_width's reshapes around a 2-D one) leaves rank-3
+# [N, C, L] values between kernels; the kernels have them as [N, 1, L, C], a row of L pixels:
+# the bytes of the conv's own NHWC output, so what follows it fuses into it.
+CHANNELS_LAST_RANKS = (3, 4)
+# Reshapes whose channels-last value is a reshape too, where they keep N and C in front.
+RESHAPE_OPS = frozenset({"relax.reshape", "relax.squeeze", "relax.expand_dims"})
+# Reductions over the spatial axes of a channels-last value (a global max pool, a global
+# average pool), as edgepress's per-channel-vector kernel (nhwc_compute.spatial_reduce).
+SPATIAL_REDUCTIONS = {"relax.max": "max", "relax.min": "min", "relax.sum": "sum"}
+
+
+def channels_last_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the kernels have an [N, C, H, W] or [N, C, L] value in: [N, H, W, C] or
+    [N, 1, L, C]."""
+    if len(shape) == 3:
+        n, c, length = shape
+        return (n, 1, length, c)
+    n, c, h, w = shape
+    return (n, h, w, c)
 
 
 def op_name(expr) -> str | None:
@@ -124,7 +143,7 @@ def rewrite(mod, lower: Callable):
         CONCAT_NAME,
         emit_channel_interleave,
     )
-    from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
+    from edgepress.backends.kernels.common.nhwc_compute import spatial_mean, spatial_reduce
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -132,6 +151,7 @@ def rewrite(mod, lower: Callable):
             super().__init__(mod)
             self.nhwc: dict = {}
             self.nhwc_tuples: dict = {}  # a split's NCHW tuple -> its NHWC tuple
+            self.reshaped: dict = {}  # an NHWC reshape (reshape_in_nhwc's) -> what it reshapes
             self.original: dict = {}  # the function's own bindings seen so far: var -> value
 
         def to_nhwc(self, x):
@@ -146,24 +166,36 @@ def rewrite(mod, lower: Callable):
                 return self.builder_.emit(value)
             return self.builder_.emit_output(value)
 
-        def bind(self, var, value_nhwc) -> None:
-            """`var` is now the NCHW transpose of `value_nhwc` (an NHWC kernel's call)."""
-            nhwc = self.builder_.emit(value_nhwc)
-            nchw = self.emit_as(var, relax.op.permute_dims(nhwc, TO_NCHW))
+        def bind(self, var, value_nhwc):
+            """`var` is now the NCHW transpose of `value_nhwc` (an NHWC kernel's call, or a
+            value bound already); for a rank-3 `var`, reshaped from [N, C, 1, L]. Returns the
+            NHWC var."""
+            nhwc = value_nhwc
+            if not isinstance(nhwc, relax.Var):
+                nhwc = self.builder_.emit(value_nhwc)
+            nchw = relax.op.permute_dims(nhwc, TO_NCHW)
+            shape = static_shape(var)
+            if shape is not None and len(shape) == 3:
+                nchw = relax.op.reshape(self.builder_.emit(nchw), shape)
+            nchw = self.emit_as(var, nchw)
             self.nhwc[nchw] = nhwc
             self.set_var_remap(var, nchw)
+            return nhwc
 
         def elementwise_in_nhwc(self, binding) -> bool:
             shape = getattr(binding.var.ty, "shape", None)
             found = _elementwise_call(binding.value)
-            if found is None or len(shape or ()) != 4:
+            ndim = len(shape or ())
+            if found is None or ndim not in CHANNELS_LAST_RANKS:
                 return False
             op, args, attrs = found
             args = [self.visit_expr(a) for a in args]
             if not any(a in self.nhwc for a in args):
                 return False
+            if any(a in self.nhwc and int(a.ty.ndim) != ndim for a in args):
+                return False
             if op.name in BROADCASTING_OPS:
-                args = [self.broadcast_nhwc(a) for a in args]
+                args = [self.broadcast_nhwc(a, ndim) for a in args]
                 if any(a is None for a in args):
                     return False
             elif not all(a in self.nhwc or is_scalar(a) for a in args):
@@ -172,17 +204,21 @@ def rewrite(mod, lower: Callable):
             self.bind(binding.var, relax.Call(op, args, attrs))
             return True
 
-        def broadcast_nhwc(self, x):
-            """An operand of a broadcasting op in NHWC: as it is (NHWC already, or one
-            element), transposed (rank 4) or reshaped to rank 4 and transposed; None for a
-            shape that is not static."""
+        def broadcast_nhwc(self, x, ndim: int = 4):
+            """An operand of a broadcasting op of rank `ndim` as the kernels have it: as it
+            is (NHWC already, or one element), else reshaped to rank `ndim` as NumPy reads it
+            (and a rank-3 [a, b, c] to [a, b, 1, c]) and transposed; None for a shape that is
+            not static."""
             if x in self.nhwc or is_scalar(x):
                 return x
             shape = static_shape(x)
-            if shape is None or len(shape) > 4:
+            if shape is None or len(shape) > ndim:
                 return None
-            if len(shape) < 4:
-                x = self.builder_.emit(relax.op.reshape(x, (1,) * (4 - len(shape)) + shape))
+            shape = (1,) * (ndim - len(shape)) + shape
+            if ndim == 3:
+                shape = (*shape[:2], 1, shape[2])
+            if shape != static_shape(x):
+                x = self.builder_.emit(relax.op.reshape(x, shape))
             return self.builder_.emit(relax.op.permute_dims(x, TO_NHWC))
 
         def full_reduction_of_nhwc(self, binding) -> bool:
@@ -194,37 +230,77 @@ def rewrite(mod, lower: Callable):
             x = self.visit_expr(value.args[0])
             axes = value.attrs.axis
             ndim = getattr(x.ty, "ndim", -1)
-            if x not in self.nhwc or ndim != 4:
+            if x not in self.nhwc or ndim not in CHANNELS_LAST_RANKS:
                 return False
-            if axes is not None and sorted(int(a) % ndim for a in axes) != [0, 1, 2, 3]:
+            if axes is not None and sorted(int(a) % ndim for a in axes) != list(range(ndim)):
                 return False
             call = relax.Call(value.op, [self.nhwc[x]], value.attrs)
             self.set_var_remap(binding.var, self.emit_as(binding.var, call))
             return True
 
-        def spatial_mean_in_nhwc(self, binding) -> bool:
-            """A global average pool (mean over H and W) of a value the kernels have in NHWC:
-            the mean over its rows and columns, no transpose. With keepdims, [N, 1, 1, C]
-            and [N, C, 1, 1] are the same bytes, so the NCHW value is a reshape."""
+        def spatial_reduction_in_nhwc(self, binding) -> bool:
+            """A global average or max pool (mean, max, min or sum over every spatial axis)
+            of a value the kernels have channels-last: the reduction over its pixels, channels
+            innermost (nhwc_compute's spatial_mean, spatial_reduce), no transpose. With
+            keepdims, [N, 1, ..., C] and [N, C, 1, ...] are the same bytes, so the NCHW value
+            is a reshape."""
             value = binding.value
-            if op_name(value) != "relax.mean" or value.attrs.axis is None:
+            name = op_name(value)
+            if name != "relax.mean" and name not in SPATIAL_REDUCTIONS:
+                return False
+            if value.attrs.axis is None:
                 return False
             x = self.visit_expr(value.args[0])
-            if x not in self.nhwc or sorted(int(a) % 4 for a in value.attrs.axis) != [2, 3]:
+            ndim = getattr(x.ty, "ndim", -1)
+            if x not in self.nhwc or ndim not in CHANNELS_LAST_RANKS:
+                return False
+            if sorted(int(a) % ndim for a in value.attrs.axis) != list(range(2, ndim)):
                 return False
             keepdims = bool(value.attrs.keepdims)
-            mean = self.builder_.emit(
-                self.builder_.call_te(
+            if name == "relax.mean":  # [N, 1, 1, C] with keepdims: rank 3's [N, C, 1] too
+                call = self.builder_.call_te(
                     spatial_mean, self.nhwc[x], keepdims=keepdims, primfunc_name_hint="mean"
                 )
-            )
+            else:
+                kind = SPATIAL_REDUCTIONS[name]
+                call = self.builder_.call_te(
+                    spatial_reduce, self.nhwc[x], kind=kind, primfunc_name_hint=f"spatial_{kind}"
+                )
+            reduced = self.builder_.emit(call)
+            n, c = int(reduced.ty.shape[0]), int(reduced.ty.shape[-1])
             if not keepdims:  # [N, C] either way
-                self.set_var_remap(binding.var, self.emit_as(binding.var, mean))
+                self.set_var_remap(binding.var, self.emit_as(binding.var, reduced))
                 return True
-            n, _, _, c = (int(d) for d in mean.ty.shape)
-            nchw = self.emit_as(binding.var, relax.op.reshape(mean, (n, c, 1, 1)))
-            self.nhwc[nchw] = mean
+            if int(reduced.ty.ndim) != 4:
+                reduced = self.builder_.emit(relax.op.reshape(reduced, (n, 1, 1, c)))
+            nchw = relax.op.reshape(reduced, (n, c, *(1,) * (ndim - 2)))
+            nchw = self.emit_as(binding.var, nchw)
+            self.nhwc[nchw] = reduced
             self.set_var_remap(binding.var, nchw)
+            return True
+
+        def reshape_in_nhwc(self, binding) -> bool:
+            """A reshape, squeeze or unsqueeze of a value the kernels have NHWC that keeps N
+            and C in front and only relabels the spatial axes (a 1-D conv's [N, C, 1, L] <->
+            [N, C, L], conv_along_width's): the same pixels in the same order, so a reshape of
+            the NHWC value, or that value itself where the shapes agree (the conv's output,
+            whose epilogue then fuses into it)."""
+            value = binding.value
+            if op_name(value) not in RESHAPE_OPS:
+                return False
+            x = self.visit_expr(value.args[0])
+            before, after = static_shape(x), static_shape(binding.var)
+            if x not in self.nhwc or before is None or after is None:
+                return False
+            if len(before) not in CHANNELS_LAST_RANKS or len(after) not in CHANNELS_LAST_RANKS:
+                return False
+            if before[:2] != after[:2]:
+                return False
+            origin = self.reshaped.get(self.nhwc[x], self.nhwc[x])
+            target = channels_last_shape(after)
+            same = static_shape(origin) == target
+            nhwc = self.bind(binding.var, origin if same else relax.op.reshape(origin, target))
+            self.reshaped[nhwc] = origin
             return True
 
         def layout_op_in_nhwc(self, binding) -> bool:
@@ -335,10 +411,11 @@ def rewrite(mod, lower: Callable):
             if not (
                 lower(self, binding)
                 or self.elementwise_in_nhwc(binding)
-                or self.spatial_mean_in_nhwc(binding)
+                or self.spatial_reduction_in_nhwc(binding)
                 or self.full_reduction_of_nhwc(binding)
                 or self.layout_op_in_nhwc(binding)
                 or self.channel_shuffle_in_nhwc(binding)
+                or self.reshape_in_nhwc(binding)
             ):
                 super().visit_var_binding_(binding)
 
