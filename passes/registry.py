@@ -23,12 +23,13 @@ PASSES: dict[str, PassFn] = {}
 
 # The order `compress` runs when --passes is not given: fold shapes and constants first (the
 # fusions need static shapes and constant operands), resolve sequences of known length into
-# their tensors, unroll recurrent layers (their step count
-# is a static shape), compute integer ops in float (TVM imports neither) and take nearest
-# Resizes TVM maps wrongly as Gathers, drop what does nothing, then fuse (BN before the per-channel affine fold, which would otherwise take BN's
-# decomposed form), turn 1-D convs along the width and stride-sized ConvTransposes into 1x1
-# Convs (after the fusions that match a Conv's consumers), then simplify Pow (after the fusions, whose patterns match it) and clean up
-# what the fusions left.
+# their tensors, unroll recurrent layers (their step count is a static shape), compute integer
+# ops in float (TVM imports neither) and take nearest Resizes TVM maps wrongly as Gathers, drop
+# what does nothing, read one-hot products as lookups, then fuse (BN before the per-channel
+# affine fold, which would otherwise take BN's decomposed form), turn 1-D convs along the width
+# and stride-sized ConvTransposes into 1x1 Convs (after the fusions that match a Conv's
+# consumers), then simplify Pow (after the fusions, whose patterns match it) and clean up what
+# the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
     "resolve_sequences",
@@ -37,6 +38,7 @@ DEFAULT_PIPELINE: list[str] = [
     "gather_nearest_resize",
     "sum_as_add",
     "remove_no_ops",
+    "one_hot_matmul_as_gather",
     "fuse_conv_bn",
     "fold_conv_affine",
     "conv_along_width",

@@ -307,3 +307,48 @@ def test_resolve_sequences_leaves_run_time_positions():
     after = ir.to_proto(result.model)
     onnx.checker.check_model(after, full_check=True)
     assert result.changes == 0 and "SequenceInsert" in {n.op_type for n in after.graph.node}
+
+
+def _one_hot_model(classes: np.ndarray, opset: int = 17) -> onnx.ModelProto:
+    """bytes int32 [2, 6] -> Reshape [2, 6, 1] -> Equal with `classes` -> Cast float ->
+    MatMul with a [5, 3] matrix: jax.nn.one_hot then a dense layer (magika's first layer)."""
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["bytes", "column"], ["b"]),
+            helper.make_node("Equal", ["classes", "b"], ["hot"]),
+            helper.make_node("Cast", ["hot"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["f", "w"], ["y"]),
+        ],
+        "one_hot",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 3])],
+        [
+            numpy_helper.from_array(np.array([2, 6, 1], np.int64), "column"),
+            numpy_helper.from_array(classes.astype(np.int32).reshape(1, 1, -1), "classes"),
+            numpy_helper.from_array(rng.standard_normal((5, 3)).astype(np.float32), "w"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_one_hot_matmul_is_a_lookup_equal_to_onnxruntime(opset):
+    """The one-hot product becomes a Gather (no Equal, Cast or MatMul left) whose rows equal
+    onnxruntime's product exactly, indices outside the classes (-1, 5, 7) reading zeros."""
+    model = _one_hot_model(np.arange(5), opset)
+    after, changes = _unrolled(model, "one_hot_matmul_as_gather")
+    assert changes == 1
+    kinds = {n.op_type for n in after.graph.node}
+    assert "Gather" in kinds and not kinds & {"Equal", "Cast", "MatMul"}
+    feeds = {"bytes": np.array([[0, 1, 2, 3, 4, -1], [5, 7, 4, 4, 0, 2]], np.int32)}
+    (got,), (want,) = _ort(after, feeds), _ort(model, feeds)
+    np.testing.assert_array_equal(got, want)
+    assert not want[0, 5].any() and not want[1, :2].any()
+
+
+def test_one_hot_against_other_classes_stays_a_product():
+    """Classes that are not 0..V-1 in order are no one-hot of the rows: nothing changes."""
+    model = _one_hot_model(np.array([0, 2, 1, 3, 4]))
+    after, changes = _unrolled(model, "one_hot_matmul_as_gather")
+    assert changes == 0 and "MatMul" in {n.op_type for n in after.graph.node}
