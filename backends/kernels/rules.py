@@ -64,10 +64,10 @@ def _no_interior(sch, block) -> str | None:
     return None
 
 
-def _rank(loops: int) -> Callable:
+def _ranks(*loops: int) -> Callable:
     def declines(sch, block) -> str | None:
         found = len(sch.get_loops(block))
-        return None if found == loops else f"{found} loops, not the {loops} the rule tiles"
+        return None if found in loops else f"{found} loops, not the {loops} the rule tiles"
 
     return declines
 
@@ -90,7 +90,7 @@ RULES: tuple[KernelRule, ...] = (
         nhwc_schedules.DEPTHWISE_RULE,
         (nhwc_compute.depthwise_sums,),
         nhwc_schedules.schedule_depthwise,
-        declines=_rank(6),
+        declines=_ranks(6),
     ),
     KernelRule(
         nhwc_schedules.WINDOW_RULE,
@@ -100,9 +100,9 @@ RULES: tuple[KernelRule, ...] = (
     ),
     KernelRule(
         nhwc_schedules.MEAN_RULE,
-        (nhwc_compute.spatial_mean, nhwc_compute.spatial_reduce),
+        (nhwc_compute.spatial_mean, nhwc_compute.column_reduce),
         nhwc_schedules.schedule_spatial_mean,
-        declines=_rank(4),
+        declines=_ranks(3, 4),
     ),
     KernelRule(
         float_schedules.RULE,

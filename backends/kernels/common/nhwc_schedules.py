@@ -173,12 +173,14 @@ MEAN_VECTOR = 16  # channels per vector of the spatial mean (one AVX-512 registe
 
 def schedule_spatial_mean(sch, block):
     """Per vector of channels, the sum over the pixels in one register; the epilogue (the
-    division, a quantize fused behind it) vectorized the same way."""
-    b, c, ry, rx = sch.get_loops(block)
+    division, a quantize fused behind it) vectorized the same way. What is fused before it
+    (a LayerNorm's square, the reshape of a column reduction) is inlined into the sum."""
+    _inline_producers(sch, block)
+    b, c, *reductions = sch.get_loops(block)  # spatial_mean's rows and columns, or one axis
     channels = int(sch.get(c).extent)
     vector = MEAN_VECTOR if channels % MEAN_VECTOR == 0 else channels
     c_o, c_i = sch.split(c, [channels // vector, vector])
-    sch.reorder(b, c_o, ry, rx, c_i)
+    sch.reorder(b, c_o, *reductions, c_i)
     sch.vectorize(c_i)
     final = last_consumer(sch, block)
     if final is not None:
