@@ -100,7 +100,7 @@ RULES: tuple[KernelRule, ...] = (
     ),
     KernelRule(
         nhwc_schedules.MEAN_RULE,
-        (nhwc_compute.spatial_mean, nhwc_compute.column_reduce),
+        (nhwc_compute.spatial_mean, nhwc_compute.column_reduce, nhwc_compute.full_reduce),
         nhwc_schedules.schedule_spatial_mean,
         declines=_ranks(3, 4),
     ),

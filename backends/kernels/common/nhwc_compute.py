@@ -248,6 +248,23 @@ def column_reduce(x, *, kind: str):
     return te.compute((outer, inner), lambda o, c: total[o, c] / count)
 
 
+def full_reduce(x, *, kind: str, shape: tuple[int, ...]):
+    """The max, min, sum or mean of every element of [1, rows, lanes] `x`, as `shape` (all
+    ones, or a scalar): column_reduce's per-lane results, then those lanes reduced, in one
+    function (one call of the VM: a dynamic quantization's range, twice per conv and per
+    LSTM step of ddddocr's model)."""
+    from tvm import te
+
+    partial = column_reduce(x, kind=kind)
+    lanes = int(x.shape[2])
+    r = te.reduce_axis((0, lanes), name="lane")
+    reducer = {"max": te.max, "min": te.min, "sum": te.sum, "mean": te.sum}[kind]
+    total = te.compute(shape, lambda *_: reducer(partial[0, r], axis=[r]), name=f"all_{kind}")
+    if kind != "mean":
+        return total
+    return te.compute(shape, lambda *i: total(*i) / float(lanes), name="all_mean_divided")
+
+
 def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
     """NHWC `x` with zero rows and columns around it (top, left, bottom, right): the conv
     kernel reads every tap without a test. nhwc_schedules' pack rule cuts the border off, so

@@ -185,9 +185,10 @@ def schedule_spatial_mean(sch, block):
     final = last_consumer(sch, block)
     if final is not None:
         inline_between(sch, block, final)
-        last = sch.get_loops(final)[-1]
-        extent = int(sch.get(last).extent)
-        if extent % MEAN_VECTOR == 0:
-            sch.vectorize(sch.split(last, [extent // MEAN_VECTOR, MEAN_VECTOR])[1])
+        loops = sch.get_loops(final)
+        reduces = any(v.iter_type == 2 for v in sch.get(final).iter_vars)  # full_reduce's lanes
+        extent = int(sch.get(loops[-1]).extent) if loops else 0
+        if not reduces and extent % MEAN_VECTOR == 0:
+            sch.vectorize(sch.split(loops[-1], [extent // MEAN_VECTOR, MEAN_VECTOR])[1])
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
