@@ -562,6 +562,45 @@ def test_spatial_mean_of_nhwc_equals_numpy(keepdims):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["max", "min", "sum", "mean"])
+@pytest.mark.parametrize("inner", [1000, 48, 7])
+def test_column_and_full_reductions_equal_numpy(kind, inner):
+    """column_reduce (over the middle axis of [outer, reduced, inner]) and full_reduce (over
+    everything, as rows of lanes) for inner axes of whole 16-lane vectors, of 8-lane ones
+    (1000 classes) and of none."""
+    from edgepress.backends.kernels.common.nhwc_compute import column_reduce, full_reduce
+
+    x = np.random.default_rng(6).standard_normal((2, 9, inner)).astype(np.float32)
+    got = _run_te(lambda xt: column_reduce(xt, kind=kind), [x])
+    want = getattr(x.astype(np.float64), kind)(axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    rows = x.reshape(1, -1, 2) if inner == 7 else x.reshape(1, -1, 16 if inner == 48 else 8)
+    got = _run_te(lambda xt: full_reduce(xt, kind=kind, shape=(1, 1)), [rows])
+    want = getattr(x.astype(np.float64), kind)(keepdims=True)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_1000_class_mean_is_vectorized_by_8():
+    """1000 channels are no whole number of 16-lane vectors: the mean runs 8 lanes at a time
+    (as one 1000-lane vector, SqueezeNet's pool ran at 1.2 GFLOP/s: 0.136 ms, now 0.018)."""
+    import tvm
+    from tvm import te
+
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.kernels.common.nhwc_compute import spatial_mean
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
+
+    x = te.placeholder((1, 13, 13, 1000), "float32", name="x")
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    mod = tvm.IRModule({"main": te.create_prim_func([x, spatial_mean(x, keepdims=False)])})
+    rules.register(describe(target))
+    mod, done = sample_schedules(mod, target, describe(target), {"main"})
+    assert done == {"main"}
+    script = mod["main"].script()
+    assert "T.vectorized(8)" in script and "T.vectorized(1000)" not in script
+
+
 def _conv_transpose_net(tmp_path):
     """Conv -> Relu -> ConvTranspose (strides 2 x 3, a 3 x 2 window, uneven pads, output
     padding) -> Relu -> grouped ConvTranspose -> Relu -> ConvTranspose whose pads crop more

@@ -170,6 +170,12 @@ def schedule_window(sch, block):
 MEAN_VECTOR = 16  # channels per vector of the spatial mean (one AVX-512 register of floats)
 
 
+def _mean_vector(channels: int) -> int:
+    """The channels per vector: 16, else the largest of 8, 4, 2 that divides them (a
+    1000-class head's pool: as one 1000-lane vector it ran at 1.2 GFLOP/s)."""
+    return next((v for v in (MEAN_VECTOR, 8, 4, 2) if channels % v == 0), 1)
+
+
 
 def schedule_spatial_mean(sch, block):
     """Per vector of channels, the sum over the pixels in one register; the epilogue (the
@@ -178,7 +184,7 @@ def schedule_spatial_mean(sch, block):
     _inline_producers(sch, block)
     b, c, *reductions = sch.get_loops(block)  # spatial_mean's rows and columns, or one axis
     channels = int(sch.get(c).extent)
-    vector = MEAN_VECTOR if channels % MEAN_VECTOR == 0 else channels
+    vector = _mean_vector(channels)
     c_o, c_i = sch.split(c, [channels // vector, vector])
     sch.reorder(b, c_o, *reductions, c_i)
     sch.vectorize(c_i)
@@ -187,8 +193,8 @@ def schedule_spatial_mean(sch, block):
         inline_between(sch, block, final)
         loops = sch.get_loops(final)
         reduces = any(v.iter_type == 2 for v in sch.get(final).iter_vars)  # full_reduce's lanes
-        extent = int(sch.get(loops[-1]).extent) if loops else 0
-        if not reduces and extent % MEAN_VECTOR == 0:
-            sch.vectorize(sch.split(loops[-1], [extent // MEAN_VECTOR, MEAN_VECTOR])[1])
+        lanes = _mean_vector(int(sch.get(loops[-1]).extent)) if loops else 1
+        if not reduces and lanes > 1:
+            sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
     sch.annotate(sch.get_sblock("root"), "schedule_rule", "None")
     return [sch]
