@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgepress.backends.kernels.common.nhwc_schedules import MEAN_VECTOR
+
 # Elementwise ops between the kernels that run on the NHWC values where their tensor operands
 # all have them (the others per tensor, so that broadcasting means the same in both layouts).
 ELEMENTWISE_OPS = (
@@ -83,9 +85,8 @@ SPATIAL_REDUCTIONS = {"relax.max": "max", "relax.min": "min", "relax.sum": "sum"
 # 0.7 GFLOP/s, which summed along the strided axis one element at a time).
 COLUMN_MIN_INNER = 16
 # A full reduction of a float value this large goes through column_reduce as rows of
-# COLUMN_VECTOR floats (one AVX-512 register; four NEON ones), then reduces those.
+# MEAN_VECTOR floats (one AVX-512 register; four NEON ones), then reduces those.
 FULL_MIN_SIZE = 4096
-COLUMN_VECTOR = 16
 
 
 def channels_last_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -259,7 +260,7 @@ def rewrite(mod, lower: Callable):
             source = self.nhwc.get(x, x)
             shape = static_shape(source)
             size = int(np.prod(shape, dtype=np.int64)) if shape is not None else 0
-            vector = COLUMN_VECTOR
+            vector = MEAN_VECTOR
             if str(x.ty.dtype) == "float32" and size >= FULL_MIN_SIZE and size % vector == 0:
                 rows = self.builder_.emit(relax.op.reshape(source, (1, size // vector, vector)))
                 kind = name.rsplit(".", 1)[-1]
