@@ -334,7 +334,9 @@ def rewrite(mod, lower: Callable):
             if str(getattr(x.ty, "dtype", "")) != "float32" or not shape:
                 return False
             axes = sorted({int(a) % len(shape) for a in value.attrs.axis})
-            if axes != list(range(axes[0], axes[-1] + 1)) or axes[-1] == len(shape) - 1:
+            if not axes or axes != list(range(axes[0], axes[-1] + 1)):
+                return False
+            if axes[-1] == len(shape) - 1:  # along the innermost axis: TVM's row reduction
                 return False
             outer = int(np.prod(shape[: axes[0]], dtype=np.int64))
             reduced = int(np.prod(shape[axes[0] : axes[-1] + 1], dtype=np.int64))
