@@ -168,7 +168,7 @@ def _eliminate_identities(model: ir.Model) -> None:
 
 @register_pass("remove_no_ops")
 def remove_no_ops(model: ir.Model) -> PassResult:
-    """Remove Identity, inference Dropout, no-op Cast/Reshape/Expand/Transpose, cancelling pairs.
+    """Remove Identity, inference Dropout, no-op Cast/Reshape/Expand/Transpose/Slice, pairs.
 
     Counts nodes removed.
     """

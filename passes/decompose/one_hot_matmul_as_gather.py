@@ -78,8 +78,9 @@ def _plan(equal: ir.Node):
 
 @register_pass("one_hot_matmul_as_gather")
 def one_hot_matmul_as_gather(model: ir.Model) -> PassResult:
-    """Every one-hot encoding (Equal with arange, Cast) read only by a MatMul with a constant
-    [V, D] matrix, as a Gather of the matrix's rows."""
+    """One-hot encodings times a constant matrix, as Gathers of the matrix's rows.
+
+    Each Equal with arange and Cast read only by a MatMul with a constant [V, D] matrix."""
     graph = model.graph
     rewritten = 0
     for node in list(graph):
