@@ -2,10 +2,10 @@
 
 Identity; Dropout at inference (training_mode absent or constant false, mask unused); Cast to
 the input's own type; Reshape, Expand and Slice (positive steps) to the input's own static
-shape; Transpose with the identity permutation. Pairs: Transpose -> Transpose (composed; dropped when the composition is
-the identity), Cast -> Cast (the first dropped when it cannot change values), Reshape -> Reshape
-(the first dropped). Each becomes an Identity, then onnx-ir's IdentityEliminationPass removes
-the Identities (keeping graph output names).
+shape; Transpose with the identity permutation. Pairs: Transpose -> Transpose (composed;
+dropped when the composition is the identity), Cast -> Cast (the first dropped when it cannot
+change values), Reshape -> Reshape (the first dropped). Each becomes an Identity, then
+onnx-ir's IdentityEliminationPass removes the Identities (keeping graph output names).
 """
 
 from __future__ import annotations
