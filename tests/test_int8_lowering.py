@@ -486,6 +486,56 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
+def test_a_concat_at_its_inputs_own_scale_is_copied_not_requantized(cli, tmp_path):
+    """A QDQ concat whose inputs are quantized at the concat's own scale and zero point (as
+    DenseNet's, where each concat rereads the one before it): each dequantize-quantize pair
+    is the identity, so the concat copies bytes: no requantize kernel (DenseNet-121 had 48,
+    up to 1.1 ms each), and the build equals onnxruntime on the QDQ model."""
+    rng = np.random.default_rng(8)
+
+    def q(name, scale, zero, dtype):
+        return [
+            numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
+            numpy_helper.from_array(np.array(zero, dtype), f"{name}_z"),
+        ]
+
+    w1 = rng.integers(-60, 60, (8, 8, 3, 3)).astype(np.int8)
+    w2 = rng.integers(-60, 60, (4, 16, 1, 1)).astype(np.int8)
+    inits = [
+        *q("a", 0.05, 128, np.uint8), *q("w", 0.01, 0, np.int8),
+        numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+    ]  # fmt: skip
+    act = ["a_s", "a_z"]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", *act], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", *act], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w1", "w_s", "w_z"], ["w1d"]),
+        helper.make_node("Conv", ["xd", "w1d"], ["c"], pads=[1] * 4),
+        helper.make_node("QuantizeLinear", ["c", *act], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", *act], ["cd"]),
+        helper.make_node("Concat", ["xd", "cd"], ["cat"], axis=1),
+        helper.make_node("QuantizeLinear", ["cat", *act], ["catq"]),
+        helper.make_node("DequantizeLinear", ["catq", *act], ["catd"]),
+        helper.make_node("DequantizeLinear", ["w2", "w_s", "w_z"], ["w2d"]),
+        helper.make_node("Conv", ["catd", "w2d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "concat_qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
+        inits,
+    )  # fmt: skip
+    source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  tmp_path / "concat_qdq.onnx")  # fmt: skip
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err  # the build checks the artifact against onnxruntime
+    names = [k["name"] for k in json.loads((out / "report.json").read_text())["kernels"]]
+    assert any("concat" in n for n in names), names
+    requantizing = [n for n in names if re.fullmatch(r"fused_dequantize\d*_quantize\d*", n)]
+    assert not requantizing, names
+
+
 def test_int8_compute_float_keeps_tvms_float_qdq(cli, tmp_path):
     _, report = _int8_build(cli, tmp_path, "--int8-compute", "float")
     assert report["int8_compute"]["compute"] == "float"

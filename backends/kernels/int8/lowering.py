@@ -494,6 +494,21 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
             rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, call))
         return True
 
+    def _requantizes_to_itself(dq, quantize) -> bool:
+        """Whether quantize(dequantize(q)) has the same scale, zero point and type on both
+        sides: then every q comes back as it was ((q - z) * s / s is within 255 x 2^-22 of
+        q - z, far from a rounding boundary), and the pair is a copy. DenseNet's every
+        concat rereads the one before it at its own scale: 1.1 ms for 56 x 56 x 224 bytes."""
+        if _dtype(dq.args[0]) != str(quantize.attrs.out_dtype):
+            return False
+        try:
+            return all(
+                np.array_equal(constant(a, "a scale or zero point"), constant(b, "its pair"))
+                for a, b in zip(dq.args[1:], quantize.args[1:], strict=True)
+            )
+        except NotLowered:
+            return False
+
     def requantized_concat(rewriter, binding) -> bool:
         """quantize(concat(dequantize(a), dequantize(b), ...)) as concat(quantize(
         dequantize(a)), ...): the same arithmetic per element, but each requantize fuses into
@@ -516,12 +531,13 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
         if any(getattr(p.ty, "ndim", -1) != 4 for p in parts):
             return False
         nhwc = any(p in rewriter.nhwc for p in parts)
+        parts = [rewriter.to_nhwc(p) if nhwc else p for p in parts]
         requantized = [
-            rewriter.builder_.emit(
+            p
+            if _requantizes_to_itself(dq, value)
+            else rewriter.builder_.emit(
                 relax.op.quantize(
-                    relax.Call(
-                        dq.op, [rewriter.to_nhwc(p) if nhwc else p, *dq.args[1:]], dq.attrs
-                    ),
+                    relax.Call(dq.op, [p, *dq.args[1:]], dq.attrs),
                     *value.args[1:],
                     axis=int(value.attrs.axis),
                     out_dtype=str(value.attrs.out_dtype),
