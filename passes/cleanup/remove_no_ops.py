@@ -56,6 +56,17 @@ def why_not_no_op_dropout(node: ir.Node) -> str | None:
     return None
 
 
+def _keeps_shape(x: ir.Value, y: ir.Value, verb: str) -> pattern.MatchResult:
+    """A match where y has x's own static shape (the no-op Reshape's and Slice's test)."""
+    result = pattern.MatchResult()
+    before, after = _static_shape(x), _static_shape(y)
+    if before is None or after is None:
+        return result.fail("input or output shape is not static")
+    if before != after:
+        return result.fail(f"{verb} {before} to {after}")
+    return result
+
+
 class NoOpReshape(pattern.RewriteRuleClassBase):
     """Reshape(x, shape) whose output has x's own static shape => Identity(x)."""
 
@@ -63,13 +74,7 @@ class NoOpReshape(pattern.RewriteRuleClassBase):
         return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["y"])
 
     def check(self, context, x, shape, y, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        before, after = _static_shape(x), _static_shape(y)
-        if before is None or after is None:
-            return result.fail("input or output shape is not static")
-        if before != after:
-            return result.fail(f"reshapes {before} to {after}")
-        return result
+        return _keeps_shape(x, y, "reshapes")
 
     def rewrite(self, op, x, **_):
         return op.Identity(x)
@@ -84,12 +89,9 @@ class NoOpSlice(pattern.RewriteRuleClassBase):
         return op.Slice(x, starts, ends, _allow_other_inputs=True, _outputs=["y"])
 
     def check(self, context, x, starts, ends, y, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        before, after = _static_shape(x), _static_shape(y)
-        if before is None or after is None:
-            return result.fail("input or output shape is not static")
-        if before != after:
-            return result.fail(f"slices {before} to {after}")
+        result = _keeps_shape(x, y, "slices")
+        if not result:
+            return result
         node = y.producer()
         steps = node.inputs[4] if len(node.inputs) > 4 else None
         if steps is not None:
