@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -198,19 +198,44 @@ def _lower(mod, description: TargetDescription, lowering: LoweringOptions, names
     for a model without QDQ) and the float lowering (None where it does not run) did. In an
     int8 model the float lowering takes the layers left float (kept so for accuracy, or not
     quantizable), which TVM's generic convolutions would otherwise run at a third of the speed."""
+    mod, integer = _lower_integer_matmuls(mod, description, lowering, names)
     if not _has_qdq(mod):
-        mod, float_conv = _lower_float(mod, description, lowering, names)
+        mod, float_conv = _lower_float(mod, description, lowering, names, integer)
         return mod, None, float_conv
     mod, int8 = _lower_int8(mod, description, lowering, names)
     if int8["compute"] != "integer" or all(layer["kernel"] for layer in int8["layers"]):
+        if integer:  # dynamic quantization's integer matmuls, nothing float left to lower
+            return mod, int8, _float_notes(description, lowering, integer)
         return mod, int8, None
     try:
-        mod, float_conv = _lower_float(mod, description, lowering, names)
+        mod, float_conv = _lower_float(mod, description, lowering, names, integer)
     except Exception as err:  # an extra here: the int8 kernels stand, the float layers go to TVM
         why = f"the float lowering failed in this int8 model ({type(err).__name__}: {err})"
         log.warning("%s; its float layers use TVM's kernels", why.splitlines()[0])
         float_conv = {"kernels": "tvm", "why": why.splitlines()[0], "layers": []}
     return mod, int8, float_conv
+
+
+def _lower_integer_matmuls(
+    mod, description: TargetDescription, lowering: LoweringOptions, names: dict
+) -> tuple[object, list]:
+    """Dynamic quantization's integer matmuls (int8/integer_matmul) on the dot-product kernels,
+    where the target has them and integer compute is not turned off."""
+    from edgepress.backends.kernels.int8.integer_matmul import lower_integer_matmuls
+
+    layout = description.dot
+    if layout is None or lowering.int8_compute is Int8Compute.FLOAT:
+        return mod, []
+    if lowering.float_conv is FloatConv.TVM:
+        return mod, []
+    try:
+        return lower_integer_matmuls(mod, layout, names)
+    except Exception as err:  # an extra: those matmuls stay float
+        log.warning(
+            "the integer matmul lowering failed (%s: %s); dynamic quantization's matmuls stay "
+            "float", type(err).__name__, first_line(err)
+        )
+        return mod, []
 
 
 def _lower_int8(mod, description: TargetDescription, lowering: LoweringOptions, names: dict):
@@ -232,7 +257,15 @@ def _lower_int8(mod, description: TargetDescription, lowering: LoweringOptions, 
     }
 
 
-def _lower_float(mod, description: TargetDescription, lowering: LoweringOptions, names: dict):
+def _lower_float(
+    mod,
+    description: TargetDescription,
+    lowering: LoweringOptions,
+    names: dict,
+    integer: list | None = None,
+):
+    """The float lowering's module and report notes; `integer`: the layers taken before it
+    (_lower_integer_matmuls), listed first."""
     from edgepress.backends.kernels.float.lowering import lower_float
 
     lanes = description.float_lanes
@@ -244,8 +277,14 @@ def _lower_float(mod, description: TargetDescription, lowering: LoweringOptions,
     mod, layers = lower_float(
         mod, lanes, names, skip_winograd=lowering.winograd, winograd=winograd
     )
-    return mod, {
+    return mod, _float_notes(description, lowering, [*(integer or []), *layers])
+
+
+def _float_notes(description: TargetDescription, lowering: LoweringOptions, layers: list) -> dict:
+    """The report's notes of the float lowering, its layers numbered in order."""
+    layers = [replace(layer, index=i) for i, layer in enumerate(layers)]
+    return {
         "kernels": str(lowering.float_conv),
-        "lanes": lanes,
+        "lanes": description.float_lanes,
         "layers": [layer.to_json() for layer in layers],
     }

@@ -24,7 +24,7 @@ DOT_PEAK_FACTOR = {
     "dot_4x4_u8i8s32_usdot": 4,
     "dot_8x2x2_avx2": 2,
 }
-DOT_KERNELS = ("conv2d_int8", "matmul_int8")  # names the int8 lowering gives them
+DOT_KERNELS = ("conv2d_int8", "matmul_int8", "integer_matmul")  # names the int8 kernels get
 
 
 def is_dot_kernel(name: str) -> bool:

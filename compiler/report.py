@@ -230,6 +230,14 @@ def float_conv_lines(f: dict) -> list[str]:
         f"kernels (register tiles of {f['lanes']}-lane float32 vectors).",
         "",
     ]
+    integer = [layer for layer in layers if layer["kernel"] == "integer"]
+    if integer:
+        lines += [
+            f"{len(integer)} of them are dynamic quantization's integer products (MatMulInteger, "
+            "DynamicQuantizeLSTM): int8 weights on the int8 dot-product kernels, the input's "
+            "run-time zero point taken off in int32.",
+            "",
+        ]
     return lines + _layer_table(layers, "TVM")
 
 
@@ -238,6 +246,9 @@ def int8_compute_lines(i: dict) -> list[str]:
     if i["compute"] == "float":
         return lines + [f"QDQ layers compiled as float arithmetic with rounding: {i['why']}.", ""]
     layers = i["layers"]
+    if not layers:  # a QuantizeLinear with no QDQ layer: a dynamic quantization's
+        none = "No Conv/Gemm/MatMul layer between DequantizeLinear and QuantizeLinear."
+        return lines + [none, ""]
     lowered = [layer for layer in layers if layer["kernel"]]
     instruction = f"`{i['intrinsic']}`" if i.get("intrinsic") else "no dot-product intrinsic"
     lines += [

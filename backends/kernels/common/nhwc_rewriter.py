@@ -143,11 +143,16 @@ def _elementwise_call(value):
     return None
 
 
-def rewrite(mod, lower: Callable):
+def rewrite(mod, lower: Callable, *, layouts: bool = True):
     """`mod` with its `main` rewritten: `lower(rewriter, binding) -> bool` emits a lowering's
     kernels for the bindings it takes (using the rewriter's `nhwc`, `to_nhwc`, `bind`); the
     rest go to NHWC where they can (elementwise ops, spatial means, nhwc_layout_ops' concat,
-    split, resize, slice and pooling) or stay as they are. Dead code is removed."""
+    split, resize, slice and pooling) or stay as they are. Dead code is removed.
+
+    Without `layouts` the rest stay as they are: for a lowering that runs before another
+    (int8/integer_matmul's), whose rewrite then sees the reductions and layout ops whole (a
+    full reduction rewritten here would read the NCHW value the next rewrite's kernels
+    make NHWC, through a transpose back)."""
     from tvm import relax
 
     from edgepress.backends.kernels.common import nhwc_layout_ops
@@ -499,9 +504,12 @@ def rewrite(mod, lower: Callable):
 
         def visit_var_binding_(self, binding) -> None:
             self.original[binding.var] = binding.value
-            if not (
-                lower(self, binding)
-                or self.elementwise_in_nhwc(binding)
+            if not (lower(self, binding) or (layouts and self.in_channels_last(binding))):
+                super().visit_var_binding_(binding)
+
+        def in_channels_last(self, binding) -> bool:
+            return (
+                self.elementwise_in_nhwc(binding)
                 or self.spatial_reduction_in_nhwc(binding)
                 or self.full_reduction(binding)
                 or self.column_reduction(binding)
@@ -509,8 +517,7 @@ def rewrite(mod, lower: Callable):
                 or self.channel_shuffle_in_nhwc(binding)
                 or self.reshape_in_nhwc(binding)
                 or self.tokens_of_channels_last(binding)
-            ):
-                super().visit_var_binding_(binding)
+            )
 
     rewriter = Rewriter(mod)
     gv = mod.get_global_var("main")

@@ -233,29 +233,9 @@ def needs_pack(
     return any(padding) or channels % DOT_DEPTH != 0 or src != act_dtype or upsample != (1, 1)
 
 
-def packed_conv2d(
-    xp,
-    weight,
-    bias,
-    multiplier,
-    *,
-    strides: tuple[int, int],
-    dilation: tuple[int, int],
-    out_zero_point: int,
-    out_dtype: str,
-    out_channels: int,
-    intrinsic: str | None = None,
-    in_int32: bool = False,
-    pair_sums: bool = False,
-):
-    """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
-    pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
-    NHWC. `bias` (int32) holds the layer's bias minus the input zero point times sum(w), per
-    output channel. The conv block names its MetaSchedule rule (backends/kernels/int8/schedules.py)
-    and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to).
-    With `pair_sums` (AVX2's dot_8x2x2_avx2) each output channel accumulates two partial sums,
-    over the first and the second pair of each 4 input channels, which the epilogue adds: the
-    instruction's pair sums need no reduction inside the loop."""
+def _dot_products(xp, weight, strides, dilation, intrinsic: str | None, pair_sums: bool):
+    """The int32 sums of x * w of packed_conv2d (its docstring), as total(b, c, y, z), and the
+    output's spatial size."""
     from tvm import te
 
     from edgepress.backends.kernels.int8.schedules import INTRINSIC_ATTR, RULE
@@ -310,6 +290,35 @@ def packed_conv2d(
         def total(b, c, y, z):
             return acc[b, c // lanes, y, z, c % lanes]
 
+    return total, (n, oh, ow)
+
+
+def packed_conv2d(
+    xp,
+    weight,
+    bias,
+    multiplier,
+    *,
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    out_zero_point: int,
+    out_dtype: str,
+    out_channels: int,
+    intrinsic: str | None = None,
+    in_int32: bool = False,
+    pair_sums: bool = False,
+):
+    """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
+    pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
+    NHWC. `bias` (int32) holds the layer's bias minus the input zero point times sum(w), per
+    output channel. The conv block names its MetaSchedule rule (backends/kernels/int8/schedules.py)
+    and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to).
+    With `pair_sums` (AVX2's dot_8x2x2_avx2) each output channel accumulates two partial sums,
+    over the first and the second pair of each 4 input channels, which the epilogue adds: the
+    instruction's pair sums need no reduction inside the loop."""
+    from tvm import te
+
+    total, (n, oh, ow) = _dot_products(xp, weight, strides, dilation, intrinsic, pair_sums)
     return te.compute(
         (n, oh, ow, out_channels),
         lambda b, y, z, c: _requantize(
@@ -317,6 +326,40 @@ def packed_conv2d(
         ),
         name="requantize",
     )
+
+
+def integer_matmul(
+    xp,
+    weight,
+    zero_point,
+    column_sums,
+    *row_terms,
+    out_channels: int,
+    offset: int,
+    intrinsic: str | None = None,
+    pair_sums: bool = False,
+):
+    """float32 sum_k (q[m, k] - z) c[k, n]: dynamic quantization's integer product, whose
+    zero point z is computed at run time (int8/integer_matmul).
+
+    `xp` [1, 1, M, K'] holds a = q - `offset` in the instruction's type (K padded to whole
+    dot-product terms), `weight` the packed w8 = c - d, `zero_point` [1] int32 holds z,
+    `column_sums` [N] int32 the sums over k of w8. Then sum (q - z) c = acc + (offset - z)
+    column_sums[n] + d[n] sum_k (q - z); where some d is not 0 (weights whose centred range
+    is not int8's), `row_terms` are d [N] and sum_k (q[m, k] - z) [M], both int32. Every term
+    is an integer in int32, so the result is exact wherever float32 holds it."""
+    from tvm import te
+
+    total, (n, oh, ow) = _dot_products(xp, weight, (1, 1), (1, 1), intrinsic, pair_sums)
+
+    def product(b, y, m, c):
+        value = total(b, c, y, m) + (offset - zero_point[0]) * column_sums[c]
+        if row_terms:
+            shift, rows = row_terms
+            value = value + shift[c] * rows[m]
+        return value.astype("float32")
+
+    return te.compute((n, oh, ow, out_channels), product, name="integer_product")
 
 
 FLOAT_EXACT = 1 << 24  # integers up to this magnitude are exact in float32

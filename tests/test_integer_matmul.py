@@ -1,0 +1,115 @@
+"""Dynamic quantization's integer matmuls (MatMulInteger, DynamicQuantizeLSTM) on the int8
+dot-product kernels (backends/kernels/int8/integer_matmul.py), against onnxruntime running the
+quantized model: on this CPU, on AVX2 code, and on arm64 under qemu."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import ort_outputs, save
+
+DEPTH, COLUMNS = 30, 40  # K not whole dot-product terms (a pack), N not whole weight blocks
+
+
+def _float_matmul(rng) -> onnx.ModelProto:
+    """x [3, 5, K] -> MatMul -> Relu. Some weight columns lie far off zero, so that uint8
+    weights centred on one zero point span more than int8 there (the kernel's column shift)."""
+    w = rng.standard_normal((DEPTH, COLUMNS)).astype(np.float32) * 0.1
+    w[:, ::7] += 0.6
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Relu", ["y"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, DEPTH])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 5, COLUMNS])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.fixture(scope="module", params=["uint8", "int8"])
+def quantized(request, tmp_path_factory):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp(f"dynamic_{request.param}")
+    source = save(_float_matmul(np.random.default_rng(3)), folder / "float.onnx")
+    weight_type = QuantType.QUInt8 if request.param == "uint8" else QuantType.QInt8
+    quantize_dynamic(str(source), str(folder / "int8.onnx"), weight_type=weight_type)
+    model = onnx.load(folder / "int8.onnx")
+    assert "MatMulInteger" in {n.op_type for n in model.graph.node}
+    if request.param == "uint8":  # the column shift is exercised
+        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        w = next(v for v in weights.values() if v.dtype == np.uint8 and v.ndim == 2)
+        zero = next(v for v in weights.values() if v.dtype == np.uint8 and v.ndim == 0)
+        assert (w.astype(int) - int(zero)).max() > 127
+    return folder / "int8.onnx"
+
+
+def _build(cli, source, out, *args) -> dict:
+    r = cli(source, "-o", out, "-q", *args)
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["artifact"]["status"] == "ok"
+    layers = report["float_conv"]["layers"]
+    assert [layer["kernel"] for layer in layers] == ["integer"], layers
+    assert any(k["name"].startswith("integer_matmul") for k in report["kernels"])
+    return report
+
+
+def _run_against_onnxruntime(cli, tmp_path, out, source) -> None:
+    """`compress run` of the artifact against onnxruntime's run of the quantized model, on
+    an input of both signs off centre (a zero point that is neither 0 nor 128)."""
+    x = (np.random.default_rng(9).standard_normal((3, 5, DEPTH)) + 0.7).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    r = cli("run", out, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "out.npz")["out"]
+    (ref,) = ort_outputs(source, {"x": x})
+    # the same integers times the same scales: float32 rounding of the last multiply only
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
+def test_integer_matmul_matches_onnxruntime_on_x86(cli, tmp_path, quantized, mcpu):
+    out = tmp_path / "art"
+    report = _build(cli, quantized, out, "--target", "x86_64", *mcpu)
+    instruction = {"dot_16x4_vnni": "vpdpbusd", "dot_8x2x2_avx2": "vpmaddwd"}.get(
+        report["int8_compute"]["intrinsic"] if report.get("int8_compute") else None
+    )
+    if instruction and shutil.which("objdump"):
+        listing = subprocess.run(
+            ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
+        ).stdout
+        assert re.search(rf"\b{instruction}\b", listing)
+    _run_against_onnxruntime(cli, tmp_path, out, quantized)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+@pytest.mark.parametrize(
+    ("mattr", "instruction"), [("+dotprod", "sdot"), ("+dotprod,+i8mm", "usdot")]
+)
+def test_integer_matmul_matches_onnxruntime_on_arm64_under_qemu(
+    cli, tmp_path, quantized, mattr, instruction
+):
+    """sdot reads int8 activations (uint8 moved by 128: the kernel's offset), usdot uint8."""
+    out = tmp_path / "arm"
+    report = _build(cli, quantized, out, "--target", "arm64", f"--mattr={mattr}")
+    assert "qemu-aarch64" in report["verification"]["artifact"]["reference"]
+    disassembly = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(rf"\b{instruction}\b", disassembly)
