@@ -205,8 +205,19 @@ def why_not_unrollable(node: ir.Node) -> str | None:
     return None
 
 
+def _zero(value: ir.Value | None) -> bool:
+    """Whether an initial state is a constant of zeros (a missing one is zeros too)."""
+    if value is None or value.const_value is None:
+        return value is None
+    return not np.any(value.const_value.numpy())
+
+
+def _plus(b: "_Builder", gates: ir.Value, recurrent: ir.Value | None) -> ir.Value:
+    return gates if recurrent is None else b.op("Add", gates, recurrent)
+
+
 def _cell_lstm(b: _Builder, gates, h, c, recur, peep, acts, clip):
-    i, o, f, g = b.split(b.op("Add", gates, recur(h)), 4)
+    i, o, f, g = b.split(_plus(b, gates, recur(h)), 4)
     if peep is not None:
         i = b.op("Add", i, b.op("Mul", c, peep[0]))
         f = b.op("Add", f, b.op("Mul", c, peep[2]))
@@ -267,8 +278,8 @@ def _unroll(node: ir.Node, graph: ir.Graph, opset: int, prefix: str):
             return None
         return [b.op("Reshape", v, rows) for v in b.split(state, num_dir, axis=layout)]
 
-    initial_h = per_direction(inputs[5])
-    initial_c = per_direction(inputs[6]) if lstm else None
+    initial_h = None if _zero(inputs[5]) else per_direction(inputs[5])
+    initial_c = (None if _zero(inputs[6]) else per_direction(inputs[6])) if lstm else None
     ys, hs, cs = [], [], []
     for d in range(num_dir):
         reverse = direction == "reverse" or d == 1
@@ -291,7 +302,9 @@ def _unroll(node: ir.Node, graph: ir.Graph, opset: int, prefix: str):
             rb_h = b.const(r_b[2 * hidden :].astype(np.float32), "Rbh")
 
         def recur(h, d=d):
-            return weights.project(b, h, d, "R")
+            """h R' of the state; None for the zero state (a first step's, unless given):
+            the product is 0, and a dynamic quantization of zeros divides by their range."""
+            return None if h is zeros else weights.project(b, h, d, "R")
 
         peep = None
         if peepholes is not None:
@@ -305,7 +318,7 @@ def _unroll(node: ir.Node, graph: ir.Graph, opset: int, prefix: str):
                 before_reset = bool(attrs.get_int("linear_before_reset", 0))
                 h_new, c_new = _cell_gru(b, gates, h, r_t, rb_h, acts_d, clip, before_reset), None
             else:
-                h_new, c_new = b.activate(b.op("Add", gates, recur(h)), acts_d[0], clip), None
+                h_new, c_new = b.activate(_plus(b, gates, recur(h)), acts_d[0], clip), None
             if lens is not None:
                 valid = b.op("Reshape", b.op("Less", b.const(np.int32(t), "t"), lens),
                              b.const(np.array([batch, 1], np.int64), "shape"))  # fmt: skip
