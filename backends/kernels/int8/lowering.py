@@ -383,10 +383,14 @@ def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout):
 @dataclass
 class _Passthrough:
     """quantize(op(dequantize(x))) on the same scale and zero point: op(x) on the 8-bit values
-    (max pooling and reshapes commute with the affine map and its rounding)."""
+    (max pooling and reshapes commute with the affine map and its rounding). A max pool
+    quantized to another scale (a YOLO's SPP pools, each requantized for the concat after
+    them) pools the 8-bit values and then requantizes them (`requantize`: the dequantize and
+    quantize calls): max commutes with a dequantize of a positive scale, which is increasing."""
 
     call: object
     x: object
+    requantize: tuple | None = None
 
 
 def _passthrough_of(bindings: Bindings, var, call) -> tuple[object, _Passthrough] | None:
@@ -395,14 +399,18 @@ def _passthrough_of(bindings: Bindings, var, call) -> tuple[object, _Passthrough
         return None
     try:
         out_var, out = _quantize_consumer(bindings, var)
-        if _op_name(out) != "relax.quantize" or str(out.attrs.out_dtype) != _dtype(dq.args[0]):
+        if _op_name(out) != "relax.quantize" or str(out.attrs.out_dtype) not in QUANT_TYPES:
             return None
-        same = _scalar(dq.args[1], "scale") == _scalar(out.args[1], "scale") and _scalar(
-            dq.args[2], "zero point"
-        ) == _scalar(out.args[2], "zero point")
+        (scale, zero), (out_scale, out_zero) = (
+            (_scalar(q.args[1], "scale"), _scalar(q.args[2], "zero point")) for q in (dq, out)
+        )
     except NotLowered:
         return None
-    return (out_var, _Passthrough(call, dq.args[0])) if same else None
+    if (scale, zero) == (out_scale, out_zero) and str(out.attrs.out_dtype) == _dtype(dq.args[0]):
+        return out_var, _Passthrough(call, dq.args[0])
+    if nhwc_pool(call) and scale > 0:
+        return out_var, _Passthrough(call, dq.args[0], requantize=(dq, out))
+    return None
 
 
 PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.reshape")
@@ -561,7 +569,12 @@ def lower_qdq(mod, layout: DotLayout, names: dict | None = None):
         builder = rewriter.builder_
         x = rewriter.visit_expr(chain.x)
         if isinstance(chain, _Passthrough) and nhwc_pool(chain.call):
-            rewriter.bind(binding.var, emit_pool(builder, chain.call, rewriter.to_nhwc(x)))
+            pooled = emit_pool(builder, chain.call, rewriter.to_nhwc(x))
+            if chain.requantize is not None:
+                dq, quantize = chain.requantize
+                value = relax.Call(dq.op, [builder.emit(pooled), *dq.args[1:]], dq.attrs)
+                pooled = relax.Call(quantize.op, [value, *quantize.args[1:]], quantize.attrs)
+            rewriter.bind(binding.var, pooled)
         elif isinstance(chain, _Passthrough):
             call = chain.call
             rewriter.set_var_remap(
