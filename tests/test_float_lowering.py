@@ -601,6 +601,48 @@ def test_a_sample_that_recomputes_a_reduction_is_refused():
     assert float(estimate_tir_flops(mod)) <= RECOMPUTE_LIMIT * before
 
 
+def test_a_sample_of_a_function_without_reductions_is_kept():
+    """A YOLO's Focus layer, int8: four strided slices of the image, each quantized,
+    concatenated over channels and packed for the first conv (edgepress's pack rule). The
+    sample inlines the four quantizations into the pack's select, estimated at 4x the
+    function's FLOPs, over OUR_RECOMPUTE_LIMIT; but nothing there reduces, so nothing can
+    be recomputed per element of a consumer: sample_schedules keeps it (it went to plain
+    loops on one thread, 0.83 ms on ddddocr's detector), and the built function equals numpy."""
+    import tvm
+    from tvm import te, topi
+
+    from edgepress.backends.kernels import rules
+    from edgepress.backends.kernels.int8.compute import pack_activations
+    from edgepress.backends.relax.pipeline import sample_schedules
+    from edgepress.backends.targets.description import describe
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    description = describe(target)
+    rules.register(description)
+    x = te.placeholder((1, 3, 16, 16), "float32", name="x")
+    parts = [
+        topi.cast(topi.clip(topi.round(topi.divide(
+            topi.strided_slice(x, [0, 0, i, j], [1, 3, 16, 16], [1, 1, 2, 2]), 0.02)),
+            -128, 127), "int8")  # fmt: skip
+        for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))
+    ]
+    nhwc = topi.transpose(topi.concatenate(parts, axis=1), (0, 2, 3, 1))
+    packed = pack_activations(nhwc, padding=(1, 1, 1, 1), in_zero_point=0, act_dtype="uint8")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, packed])})
+    mod, done = sample_schedules(mod, target, description, {"main"})
+    assert done == {"main"}
+
+    xs = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    got = tvm.runtime.empty((1, 10, 10, 12), "uint8", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(xs), got)
+    slices = [xs[:, :, i::2, j::2] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    q = np.clip(np.rint(np.concatenate(slices, axis=1) / np.float32(0.02)), -128, 127)
+    want = np.zeros((1, 10, 10, 12), np.int32)  # padded with in_zero_point, as given
+    want[:, 1:-1, 1:-1] = q.transpose(0, 2, 3, 1) + 128  # int8 moved to uint8
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_a_sample_that_only_inlines_a_tanh_gelu_is_kept():
     """A tanh-GELU before a max over the sequence (magika's conv epilogue): fast_tanh reads
     its clipped input once per term of its polynomial, so the sample's inlining puts 5.9x the
