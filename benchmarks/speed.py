@@ -95,7 +95,7 @@ def main() -> int:
     from edgepress.compiler.cli import main as compress
     from edgepress.models import EXAMPLES
 
-    peak = cpu_peak()
+    peak = cpu_peak(measure=True)
     peak_gflops = peak.gflops * min(args.threads, peak.cores) / peak.cores
     target = tvm_target(TargetOptions())
     facts = _tuning_facts(target)

@@ -174,9 +174,9 @@ def profile_kernels(artifact: Path, *, threads: int, repeat: int, seed: int = 0)
     feeds = random_inputs(specs, seed)
     use_threads(threads)
     timings = runner.profile([feeds[s.name] for s in specs], repeat)
-    peak = cpu_peak()
+    peak = cpu_peak(measure=True)
     intrinsic = (report.get("int8_compute") or {}).get("intrinsic")
-    dot_factor = DOT_PEAK_FACTOR.get(intrinsic, 1.0)
+    dot_factor = peak.dot_factor(intrinsic) or DOT_PEAK_FACTOR.get(intrinsic, 1.0)
     peak_gflops = peak.gflops * min(threads, peak.cores) / peak.cores
     rows = kernel_rows(timings, kernels, peak_gflops, dot_factor)
     return {

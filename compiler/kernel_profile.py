@@ -5,8 +5,9 @@ A kernel's roofline time is its FLOPs over the peak of the threads it runs on (c
 memory traffic is not modelled, so for elementwise kernels the real floor is higher). The
 kernel list and each kernel's FLOPs come from the build (report.json "kernels"); times come from
 the VM's per-call instrument hook. An int8 dot-product kernel (a conv or matmul the int8
-lowering made) is held to its instruction's peak instead: per lane, vpdpbusd and sdot do 4
-multiply-adds where an fp32 FMA does 1, AVX2's exact vpmaddwd 2 (DOT_PEAK_FACTOR).
+lowering made) is held to its instruction's peak instead: measured where cpu_peak measures
+it, else per lane, vpdpbusd and sdot do 4 multiply-adds where an fp32 FMA does 1, AVX2's
+exact vpmaddwd 2 (DOT_PEAK_FACTOR).
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ def render(rows: list[KernelRow], peak: CpuPeak, threads: int, dot_factor: float
         f"{threads} thread(s): {peak_gflops:.0f} GFLOP/s).",
         f"Peak: {peak.describe()}."
         + (
-            f" int8 dot-product kernels: {dot_factor:g}x that (multiply-adds per lane of their "
-            "instruction)."
+            f" int8 dot-product kernels: {dot_factor:.3g}x that ("
+            + ("their instruction's measured rate" if peak.dot_gops else
+               "multiply-adds per lane of their instruction")  # fmt: skip
+            + ")."
             if dot_factor != 1.0
             else ""
         ),

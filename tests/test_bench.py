@@ -164,6 +164,37 @@ def test_cpu_peak_from_the_instruction_sets(monkeypatch, flags, lanes):
     assert peak.gflops == pytest.approx(peak.cores * 2 * lanes * 2 * 2.5)
 
 
+@pytest.mark.skipif(
+    __import__("platform").machine() != "x86_64" or __import__("shutil").which("cc") is None,
+    reason="the instruction-rate loop is x86-64 assembly built with cc",
+)
+def test_measured_peak_counts_what_one_core_runs():
+    """The measured peak is the FMA instructions per ns of one core x lanes x 2 x cores, a
+    figure between a tenth and four times the estimate (clocks of 0.3-10 GHz at 1-2 FMA
+    units); the int8 peak is that of the dot-product instruction the CPU has."""
+    from edgepress.backends.runtime.cpu_peak import cpu_peak
+
+    measured, estimated = cpu_peak(measure=True), cpu_peak()
+    assert measured.fma_per_ns is not None and 0.3 < measured.fma_per_ns < 20
+    assert measured.gflops == pytest.approx(
+        measured.cores * measured.fma_per_ns * measured.lanes * 2
+    )
+    assert 0.1 * estimated.gflops < measured.gflops < 4 * estimated.gflops
+    assert "measured" in measured.describe()
+    for intrinsic in measured.dot_gops or {}:  # vpdpbusd 4 multiply-adds a lane, vpmaddwd 2
+        assert 0.5 < measured.dot_factor(intrinsic) < 16
+
+
+def test_measured_peak_falls_back_to_the_estimate(monkeypatch):
+    from edgepress.backends.runtime import cpu_peak as peak_module
+    from edgepress.backends.runtime import instruction_rate
+
+    monkeypatch.setattr(instruction_rate, "instructions_per_ns", lambda instructions: None)
+    peak = peak_module.cpu_peak(measure=True)
+    assert peak.fma_per_ns is None and peak.dot_factor("dot_16x4_vnni") is None
+    assert peak.gflops == pytest.approx(peak_module.cpu_peak().gflops)
+
+
 def _no_cpufreq(read_text):
     def read(self, *args, **kwargs):
         if "cpufreq" in str(self):
