@@ -121,6 +121,33 @@ def test_float_convs_run_as_nhwc_kernels_and_match_onnxruntime(cli, tmp_path, mc
     _matches_onnxruntime(cli, tmp_path, source, out)
 
 
+def test_a_stride_two_conv_over_512_channels_pads_its_pixels_off_4k_and_matches(cli, tmp_path):
+    """A 3x3 stride-2 conv over 14x14x512 (ResNet-50's last stage entry): its tile's pixels
+    are 2 x 512 x 4 bytes = 4 KB apart, one L1 set, so the padded input gets a vector of
+    zero channels more (2x faster there); the artifact equals onnxruntime."""
+    from edgepress.backends.kernels.float.lowering import _unaliased
+
+    assert _unaliased(512, 2, 16) == 528 and _unaliased(512, 1, 16) == 512
+    assert _unaliased(256, 2, 8) == 256 and _unaliased(1024, 1, 8) == 1032
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "stride2_512",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 7, 7])],
+        [random_initializer(rng, "w", (32, 512, 3, 3), 0.05), random_initializer(rng, "b", (32,))],
+    )  # fmt: skip
+    source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  tmp_path / "stride2.onnx")  # fmt: skip
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct"]
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 512, 14, 14))
+
+
 def _residual_block(tmp_path, batch: int = 1):
     """x 1x16x14x14 -> Conv 3x3 pad 1 -> Relu -> Conv 3x3 pad 1 -> + x -> Relu: two 'same'
     3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""

@@ -265,12 +265,12 @@ def full_reduce(x, *, kind: str, shape: tuple[int, ...]):
     return te.compute(shape, lambda *i: total(*i) / float(lanes), name="all_mean_divided")
 
 
-def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
+def pad_nhwc(x, *, padding: tuple[int, int, int, int], channels_to: int | None = None):
     """NHWC `x` with zero rows and columns around it (top, left, bottom, right): the conv
     kernel reads every tap without a test. nhwc_schedules' pack rule cuts the border off, so
-    the interior is a plain copy."""
+    the interior is a plain copy. `channels_to`: zero channels after x's, up to that many
+    (a pixel stride the conv's reads do not alias in the cache: float/lowering)."""
     from tvm import te, tirx
-
 
     n, height, width, channels = (int(d) for d in x.shape)
     top, left, bottom, right = padding
@@ -278,9 +278,11 @@ def pad_nhwc(x, *, padding: tuple[int, int, int, int]):
     def pad(b, h, w, c):
         y, z = h - top, w - left
         inside = tirx.all(y >= 0, y < height, z >= 0, z < width)
+        if channels_to is not None and channels_to > channels:
+            inside = tirx.all(inside, c < channels)
         return tirx.if_then_else(inside, x[b, y, z, c], tirx.const(0.0, x.dtype))
 
-    shape = (n, height + top + bottom, width + left + right, channels)
+    shape = (n, height + top + bottom, width + left + right, max(channels, channels_to or 0))
     interior = [top, top + height - 1, left, left + width - 1]
     attrs = {"schedule_rule": PACK_RULE, INTERIOR_ATTR: interior}
     return te.compute(shape, pad, name="pad", attrs=attrs)
