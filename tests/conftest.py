@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def digits(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")
     EXAMPLES["digits"].write(folder)
     return folder
+
+
+def disassembly(library: Path, objdump: str = "objdump") -> str:
+    """`objdump -d` of a built library: the instructions its kernels compiled to (what the
+    arm64 tests check, qemu's times meaning nothing)."""
+    return subprocess.run(
+        [objdump, "-d", str(library)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

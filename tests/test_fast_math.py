@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import ort_outputs, save
+from tests.conftest import disassembly, ort_outputs, save
 
 OPS = ("Sigmoid", "Exp", "Tanh", "Erf", "Softmax")
 
@@ -91,9 +90,7 @@ def test_no_libm_call_per_element(cli, tmp_path, target, objdump, call):
     out = tmp_path / "out"
     r = cli(source, "--target", target, "-o", out, "-q")
     assert r.code == 0, r.err
-    listing = subprocess.run(
-        [objdump, "-d", str(out / "model.so")], capture_output=True, text=True, check=True
-    ).stdout
+    listing = disassembly(out / "model.so", objdump)
     calls = [line for line in listing.splitlines() if f"\t{call}" in line]
     for function in ("expf", "tanhf", "erff"):
         assert not any(f"<{function}@" in line for line in calls), function

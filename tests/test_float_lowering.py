@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import onnx
@@ -18,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.builders import random_initializer
-from tests.conftest import ort_outputs, save
+from tests.conftest import disassembly, ort_outputs, save
 from tests.tolerances import ARTIFACT_ATOL, ARTIFACT_RTOL
 
 
@@ -992,12 +991,7 @@ def test_arm64_layout_grouped_and_attention_kernels_use_neon_under_qemu(
     names = [k["name"] for k in report["kernels"]]
     if nhwc:  # the input's transpose into NHWC and the output's back; none between kernels
         assert sum("transpose" in n for n in names) <= 2, names
-    listing = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listing = disassembly(out / "model.so", "aarch64-linux-gnu-objdump")
     functions = _functions(listing)
     for prefix in kernels:
         bodies = [body for name, body in functions.items() if name.startswith(prefix)]

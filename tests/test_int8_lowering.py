@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.builders import random_initializer
-from tests.conftest import ort_outputs, save
+from tests.conftest import disassembly, ort_outputs, save
 
 
 def _requantize_reference(acc, bias, multiplier, zero_point, dtype):
@@ -404,9 +403,7 @@ def test_quantized_model_runs_integer_kernels_within_one_step_of_onnxruntime(cli
     instruction = {"dot_16x4_vnni": "vpdpbusd", "dot_8x2x2_avx2": "vpmaddwd"}.get(intrinsic)
     if instruction and shutil.which("objdump"):
         # The library holds the instruction, not just the packed layout.
-        listing = subprocess.run(
-            ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
-        ).stdout
+        listing = disassembly(out / "model.so")
         assert len(re.findall(rf"\b{instruction}\b", listing)) > 0
     layers = _layers(report)
     assert layers["conv_a"] == layers["conv_b"] == layers["fc"] == "dot-product"
@@ -486,6 +483,17 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
+def _saved_graph(path, nodes, inits, x_shape, y_shape):
+    """A hand-written opset-17 graph from float x to float y, saved to `path`."""
+    graph = helper.make_graph(
+        nodes, path.stem,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )  # fmt: skip
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def test_a_concat_at_its_inputs_own_scale_is_copied_not_requantized(cli, tmp_path):
     """A QDQ concat whose inputs are quantized at the concat's own scale and zero point (as
     DenseNet's, where each concat rereads the one before it): each dequantize-quantize pair
@@ -519,14 +527,9 @@ def test_a_concat_at_its_inputs_own_scale_is_copied_not_requantized(cli, tmp_pat
         helper.make_node("DequantizeLinear", ["w2", "w_s", "w_z"], ["w2d"]),
         helper.make_node("Conv", ["catd", "w2d"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "concat_qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
-        inits,
-    )  # fmt: skip
-    source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-                  tmp_path / "concat_qdq.onnx")  # fmt: skip
+    source = _saved_graph(
+        tmp_path / "concat_qdq.onnx", nodes, inits, [1, 8, 12, 12], [1, 4, 12, 12]
+    )
     out = tmp_path / "out"
     r = cli(source, "--target", "x86_64", "-o", out, "-q")
     assert r.code == 0, r.err  # the build checks the artifact against onnxruntime
@@ -580,14 +583,7 @@ def test_spp_max_pools_requantized_to_another_scale_pool_the_8bit_values(cli, tm
         helper.make_node("QuantizeLinear", ["o", "a_s", "a_z"], ["oq"]),
         helper.make_node("DequantizeLinear", ["oq", "a_s", "a_z"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "spp_qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20, 20])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 20, 20])],
-        inits,
-    )  # fmt: skip
-    source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-                  tmp_path / "spp_qdq.onnx")  # fmt: skip
+    source = _saved_graph(tmp_path / "spp_qdq.onnx", nodes, inits, [1, 8, 20, 20], [1, 8, 20, 20])
     out = tmp_path / "out"
     r = cli(source, "--target", "x86_64", "-o", out, "-q")
     assert r.code == 0, r.err
@@ -630,13 +626,8 @@ def test_arm64_int8_artifact_uses_dot_products_and_matches_onnxruntime_under_qem
     check = report["verification"]["artifact"]
     assert check["status"] == "ok" and "qemu-aarch64" in check["reference"]
     assert report["int8_compute"]["intrinsic"] == intrinsic
-    disassembly = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert len(re.findall(rf"\b{instruction}\b", disassembly)) > 0
+    listing = disassembly(out / "model.so", "aarch64-linux-gnu-objdump")
+    assert len(re.findall(rf"\b{instruction}\b", listing)) > 0
 
 
 def test_only_per_tensor_operands_follow_the_kernels_nhwc_layout():
@@ -906,10 +897,5 @@ def test_arm64_int8_concat_and_token_matmuls_use_sdot_under_qemu(cli, tmp_path, 
     assert set(_layers(report).values()) == {"dot-product"}, _layers(report)
     names = [k["name"] for k in report["kernels"]]
     assert sum("transpose" in n for n in names) <= 2, names
-    listing = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listing = disassembly(out / "model.so", "aarch64-linux-gnu-objdump")
     assert len(re.findall(r"\bsdot\b", listing)) > 0

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import ort_outputs, save
+from tests.conftest import disassembly, ort_outputs, save
 
 DEPTH, COLUMNS = 30, 40  # K not whole dot-product terms (a pack), N not whole weight blocks
 
@@ -88,9 +87,7 @@ def test_integer_matmul_matches_onnxruntime_on_x86(cli, tmp_path, quantized, mcp
         report["int8_compute"]["intrinsic"] if report.get("int8_compute") else None
     )
     if instruction and shutil.which("objdump"):
-        listing = subprocess.run(
-            ["objdump", "-d", str(out / "model.so")], capture_output=True, text=True, check=True
-        ).stdout
+        listing = disassembly(out / "model.so")
         assert re.search(rf"\b{instruction}\b", listing)
     _run_against_onnxruntime(cli, tmp_path, out, quantized)
 
@@ -106,10 +103,5 @@ def test_integer_matmul_matches_onnxruntime_on_arm64_under_qemu(
     out = tmp_path / "arm"
     report = _build(cli, quantized, out, "--target", "arm64", f"--mattr={mattr}")
     assert "qemu-aarch64" in report["verification"]["artifact"]["reference"]
-    disassembly = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(out / "model.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert re.search(rf"\b{instruction}\b", disassembly)
+    listing = disassembly(out / "model.so", "aarch64-linux-gnu-objdump")
+    assert re.search(rf"\b{instruction}\b", listing)
