@@ -137,13 +137,16 @@ def test_int8_dot_product_kernels_are_held_to_their_instructions_peak():
     kernels = [
         {"name": "fused_dequantize_conv2d_int82_add", "flops": 8e9, "schedule": "sampled"},
         {"name": "depthwise_conv2d_int810", "flops": 2e9, "schedule": "sampled"},
+        {"name": "integer_matmul11_prepacked", "flops": 8e9, "schedule": "sampled"},
     ]
     timings = {
         "fused_dequantize_conv2d_int82_add": (1, 0.010),
         "depthwise_conv2d_int810": (1, 0.010),
+        "integer_matmul11_prepacked": (1, 0.010),  # a dynamic quantization's (vpdpbusd too)
     }
     rows = {r.name: r for r in kernel_rows(timings, kernels, peak_gflops=200.0, dot_factor=4)}
     assert rows["fused_dequantize_conv2d_int82_add"].peak_fraction == pytest.approx(1.0)
+    assert rows["integer_matmul11_prepacked"].peak_fraction == pytest.approx(1.0)
     assert rows["depthwise_conv2d_int810"].peak_fraction == pytest.approx(1.0)
     assert rows["fused_dequantize_conv2d_int82_add"].roofline_ms == pytest.approx(10.0)
 
