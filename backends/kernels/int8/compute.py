@@ -37,6 +37,10 @@ DOT_DEPTH = 4  # activations per dot-product term
 QUANT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 # Activations as the kernels read them: 8-bit, or widened to int16 (AVX2, from either)
 ACT_RANGE = {**QUANT_RANGE, "int16": (-128, 255)}
+# The output type of a layer whose output no integer kernel reads (a conv before HardSwish's
+# float chain): its int32 result times the input and weight scales, as onnxruntime's float
+# conv computes it from the dequantized operands.
+FLOAT_OUTPUT = "float32"
 
 
 def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
@@ -85,7 +89,9 @@ def _requantize(acc, bias, multiplier, out_zero_point: int, out_dtype: str, in_i
 
 
 def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str, in_int32: bool):
-    """float32 total * multiplier, rounded half to even, plus the zero point, saturated.
+    """float32 total * multiplier, rounded half to even, plus the zero point, saturated; for a
+    float32 `out_dtype` (a layer whose output only float ops read: FLOAT_OUTPUT) the product
+    itself, the dequantized result.
 
     Rounded with LLVM's rint (the current rounding mode: to nearest even): TVM's nearbyint is
     not vectorized, a loop using it stays scalar and LLVM then vectorized the loop around it
@@ -95,6 +101,8 @@ def _scale_to(total, multiplier, out_zero_point: int, out_dtype: str, in_int32: 
     count in 1x1 convs over few channels, where the epilogue outweighs the dot products."""
     from tvm import tirx
 
+    if out_dtype == FLOAT_OUTPUT:
+        return total * multiplier
     lo, hi = QUANT_RANGE[out_dtype]
     rounded = tirx.call_llvm_pure_intrin("float32", "llvm.rint", total * multiplier)
     if in_int32:

@@ -13,8 +13,11 @@ them); the graph's own NCHW values remain only where a float op still reads them
 
 A chain is lowered when its input is per-tensor quantized, its weight is a constant with zero
 zero points (the int8 pass makes them so), its bias (if any) is an int32 dequantize and its
-output is quantized by exactly one quantize. A depthwise convolution has a kernel of its own;
-another grouped one runs as a dot-product kernel per group. Every conv2d, conv2d_transpose and
+output is quantized by exactly one quantize, or not at all: where only float ops read it (a
+HardSwish or SiLU chain, quantize_int8's float_read_outputs) the kernel writes the
+dequantized float32 sum, and the chain runs on it in NHWC up to the next quantize. A depthwise
+convolution has a kernel of its own; another grouped one runs as a dot-product kernel per
+group. Every conv2d, conv2d_transpose and
 matmul of the module is listed in the result, lowered or with the reason it stayed float.
 """
 
@@ -34,6 +37,7 @@ from edgepress.backends.kernels.common.relax_lowering import (
     nhwc_pool,
 )
 from edgepress.backends.kernels.int8.compute import (
+    FLOAT_OUTPUT,
     depthwise_conv2d,
     depthwise_sums_exact,
     needs_pack,
@@ -185,8 +189,17 @@ def _quantize_consumer(bindings: Bindings, var):
     return users[0], bindings.value[users[0]]
 
 
+def _single_consumer(bindings: Bindings, var):
+    """The one op that reads `var`, or None (several, or a function result)."""
+    users = bindings.consumers(var)
+    if len(users) != 1 or bindings.uses.get(var, 0) != 1:
+        return None
+    return bindings.value[users[0]]
+
+
 def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object, _Chain]:
-    """(the quantize binding's var, the chain) for the compute call bound to `var`."""
+    """(the var the chain's result replaces: its quantize's, or where only float ops read
+    the output the conv's or its bias add's, and the chain) for the compute call at `var`."""
     op = _op_name(call)
     x, x_scale, x_zp = _dequantized_input(bindings, call.args[0])
     weight_expr = call.args[1]
@@ -243,18 +256,25 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
                 "for exact float32 sums"
             )
 
-    out_var, out = _quantize_consumer(bindings, var)
+    out_var, out = var, _single_consumer(bindings, var)
     bias = np.zeros(channels, np.int64)
     if _op_name(out) == "relax.add":
         other = out.args[1] if out.args[0].same_as(var) else out.args[0]
         scale = np.float32(x_scale) * weight_scales
         bias = _int32_bias(bindings, other, channels, scale)
-        out_var, out = _quantize_consumer(bindings, out_var)
-    if _op_name(out) != "relax.quantize":
-        raise NotLowered("its output is not quantized")
-    out_dtype = str(out.attrs.out_dtype)
-    if out_dtype not in QUANT_TYPES:
-        raise NotLowered(f"its output is quantized to {out_dtype}")
+        out_var = bindings.consumers(var)[0]
+        out = _single_consumer(bindings, out_var)
+    if _op_name(out) == "relax.quantize":
+        out_dtype = str(out.attrs.out_dtype)
+        if out_dtype not in QUANT_TYPES:
+            raise NotLowered(f"its output is quantized to {out_dtype}")
+        out_var = bindings.consumers(out_var)[0]
+        out_scale = _scalar(out.args[1], "the output scale")
+        out_zero_point = int(_scalar(out.args[2], "the output zero point"))
+    else:  # only float ops read it (quantize_int8's float_read_outputs): the dequantized sum
+        if kind == "grouped":
+            raise NotLowered("a grouped convolution whose output is not quantized")
+        out_dtype, out_scale, out_zero_point = FLOAT_OUTPUT, 1.0, 0
     if kind != "depthwise":  # it reads x in the instruction's signedness
         x_zp = shift_zero_point(x_zp, _dtype(x), layout.act_dtype)
     # The kernels sum x * w (padding reads as the zero point): the zero point's share,
@@ -272,8 +292,8 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
         weight=weight,
         weight_scales=weight_scales,
         bias=bias.astype(np.int32),
-        out_scale=_scalar(out.args[1], "the output scale"),
-        out_zero_point=int(_scalar(out.args[2], "the output zero point")),
+        out_scale=out_scale,
+        out_zero_point=out_zero_point,
         out_dtype=out_dtype,
         kind=kind,
         attrs=attrs,
