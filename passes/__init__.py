@@ -29,7 +29,11 @@ from edgepress.passes.fusion import (  # noqa: F401
     fuse_layer_norm,
     fuse_matmul_add,
 )
-from edgepress.passes.quantization import equalize_cross_layer, quantize_int8  # noqa: F401
+from edgepress.passes.quantization import (  # noqa: F401
+    equalize_cross_layer,
+    equalize_depthwise_inputs,
+    quantize_int8,
+)
 from edgepress.passes.pruning import prune_channels  # noqa: F401
 
 __all__ = ["PASSES", "DEFAULT_PIPELINE", "PassResult", "get_pass", "register_pass"]

@@ -302,8 +302,8 @@ def test_integer_max_pool_equals_numpy(dtype, padding, strides):
     np.testing.assert_array_equal(got, np.max(windows, axis=0).astype(dtype))
 
 
-def _saved_with_calibration(path, nodes, inits, y_shape: list, rng):
-    """The graph (input x: 1x3x16x16, output y) saved at `path` with opset 17, and 24
+def _saved_with_calibration(path, nodes, inits, y_shape: list, rng, opset: int = 17):
+    """The graph (input x: 1x3x16x16, output y) saved at `path` with `opset`, and 24
     calibration inputs beside it: (model path, calibration path)."""
     graph = helper.make_graph(
         nodes,
@@ -312,7 +312,7 @@ def _saved_with_calibration(path, nodes, inits, y_shape: list, rng):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     source = save(model, path)
     cal = path.parent / "cal.npz"
     np.savez(cal, x=rng.standard_normal((24, 1, 3, 16, 16)).astype(np.float32))
@@ -442,6 +442,49 @@ def test_silu_between_integer_kernels_stays_nhwc(cli, tmp_path):
     sigmoid = [k["name"] for k in report["kernels"] if "sigmoid" in k["name"]]
     assert sigmoid and not any("transpose" in name for name in sigmoid), sigmoid
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=12)
+
+
+def test_a_conv_before_hardswish_writes_its_float_sum_into_the_chain(cli, tmp_path):
+    """Conv -> HardSwish as opset 13 exports write it (x * clip(x + 3, 0, 6) / 6) -> depthwise
+    Conv, int8: quantize_int8 leaves the first conv's output float (only float ops read it),
+    its integer kernel writes the dequantized sum, and the HardSwish chain with the depthwise
+    input's channel gains (equalize_depthwise_inputs) runs on the NHWC values with no
+    transpose; the result is within one step of onnxruntime on model.onnx."""
+    import onnx
+
+    rng = np.random.default_rng(6)
+    spread = np.logspace(-1, 1, 16).astype(np.float32)  # channels of different ranges
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+                                * spread[:, None, None, None], "wa"),
+        random_initializer(rng, "ba", (16,)),
+        random_initializer(rng, "wd", (16, 1, 3, 3)),
+        random_initializer(rng, "bd", (16,)),
+        *(numpy_helper.from_array(np.array(v, np.float32), n)
+          for n, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, name="conv_a"),
+        helper.make_node("Add", ["a", "three"], ["a3"], name="plus_three"),
+        helper.make_node("Clip", ["a3", "zero", "six"], ["c"], name="relu6"),
+        helper.make_node("Mul", ["a", "c"], ["m"], name="times"),
+        helper.make_node("Div", ["m", "six"], ["h"], name="hardswish"),
+        helper.make_node("Conv", ["h", "wd", "bd"], ["y"], pads=[1] * 4, group=16, name="dw"),
+    ]
+    source, cal = _saved_with_calibration(tmp_path / "hardswish.onnx", nodes, inits,
+                                          [1, 16, 16, 16], rng, opset=13)  # fmt: skip
+    out, report = _int8_without_floor(cli, tmp_path, source, cal)
+    rounded = [n.input[0] for n in onnx.load(out / "model.onnx").graph.node
+               if n.op_type == "QuantizeLinear"]  # fmt: skip
+    assert "a" not in rounded and report["quantization"]["equalized_depthwise_inputs"] == 1
+    assert _layers(report) == {"conv_a": "dot-product", "dw": "depthwise"}
+    names = [k["name"] for k in report["kernels"]]
+    # the float sum never leaves the conv's kernel: HardSwish, the gains and the quantize for
+    # the depthwise conv are its epilogue; the one transpose left turns y back to NCHW
+    conv = [name for name in names if "conv2d_int8" in name and "depthwise" not in name]
+    assert len(conv) == 1 and all(op in conv[0] for op in ("minimum", "divide", "quantize"))
+    assert sum(name.startswith("transpose") for name in names) == 1, names
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
 def _fire_module(tmp_path):

@@ -131,3 +131,21 @@ def calibrate(
         stats.ranges[name] = (low, max(high, low))
         stats.observed[name] = seen
     return stats
+
+
+def channel_ranges(
+    model: onnx.ModelProto, data: dict[str, np.ndarray], names: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The lowest and highest value of each channel (axis 1) of the named tensors over `data`'s
+    samples (equalize_depthwise_inputs' input)."""
+    from edgepress.passes.quantization.sensitivity import run_samples
+
+    if not names:
+        return {}
+
+    def extremes(a: np.ndarray) -> np.ndarray:
+        axes = tuple(i for i in range(a.ndim) if i != 1)
+        return np.stack([a.min(axis=axes), a.max(axis=axes)])
+
+    seen = run_samples(model, data, names, reduce=extremes)
+    return {name: (v[:, 0].min(axis=0), v[:, 1].max(axis=0)) for name, v in seen.items()}

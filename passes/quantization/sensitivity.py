@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -63,10 +64,14 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def run_samples(
-    model: onnx.ModelProto, samples: dict[str, np.ndarray], outputs: list[str] | None = None
+    model: onnx.ModelProto,
+    samples: dict[str, np.ndarray],
+    outputs: list[str] | None = None,
+    reduce: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """onnxruntime (graph optimizations off) on each sample; the named outputs (default: the
-    model's) stacked on a leading axis."""
+    model's) stacked on a leading axis, each first passed through `reduce` if given (so that
+    a statistic of many activations never holds them all)."""
     import onnxruntime as ort
 
     proto = _with_outputs(model, outputs) if outputs else model
@@ -77,10 +82,10 @@ def run_samples(
     names = outputs or [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     count = min(a.shape[0] for a in samples.values())
-    runs = [
-        session.run(names, {k: v[i] for k, v in samples.items() if k in wanted})
-        for i in range(count)
-    ]
+    runs = []
+    for i in range(count):
+        run = session.run(names, {k: v[i] for k, v in samples.items() if k in wanted})
+        runs.append([reduce(a) for a in run] if reduce is not None else run)
     return {name: np.stack([r[j] for r in runs]) for j, name in enumerate(names)}
 
 
