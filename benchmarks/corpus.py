@@ -258,6 +258,11 @@ def int8_markdown(rows: list[Row]) -> list[str]:
         f"onnxruntime on the fp32 source on {len(EVAL_PHOTOS)} photographs not used for "
         "calibration.",
         "",
+        "onnxruntime int8 runs the build's model.onnx. It fuses a QDQ conv into an integer "
+        "kernel only where the conv's output is quantized; the convs int8 leaves with a float "
+        "output (before a HardSwish or SiLU, whose float ops read it) run as float convs there, "
+        "so for those models the ratio against onnxruntime fp32 is the one to read.",
+        "",
         f"| model | int8 status | least cosine | layers kept in float | library vs fp32 |{speed_heads} build s | error or note |",
         "|---|---|---|---|---|" + "---|" * len(threads) + "---|---|",
     ]
