@@ -487,6 +487,46 @@ def test_a_conv_before_hardswish_writes_its_float_sum_into_the_chain(cli, tmp_pa
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
+def test_a_float_layer_between_int8_layers_adds_no_transposes(cli, tmp_path):
+    """Conv (int8) -> Conv kept in float -> Conv (int8), as a fidelity search leaves a
+    sensitive layer: the int8 lowering runs first and leaves NCHW views of its kernels' NHWC
+    outputs, which the float lowering reads through (nhwc_rewriter.layout_transpose) instead
+    of transposing back; the result is within one step of onnxruntime on the QDQ model."""
+    import onnx
+    import onnx_ir as ir
+
+    from edgepress.passes.quantization.calibration import calibrate
+    from edgepress.passes.quantization.quantize_int8 import quantize_int8
+
+    rng = np.random.default_rng(8)
+    inits = [random_initializer(rng, f"{w}{n}", shape) for n in "abc"
+             for w, shape in (("w", (16, 16 if n != "a" else 3, 3, 3)), ("b", (16,)))]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1] * 4, name="conv_a"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "wb", "bb"], ["b"], pads=[1] * 4, name="conv_b"),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Conv", ["br", "wc", "bc"], ["y"], pads=[1] * 4, name="conv_c"),
+    ]
+    source, cal = _saved_with_calibration(tmp_path / "float_middle.onnx", nodes, inits,
+                                          [1, 16, 16, 16], rng)  # fmt: skip
+    float_model = onnx.load(source)
+    stats = calibrate(float_model, {"x": np.load(cal)["x"]})
+    qdq = quantize_int8(ir.from_proto(float_model), stats=stats, exclude=["conv_b", "relu_b"])
+    onnx.save(ir.to_proto(qdq.model), tmp_path / "qdq.onnx")
+    out = tmp_path / "art"
+    r = cli(tmp_path / "qdq.onnx", "--target", "x86_64", "-o", out, "-q")
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert _layers(report)["conv_a"] == _layers(report)["conv_c"] == "dot-product"
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] != [None]
+    names = [k["name"] for k in report["kernels"]]
+    # two transposes: x's to NHWC (in its quantize) and y's back; none around conv_b (each
+    # boundary kept a pair, fused into the pad before it and the quantize after it)
+    assert sum(name.count("transpose") for name in names) == 2, names
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=14)
+
+
 def _fire_module(tmp_path):
     """Conv -> Relu -> two Convs (1x1, 3x3) -> Concat (a SqueezeNet fire module) -> Resize x2
     (an FPN's upsampling) -> Conv; (model, calibration data)."""
