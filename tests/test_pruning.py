@@ -463,7 +463,9 @@ def test_pruned_and_int8_build_of_the_digits_cnn(cli, digits, tmp_path):
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert report["status"] == "ok"
-    assert [p["name"] for p in report["passes"][-2:]] == ["prune_channels", "quantize_int8"]
+    assert [p["name"] for p in report["passes"][-3:]] == [
+        "prune_channels", "equalize_depthwise_inputs", "quantize_int8"
+    ]
     p = report["pruning"]
     assert p["removed_channels"] >= 0.5 * p["prunable_channels"]
     assert p["macs_after"] < 0.6 * p["macs_before"]
