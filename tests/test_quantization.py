@@ -644,15 +644,6 @@ def test_channel_gains_fill_the_grid_and_stay_bounded():
     assert dead.min() >= 1 / MAX_GAIN - 1e-12 and dead.max() == 1.0
 
 
-SILU_CONV = """
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
-  a = Conv <pads=[1,1,1,1]> (x, w1, b1)
-  s = Sigmoid (a)
-  h = Mul (a, s)
-  y = Conv (h, w2, b2)
-}
-"""
 RELU_SIGMOID = """
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[1,3,8,8] x) => (float[1,8,8,8] y) {
@@ -676,9 +667,9 @@ def test_a_conv_output_only_float_ops_read_is_not_rounded():
     """SiLU's sigmoid and product read the conv's sum in float: no 8-bit grid in between (the
     most lossy rounding, taken before the activation narrows the range); the SiLU output the
     next conv reads is quantized."""
-    weights = {"w1": rand(8, 3, 3, 3), "b1": rand(8, seed=1), "w2": rand(4, 8, 1, 1, seed=2),
-               "b2": rand(4, seed=3)}  # fmt: skip
-    _, q, _ = _quantized(SILU_CONV, weights)
+    weights = {"w1": rand(8, 3, 3, 3), "b1": rand(8, seed=1), "w2": rand(8, 1, 3, 3, seed=2),
+               "b2": rand(8, seed=3)}  # fmt: skip
+    _, q, _ = _quantized(SILU_DEPTHWISE, weights)
     rounded = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
     assert "a" not in rounded and "h" in rounded, rounded
     assert not [i.name for i in q.graph.initializer if i.name.startswith("a_")]  # no orphans
