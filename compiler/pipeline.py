@@ -91,11 +91,12 @@ def run_pipeline(
 
 
 def run_optional_pipeline(
-    proto, names: list[str], source: str
+    proto, names: list[str], source: str, options: dict[str, dict] | None = None
 ) -> tuple[ir.Model, list[PassRecord]]:
-    """run_pipeline on a fresh onnx_ir copy of `proto`; a pass that crashes is dropped (a warning,
-    and a record with its error and no changes) and the pipeline runs again without it, from the
-    start (a crash may leave the model half-rewritten). EDGEPRESS_STRICT=1 raises instead."""
+    """run_pipeline (with `options`) on a fresh onnx_ir copy of `proto`; a pass that crashes is
+    dropped (a warning, and a record with its error and no changes) and the pipeline runs again
+    without it, from the start (a crash may leave the model half-rewritten). EDGEPRESS_STRICT=1
+    raises instead."""
     from edgepress.compiler.errors import strict
     from edgepress.compiler.model_io import to_ir
 
@@ -103,7 +104,7 @@ def run_optional_pipeline(
     while True:
         active = [n for n in names if n not in skipped]
         try:
-            model, records = run_pipeline(to_ir(proto, source), active)
+            model, records = run_pipeline(to_ir(proto, source), active, options)
             break
         except PassError as err:
             if strict() or err.pass_name is None:

@@ -26,7 +26,7 @@ from edgepress.compiler.calibration_data import (
     stacked_samples,
 )
 from edgepress.compiler.errors import BudgetError, UsageError
-from edgepress.compiler.pipeline import PassRecord, run_pipeline
+from edgepress.compiler.pipeline import PassRecord, run_optional_pipeline, run_pipeline
 from edgepress.compiler.shapes import TensorSpec, model_inputs, tensor_specs
 from edgepress.compiler.verify import sample_cosines
 from edgepress.passes.quantization.bias_correction import correct_biases
@@ -241,11 +241,13 @@ def quantize(
         model, eq_records = run_pipeline(model, ["equalize_cross_layer"], done=done)
         equalized = eq_records[0].changes
     # each depthwise input's channels on one int8 grid (a float Mul, weights rescaled): the
-    # ranges come from the calibration samples only
-    ranges = channel_ranges(ir.to_proto(model), data, depthwise_inputs(model))
-    model, dw_records = run_pipeline(
-        model, ["equalize_depthwise_inputs"], {"equalize_depthwise_inputs": {"ranges": ranges}},
-        done=done,
+    # ranges come from the calibration samples only. An optimization: where it crashes, the
+    # build goes on without it (a warning, and the pass's record says why).
+    proto = ir.to_proto(model)
+    ranges = channel_ranges(proto, data, depthwise_inputs(model))
+    model, dw_records = run_optional_pipeline(
+        proto, ["equalize_depthwise_inputs"], f"int8 on {opts.calibration}",
+        {"equalize_depthwise_inputs": {"ranges": ranges}},
     )  # fmt: skip
     eq_records += dw_records
     float_model = ir.to_proto(model)

@@ -686,3 +686,38 @@ def test_a_relu_folded_into_the_conv_range_keeps_its_rounding():
     assert "Relu" not in [n.op_type for n in q.graph.node]  # folded by onnxruntime's quantizer
     got, want = run_samples(q, cal)["y"], run_samples(float_model, cal)["y"]
     assert got.min() >= 0.5 - 1e-6 and np.abs(got - want).max() < 0.02
+
+
+def test_a_crash_in_the_depthwise_equalization_leaves_the_int8_build_standing(
+    cli, tmp_path, monkeypatch
+):
+    """The equalization is an optimization: where it crashes, the int8 build goes on without
+    it, its record saying why; named in --passes (it needs calibration) it is skipped with
+    the reason, never a traceback."""
+    from edgepress.compiler.errors import STRICT_ENV
+    from edgepress.passes.quantization import equalize_depthwise_inputs
+
+    source = tmp_path / "silu_dw.onnx"
+    onnx.save(_silu_then_depthwise(), source)
+    rng = np.random.default_rng(12)
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(-1, 1, (20, 3, 8, 8)).astype(np.float32))
+
+    def broken(low, high):
+        raise RuntimeError("planted gains bug")
+
+    monkeypatch.setattr(equalize_depthwise_inputs, "channel_gains", broken)
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    out = tmp_path / "out"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", tmp_path / "cal.npz", "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    record = next(p for p in report["passes"] if p["name"] == "equalize_depthwise_inputs")
+    assert "planted gains bug" in record["details"]["failed"]
+    assert report["quantization"]["equalized_depthwise_inputs"] == 0
+    named = cli(source, "--target", "x86_64", "-o", tmp_path / "named", "-q",
+                "--passes", "equalize_depthwise_inputs")  # fmt: skip
+    assert named.code == 0 and "Traceback" not in named.err, named.err
+    report = json.loads((tmp_path / "named" / "report.json").read_text())
+    (record,) = report["passes"]
+    assert "needs per-channel ranges from calibration" in record["details"]["failed"]

@@ -96,8 +96,11 @@ def equalize_depthwise_inputs(
 
     Needs `ranges` (value name -> per-channel low and high); counts the convs rescaled.
     """
-    if not ranges:
-        return PassResult(model, 0)
+    if ranges is None:
+        raise ValueError(
+            "equalize_depthwise_inputs needs per-channel ranges from calibration: it runs in "
+            "every --quantize int8 build rather than by name in --passes"
+        )
     graph = model.graph
     values = {v.name: v for node in graph for v in node.outputs}
     changed = 0
