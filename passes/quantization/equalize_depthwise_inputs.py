@@ -126,8 +126,11 @@ def equalize_depthwise_inputs(
         )  # fmt: skip
         graph.insert_before(conv, mul)
         conv.replace_input_with(0, mul.outputs[0])
+        old_weight = conv.inputs[1]
         conv.replace_input_with(
             1, add_initializer(graph, f"{conv.name or 'conv'}_weight_equalized", scaled)
         )
+        if not old_weight.uses() and old_weight.name in graph.initializers:
+            del graph.initializers[old_weight.name]  # else a float copy stays in model.onnx
         changed += 1
     return PassResult(model, changed)
