@@ -131,6 +131,6 @@ def equalize_depthwise_inputs(
             1, add_initializer(graph, f"{conv.name or 'conv'}_weight_equalized", scaled)
         )
         if not old_weight.uses() and old_weight.name in graph.initializers:
-            del graph.initializers[old_weight.name]  # else a float copy stays in model.onnx
+            del graph.initializers[old_weight.name]  # unread: onnxruntime warns of it
         changed += 1
     return PassResult(model, changed)
