@@ -566,6 +566,51 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
+def test_dense_block_batch_norm_runs_on_nhwc_values_in_whole_channel_vectors(cli, tmp_path):
+    """A DenseNet dense block, int8: Concat -> BatchNormalization -> Relu -> Conv, whose batch
+    norm no conv before it can absorb. It runs on the concatenation's NHWC value
+    (nhwc_rewriter.batch_norm_in_nhwc; left NCHW it sat between two transposes) in a function
+    scheduled channels-as-vectors (common/elementwise_schedule: TVM's sample vectorized the
+    fused axes by 64, gathering 48 channels' parameters lane by lane); the result is within one
+    step of onnxruntime on the QDQ model."""
+    rng = np.random.default_rng(21)
+    channels = 48  # whole AVX-512 vectors, not whole vectors of TVM's 64
+    bn = [
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.uniform(-0.2, 0.2, channels).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.uniform(-0.1, 0.3, channels).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, channels).astype(np.float32), "var"),
+    ]
+    inits = [
+        random_initializer(rng, "wa", (24, 3, 3, 3)),
+        random_initializer(rng, "wb", (24, 24, 3, 3)),
+        random_initializer(rng, "wc", (16, channels, 1, 1)),
+        *bn,
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1] * 4, name="conv_a"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "wb"], ["b"], pads=[1] * 4, name="conv_b"),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Concat", ["ar", "br"], ["cat"], axis=1, name="concat"),
+        helper.make_node("BatchNormalization", ["cat", "gamma", "beta", "mean", "var"],
+                         ["norm"], name="norm"),  # fmt: skip
+        helper.make_node("Relu", ["norm"], ["nr"], name="relu_norm"),
+        helper.make_node("Conv", ["nr", "wc"], ["y"], name="conv_c"),
+    ]
+    source, cal = _saved_with_calibration(tmp_path / "dense.onnx", nodes, inits,
+                                          [1, 16, 16, 16], rng)  # fmt: skip
+    out, report = _int8_without_floor(cli, tmp_path, source, cal)
+    assert set(_layers(report).values()) == {"dot-product"}
+    kernels = {k["name"]: k["schedule"] for k in report["kernels"]}
+    norm = [name for name in kernels if "divide" in name]  # the decomposed batch norm
+    assert len(norm) == 1 and "transpose" not in norm[0], kernels
+    assert kernels[norm[0]] == "elementwise", kernels
+    # the input's transpose into NHWC and the output's back; none around the batch norm
+    assert sum(name.count("transpose") for name in kernels) <= 2, kernels
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=22)
+
+
 def _saved_graph(path, nodes, inits, x_shape, y_shape):
     """A hand-written opset-17 graph from float x to float y, saved to `path`."""
     graph = helper.make_graph(

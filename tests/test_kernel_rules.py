@@ -49,3 +49,56 @@ def test_a_rule_that_does_not_apply_leaves_the_block_as_it_is(caplog):
         result = rule.apply(sch, sch.get_sblock("pad"))
     assert len(result) == 1 and result[0].mod.script() == before.script()
     assert "does not apply" in caplog.text and "interior" in caplog.text
+
+
+def _elementwise_funcs():
+    """TE functions over an NHWC value x [1, 4, 5, 48]: a batch-norm-like chain with
+    per-channel operands, a transpose and a reduction."""
+    from tvm import te, topi
+
+    x = te.placeholder((1, 4, 5, 48), "float32", name="x")
+    scale = te.placeholder((1, 1, 1, 48), "float32", name="scale")
+    shift = te.placeholder((48,), "float32", name="shift")
+    y = te.compute(x.shape, lambda n, h, w, c: x[n, h, w, c] * scale[0, 0, 0, c], name="y")
+    z = te.compute(x.shape, lambda n, h, w, c: te.max(y[n, h, w, c] + shift[c], 0.0), name="z")
+    chain = te.create_prim_func([x, scale, shift, z])
+    transposed = te.create_prim_func([x, topi.transpose(x, (0, 3, 1, 2))])
+    reduced = te.create_prim_func([x, topi.sum(x, axis=(1, 2))])
+    return chain, transposed, reduced
+
+
+def test_elementwise_schedule_takes_broadcast_chains_and_matches_numpy():
+    """common/elementwise_schedule: a chain with per-channel operands is inlined into one
+    block, its channels split into whole vectors (vectorized) under one parallel loop, and
+    computes what numpy does; a transpose, a reduction and channels that are not whole
+    vectors keep TVM's sample (None)."""
+    import numpy as np
+    import tvm
+
+    from edgepress.backends.kernels.common.elementwise_schedule import (
+        schedule_elementwise,
+        why_not_elementwise,
+    )
+    from edgepress.backends.kernels.common.tir_walk import loops, sblocks
+
+    chain, transposed, reduced = _elementwise_funcs()
+    assert why_not_elementwise(chain) is None
+    assert "out of order" in why_not_elementwise(transposed)
+    assert "reduces" in why_not_elementwise(reduced)
+    assert schedule_elementwise(transposed, 16) is None
+    assert schedule_elementwise(chain, 32) is None  # 48 channels are not whole vectors of 32
+
+    scheduled = schedule_elementwise(chain, 16)
+    assert len([b for b in sblocks(scheduled) if b.name_hint != "root"]) == 1
+    kinds = [(int(loop.kind), int(loop.extent)) for loop in loops(scheduled)]
+    parallel, vectorized = int(tvm.tirx.ForKind.PARALLEL), int(tvm.tirx.ForKind.VECTORIZED)
+    assert kinds == [(parallel, 4 * 5 * 3), (vectorized, 16)], kinds
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 5, 48)).astype(np.float32)
+    scale = rng.standard_normal((1, 1, 1, 48)).astype(np.float32)
+    shift = rng.standard_normal(48).astype(np.float32)
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, scale, shift)), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(x * scale + shift, 0), rtol=1e-6)

@@ -31,7 +31,8 @@ class Kernel:
     name: str
     flops: float  # TVM's estimate_tir_flops over the scheduled loop nest (not the graph's MACs x 2)
     # "tuned" (a record), "sampled" (CPU fallback), "dlight" (GPU fallback), "loops" (none),
-    # "written" (a kernel written as loops, channel_concat)
+    # "written" (a kernel written as loops, channel_concat), "elementwise" (the CPU fallback's
+    # own schedule of an elementwise function: common/elementwise_schedule)
     schedule: str
 
     def to_json(self) -> dict:
@@ -266,6 +267,29 @@ def _inlined_as_sampled(func, sch):
         return func
 
 
+def _schedule_elementwise(mod, description, names: set[str]):
+    """The functions named in `names` that are elementwise with broadcasting, scheduled by
+    common/elementwise_schedule instead of a sample; returns the module and their names."""
+    from edgepress.backends.kernels.common.elementwise_schedule import schedule_elementwise
+    from edgepress.compiler.errors import strict
+
+    done = set()
+    for gv, func in list(mod.functions.items()):
+        if gv.name_hint not in names:
+            continue
+        try:
+            scheduled = schedule_elementwise(func, description.float_lanes)
+        except Exception as err:  # noqa: BLE001 - an extra: the function is sampled instead
+            if strict():
+                raise
+            log.debug("no elementwise schedule for %s: %s", gv.name_hint, err)
+            continue
+        if scheduled is not None:
+            mod[gv] = scheduled.with_attr("tirx.is_scheduled", True)
+            done.add(gv.name_hint)
+    return mod, done
+
+
 def _reduces(func) -> bool:
     """Whether `func` has a reduction block, the work a sample could recompute per element of
     its consumer. Without one, a sample's estimate grows only by inlined copies and by selects
@@ -307,7 +331,13 @@ def _flops(mod) -> dict[str, float]:
 
 
 def kernels_of(
-    mod, tuned: set[str], sampled: set[str], fallback: str, flops: dict, written=frozenset()
+    mod,
+    tuned: set[str],
+    sampled: set[str],
+    fallback: str,
+    flops: dict,
+    written=frozenset(),
+    elementwise=frozenset(),
 ) -> list[Kernel]:
     """Each PrimFunc with its FLOPs (from `flops`, by name) and how it was scheduled."""
     import tvm
@@ -318,11 +348,12 @@ def kernels_of(
             continue
         # SplitLayoutRewritePreproc renames a kernel whose weights it prepacked.
         name = gv.name_hint.removesuffix(PREPACKED)
-        schedule = (
-            "written"
-            if name in written
-            else "tuned" if name in tuned else "sampled" if name in sampled else fallback
-        )
+        if name in written:
+            schedule = "written"
+        elif name in elementwise:
+            schedule = "elementwise"
+        else:
+            schedule = "tuned" if name in tuned else "sampled" if name in sampled else fallback
         kernels.append(Kernel(gv.name_hint, flops.get(name, 0.0), schedule))
     return kernels
 
@@ -371,6 +402,7 @@ def finish(
             for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and _is_scheduled(f)
         } - written
+        elementwise = set()
         if description.is_gpu:
             mod = _gpu_fallback()(mod)
             sampled, fallback = set(), "dlight"
@@ -384,7 +416,8 @@ def finish(
                     if isinstance(f, tvm.tirx.PrimFunc)
                     and gv.name_hint not in tuned | written
                 }
-                mod, sampled = sample_schedules(mod, target, description, names)
+                mod, elementwise = _schedule_elementwise(mod, description, names)
+                mod, sampled = sample_schedules(mod, target, description, names - elementwise)
         # The schedules' weight-layout rewrites become separate functions on constants, which
         # FoldConstant evaluates now: the library holds the weights already in the tuned layout.
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
@@ -393,7 +426,7 @@ def finish(
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tvm.tirx.PrimFunc) and post_schedule is not None:
                 mod[gv] = post_schedule(func)
-        kernels = kernels_of(mod, tuned, sampled, fallback, flops, written)
+        kernels = kernels_of(mod, tuned, sampled, fallback, flops, written, elementwise)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
     return executable, kernels
