@@ -104,12 +104,14 @@ def _built(cli, proto, tmp_path) -> tuple[dict, dict]:
 # conv_transpose_as_depth_to_space: the other rewrite of a conv TVM lowered generically.
 
 
-def _conv_transpose(stride: int, attributes: str, bias: bool, trim: int = 0) -> object:
+def _conv_transpose(
+    stride: int, attributes: str, bias: bool, trim: int = 0, opset: int = 13
+) -> object:
     """x[2, 5, 6, 9] -> ConvTranspose(7 channels, stride x stride kernel); `trim`: the output
     rows and columns its pads take off."""
     inputs = "x, w, b" if bias else "x, w"
     return model(
-        f"""<ir_version: 8, opset_import: ["" : 13]>
+        f"""<ir_version: 8, opset_import: ["" : {opset}]>
         g (float[2, 5, 6, 9] x) => (float[2, 7, {6 * stride - trim}, {9 * stride - trim}] y) {{
             y = ConvTranspose <{attributes}> ({inputs})
         }}""",
@@ -117,9 +119,14 @@ def _conv_transpose(stride: int, attributes: str, bias: bool, trim: int = 0) -> 
     )
 
 
-@pytest.mark.parametrize(("stride", "bias"), [(2, True), (3, False), (4, True)])
-def test_conv_transpose_with_kernel_equal_to_stride_is_a_1x1_conv_and_depth_to_space(stride, bias):
-    proto = _conv_transpose(stride, f"strides = [{stride}, {stride}]", bias)
+@pytest.mark.parametrize(
+    ("stride", "bias", "opset"), [(2, True, 13), (3, False, 13), (4, True, 13), (2, True, 9)]
+)
+def test_conv_transpose_with_kernel_equal_to_stride_is_a_1x1_conv_and_depth_to_space(
+    stride, bias, opset
+):
+    """(DepthToSpace in DCR mode, the only one before opset 11: an opset-9 model's too.)"""
+    proto = _conv_transpose(stride, f"strides = [{stride}, {stride}]", bias, opset=opset)
     after = check_pass("conv_transpose_as_depth_to_space", proto, changes=1, atol=1e-5, rtol=1e-5)
     assert ops(after) == {"Conv": 1, "DepthToSpace": 1}
 

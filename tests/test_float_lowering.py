@@ -829,6 +829,67 @@ def test_channel_shuffle_stays_nhwc_between_kernels(cli, tmp_path):
     _matches_onnxruntime(cli, tmp_path, source, out, shape=(1, 8, 6, 6))
 
 
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_stays_nhwc_between_kernels(cli, tmp_path, mode):
+    """Conv to 4 x 8 channels -> DepthToSpace (blocksize 2) -> Add a per-channel bias -> Relu
+    -> Conv 3x3 (an upsampling head, as conv_transpose_as_depth_to_space writes one): the
+    rearrangement runs on the NHWC values, not between a transpose to NCHW and one back, and
+    the artifact equals onnxruntime in both modes."""
+    rng = np.random.default_rng(11)
+    inits = [
+        random_initializer(rng, "w1", (32, 8, 1, 1)),
+        random_initializer(rng, "bias", (1, 8, 1, 1)),
+        random_initializer(rng, "w2", (8, 8, 3, 3)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("DepthToSpace", ["c1"], ["d"], blocksize=2, mode=mode),
+        helper.make_node("Add", ["d", "bias"], ["b"]),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    source = _saved(tmp_path, f"d2s_{mode}", nodes, inits, [1, 8, 6, 7], [1, 8, 12, 14])
+    names = [k["name"] for k in _built(cli, tmp_path, source)["kernels"]]
+    # the input's transpose into NHWC, the rearrangement's own, the output's back (NCHW, the
+    # rearrangement sat between two more transposes, fused into one kernel with it)
+    assert sum(n.count("transpose") for n in names) <= 3, names
+    _matches_onnxruntime(cli, tmp_path, source, tmp_path / "out", shape=(1, 8, 6, 7))
+
+
+def test_squeeze_excitation_gate_is_not_fused_into_its_conv(cli, tmp_path):
+    """x -> Conv 3x3 (24 channels) = t; t + t * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(
+    t))))) -> Conv 3x3 (PP-OCR's residual squeeze-and-excitation): the gate's product over the
+    whole image runs in a function of its own, not fused behind the 1x1 conv of the pooled
+    gate, which left that function to plain loops on one thread. The artifact equals
+    onnxruntime."""
+    rng = np.random.default_rng(13)
+    inits = [
+        random_initializer(rng, "w1", (24, 8, 3, 3)),
+        random_initializer(rng, "w_down", (6, 24, 1, 1)),
+        random_initializer(rng, "w_up", (24, 6, 1, 1)),
+        random_initializer(rng, "b_up", (24,)),
+        random_initializer(rng, "w2", (8, 24, 3, 3)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["t"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["t"], ["p"]),
+        helper.make_node("Conv", ["p", "w_down"], ["d"]),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Conv", ["r", "w_up", "b_up"], ["u"]),
+        helper.make_node("HardSigmoid", ["u"], ["g"], alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["t", "g"], ["m"]),
+        helper.make_node("Add", ["t", "m"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    source = _saved(tmp_path, "se", nodes, inits, [1, 8, 10, 12], [1, 8, 10, 12])
+    kernels = {k["name"]: k["schedule"] for k in _built(cli, tmp_path, source)["kernels"]}
+    assert "loops" not in kernels.values(), kernels
+    # the product, the residual add and the next conv's padding: the pack rule's
+    gates = [name for name in kernels if "multiply" in name and "conv2d" not in name]
+    assert len(gates) == 1, kernels
+    _matches_onnxruntime(cli, tmp_path, source, tmp_path / "out", shape=(1, 8, 10, 12))
+
+
 def _grouped_shuffle_net(tmp_path):
     """x 1x16x10x12 -> Conv (group 4) -> Relu -> ShuffleNet's channel shuffle of the 4
     groups -> depthwise Conv 3x3 -> Conv (group 4)."""

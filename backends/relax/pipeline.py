@@ -48,24 +48,28 @@ def prepare(mod, target, description, *, legalize: dict | None = None):
     from tvm import relax
     from tvm.relax import pipeline
 
+    from edgepress.backends.relax.expanding_broadcasts import unfuse_expanding_broadcasts
+
     try:
         dispatch = pipeline.library_dispatch_passes(target)
     except (ValueError, AttributeError):
         dispatch = []
-    passes = [
+    legalized = [
         *dispatch,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.LegalizeOps(customize_legalize_map=legalize),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
     ]
+    fused = [relax.transform.FuseOps(), relax.transform.FuseTIR()]
     if not description.is_gpu:
-        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
+        fused.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
-        mod = tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(legalized)(mod)
+        if not description.is_gpu:
+            mod = unfuse_expanding_broadcasts(mod)
+        mod = tvm.transform.Sequential(fused)(mod)
     return mod if description.is_gpu else _layout_free_where_read_directly(mod)
 
 
@@ -96,6 +100,45 @@ def _layout_free_where_read_directly(mod):
                 log.debug("%s transforms its weights: no layout rewrite", gv.name_hint)
                 break
     return mod
+
+
+def _vectors_not_layout_free(mod, names: set[str]):
+    """The functions named in `names` with their per-channel vectors (a bias, a batch norm's
+    scale and shift: at most one axis longer than 1) no longer marked layout-free.
+
+    Rewriting a vector's layout gains nothing, and the mark keeps the pack rule from inlining
+    the elementwise ops that read one (nhwc_schedules._inline_producers leaves blocks that read
+    a layout-free buffer where they are: MetaSchedule's layout rewrite inside the pack breaks
+    SplitLayoutRewritePreproc): the batch norm after ppocrv5-det's upsampling ran as five
+    loop nests of their own before the next conv's pad, 5.7 ms. Only the functions left to
+    sampling: a tuned function keeps the attributes its records were found for."""
+    for gv, func in list(mod.functions.items()):
+        if gv.name_hint not in names or func.attrs is None:
+            continue
+        marked = func.attrs.get("layout_free_buffers")
+        if not marked:
+            continue
+        kept = [
+            int(i)
+            for i in marked
+            if sum(int(d) > 1 for d in _param_shape(func, int(i))) > 1
+        ]
+        if len(kept) != len(marked):
+            mod[gv] = func.with_attr("layout_free_buffers", kept)
+    return mod
+
+
+def _param_shape(func, index: int) -> list:
+    """The shape of parameter `index`'s buffer, as a block reads it (Python sees no
+    buffer_map: a parameter's buffer shares its name)."""
+    from edgepress.backends.kernels.common.tir_walk import sblocks
+
+    name = func.params[index].name
+    for block in sblocks(func):
+        for region in block.reads:
+            if region.source.name == name:
+                return list(region.source.shape)
+    return []
 
 
 def _is_scheduled(func) -> bool:
@@ -416,6 +459,7 @@ def finish(
                     if isinstance(f, tvm.tirx.PrimFunc)
                     and gv.name_hint not in tuned | written
                 }
+                mod = _vectors_not_layout_free(mod, names)
                 mod, elementwise = _schedule_elementwise(mod, description, names)
                 mod, sampled = sample_schedules(mod, target, description, names - elementwise)
         # The schedules' weight-layout rewrites become separate functions on constants, which

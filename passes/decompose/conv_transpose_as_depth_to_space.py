@@ -2,15 +2,18 @@
 Conv and a DepthToSpace.
 
     ConvTranspose(x[N,C,H,W], w[C,O,s,s], b[O]), kernel = strides = [s, s], no padding
-      => DepthToSpace<blocksize=s, mode=CRD>(Conv(x, w'[O*s*s, C, 1, 1], b'[O*s*s]))
+      => DepthToSpace<blocksize=s, mode=DCR>(Conv(x, w'[s*s*O, C, 1, 1], b'[s*s*O]))
 
 With kernel = stride the output windows do not overlap: output pixel (s*h + i, s*w + j) of
-channel o is sum_c x[c, h, w] * w[c, o, i, j] + b[o], which is channel o*s*s + i*s + j of the
-1x1 convolution at (h, w), and DepthToSpace's CRD mode puts that channel back at (s*h + i,
+channel o is sum_c x[c, h, w] * w[c, o, i, j] + b[o], which is channel (i*s + j)*O + o of the
+1x1 convolution at (h, w), and DepthToSpace's DCR mode puts that channel back at (s*h + i,
 s*w + j). Each output is the same products summed over c in the same order. The upsampling
 heads of detectors and segmenters (PaddleOCR's DB head, U-Nets, FPNs) write it this way;
 TVM's generic conv2d_transpose ran ppocrv5-det's two at 1-4% of a core's peak (139 of its 205
-ms), while the 1x1 conv is edgepress's kernel and DepthToSpace a copy.
+ms), while the 1x1 conv is edgepress's kernel and DepthToSpace a copy. DCR (not CRD) because
+the conv writes NHWC: with the O channels of one (i, j) next to each other, the copy moves
+whole rows of channels (nhwc_rewriter.depth_to_space_in_nhwc); DCR is also DepthToSpace's
+only mode before opset 11.
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ import onnx_ir as ir
 from edgepress.passes.constants import constant_array
 from edgepress.passes.naming import add_initializer
 from edgepress.passes.registry import PassResult, register_pass
-from edgepress.passes.rewrite import onnx_opset, replace_node
-
-DEPTH_TO_SPACE_CRD_OPSET = 11  # DepthToSpace's mode attribute
-
+from edgepress.passes.rewrite import replace_node
 
 def _ints(node: ir.Node, name: str) -> list[int] | None:
     attr = node.attributes.get(name)
@@ -57,11 +57,9 @@ def _stride(node: ir.Node, weight: np.ndarray) -> int | None:
 @register_pass("conv_transpose_as_depth_to_space")
 def conv_transpose_as_depth_to_space(model: ir.Model) -> PassResult:
     """Every 2-D ConvTranspose with kernel = stride, no padding, one group and constant
-    weights, as a 1x1 Conv of s*s times the channels and a DepthToSpace (CRD)."""
+    weights, as a 1x1 Conv of s*s times the channels and a DepthToSpace (DCR)."""
     graph = model.graph
     rewritten = 0
-    if onnx_opset(model) < DEPTH_TO_SPACE_CRD_OPSET:
-        return PassResult(model, 0)
     for node in list(graph):
         if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx"):
             continue
@@ -75,9 +73,9 @@ def conv_transpose_as_depth_to_space(model: ir.Model) -> PassResult:
         if s is None:
             continue
         channels, outputs = weight.shape[0], weight.shape[1]
-        # w'[o*s*s + i*s + j, c, 0, 0] = w[c, o, i, j]
-        conv_weight = weight.transpose(1, 2, 3, 0).reshape(outputs * s * s, channels, 1, 1)
-        conv_bias = np.repeat(bias if bias is not None else np.zeros(outputs, weight.dtype), s * s)
+        # w'[(i*s + j)*O + o, c, 0, 0] = w[c, o, i, j]
+        conv_weight = weight.transpose(2, 3, 1, 0).reshape(s * s * outputs, channels, 1, 1)
+        conv_bias = np.tile(bias if bias is not None else np.zeros(outputs, weight.dtype), s * s)
         base = node.name or "conv_transpose"
         inputs = [
             node.inputs[0],
@@ -86,7 +84,7 @@ def conv_transpose_as_depth_to_space(model: ir.Model) -> PassResult:
         ]
         tape = ir.tape.Tape()
         conv = tape.op("Conv", inputs, attributes={"kernel_shape": [1, 1]})
-        out = tape.op("DepthToSpace", [conv], attributes={"blocksize": s, "mode": "CRD"})
+        out = tape.op("DepthToSpace", [conv], attributes={"blocksize": s})  # DCR: the default
         name = node.name
         replace_node(node, tape.nodes, [out])
         conv.producer().name = name  # the report and the profile name layers by ONNX node

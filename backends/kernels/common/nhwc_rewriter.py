@@ -74,6 +74,9 @@ TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 # [N, C, L] values between kernels; the kernels have them as [N, 1, L, C], a row of L pixels:
 # the bytes of the conv's own NHWC output, so what follows it fuses into it.
 CHANNELS_LAST_RANKS = (3, 4)
+# DepthToSpace as TVM's importer writes it: a reshape to rank 6, a transpose with one of these
+# axes orders, a reshape back to rank 4 (depth_to_space_in_nhwc).
+DEPTH_TO_SPACE_AXES = {(0, 3, 4, 1, 5, 2): "DCR", (0, 1, 4, 2, 5, 3): "CRD"}
 # Reshapes whose channels-last value is a reshape too, where they keep N and C in front.
 RESHAPE_OPS = frozenset({"relax.reshape", "relax.squeeze", "relax.expand_dims"})
 # Reductions over the spatial axes of a channels-last value (a global max pool, a global
@@ -162,6 +165,7 @@ def rewrite(mod, lower: Callable, *, layouts: bool = True):
     )
     from edgepress.backends.kernels.common.nhwc_compute import (
         column_reduce,
+        depth_to_space,
         full_reduce,
         spatial_mean,
     )
@@ -502,6 +506,43 @@ def rewrite(mod, lower: Callable, *, layouts: bool = True):
             self.bind(binding.var, relax.op.reshape(y, (n, h, w, groups * per_group)))
             return True
 
+        def depth_to_space_in_nhwc(self, binding) -> bool:
+            """DepthToSpace (reshape(permute_dims(reshape(x, rank 6), DCR's or CRD's axes),
+            [N, C, H*s, W*s]), as TVM imports it) of a value the kernels have in NHWC, as
+            nhwc_compute.depth_to_space of the NHWC value. Left NCHW, ppocrv5-det's upsampling
+            head (conv_transpose_as_depth_to_space's) ran between two transposes, gathering
+            every element through five index divisions."""
+            value = binding.value
+            result = static_shape(binding.var)
+            if op_name(value) != "relax.reshape" or result is None or len(result) != 4:
+                return False
+            moved = self.original.get(value.args[0])
+            if op_name(moved) != "relax.permute_dims" or moved.attrs.axes is None:
+                return False
+            mode = DEPTH_TO_SPACE_AXES.get(tuple(int(a) for a in moved.attrs.axes))
+            split = self.original.get(moved.args[0])
+            if mode is None or op_name(split) != "relax.reshape":
+                return False
+            x = self.visit_expr(split.args[0])
+            blocks, shape = static_shape(moved.args[0]), static_shape(x)
+            if x not in self.nhwc or blocks is None or shape is None:
+                return False
+            if len(shape) != 4 or len(blocks) != 6:
+                return False
+            n, c, h, w = shape
+            s = blocks[2]
+            inner = (s, s, c // (s * s)) if mode == "DCR" else (c // (s * s), s, s)
+            if c % (s * s) or blocks != (n, *inner, h, w):  # the importer's split of x
+                return False
+            if result != (n, c // (s * s), h * s, w * s):
+                return False
+            call = self.builder_.call_te(
+                depth_to_space, self.nhwc[x], block=s, mode=mode,
+                primfunc_name_hint="depth_to_space",
+            )  # fmt: skip
+            self.bind(binding.var, call)
+            return True
+
         def concatenated(self, y, groups: int, per_group: int):
             """The NHWC values whose channel concatenation `y` is (through an activation,
             applied here to each), where there are `groups` of `per_group` channels each: a
@@ -566,6 +607,7 @@ def rewrite(mod, lower: Callable, *, layouts: bool = True):
                 or self.layout_op_in_nhwc(binding)
                 or self.batch_norm_in_nhwc(binding)
                 or self.channel_shuffle_in_nhwc(binding)
+                or self.depth_to_space_in_nhwc(binding)
                 or self.reshape_in_nhwc(binding)
                 or self.tokens_of_channels_last(binding)
             )
