@@ -26,6 +26,7 @@ from edgepress.passes.naming import add_initializer
 from edgepress.passes.registry import PassResult, register_pass
 from edgepress.passes.rewrite import replace_node
 
+
 def _ints(node: ir.Node, name: str) -> list[int] | None:
     attr = node.attributes.get(name)
     return list(attr.as_ints()) if attr is not None else None
