@@ -850,18 +850,16 @@ def test_depth_to_space_stays_nhwc_between_kernels(cli, tmp_path, mode):
     ]
     source = _saved(tmp_path, f"d2s_{mode}", nodes, inits, [1, 8, 6, 7], [1, 8, 12, 14])
     names = [k["name"] for k in _built(cli, tmp_path, source)["kernels"]]
-    # the input's transpose into NHWC, the rearrangement's own, the output's back (NCHW, the
-    # rearrangement sat between two more transposes, fused into one kernel with it)
-    assert sum(n.count("transpose") for n in names) <= 3, names
+    # the input's transpose into NHWC and the output's back (NCHW, the rearrangement sat
+    # between two more transposes and its own, all fused into one kernel)
+    assert sum(n.count("transpose") for n in names) == 2, names
+    assert [n for n in names if "depth_to_space" in n], names
     _matches_onnxruntime(cli, tmp_path, source, tmp_path / "out", shape=(1, 8, 6, 7))
 
 
-def test_squeeze_excitation_gate_is_not_fused_into_its_conv(cli, tmp_path):
+def _squeeze_excitation_net(tmp_path):
     """x -> Conv 3x3 (24 channels) = t; t + t * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(
-    t))))) -> Conv 3x3 (PP-OCR's residual squeeze-and-excitation): the gate's product over the
-    whole image runs in a function of its own, not fused behind the 1x1 conv of the pooled
-    gate, which left that function to plain loops on one thread. The artifact equals
-    onnxruntime."""
+    t))))) -> Conv 3x3 (PP-OCR's residual squeeze-and-excitation)."""
     rng = np.random.default_rng(13)
     inits = [
         random_initializer(rng, "w1", (24, 8, 3, 3)),
@@ -881,12 +879,40 @@ def test_squeeze_excitation_gate_is_not_fused_into_its_conv(cli, tmp_path):
         helper.make_node("Add", ["t", "m"], ["a"]),
         helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1]),
     ]
-    source = _saved(tmp_path, "se", nodes, inits, [1, 8, 10, 12], [1, 8, 10, 12])
+    return _saved(tmp_path, "se", nodes, inits, [1, 8, 10, 12], [1, 8, 10, 12])
+
+
+def test_squeeze_excitation_gate_is_not_fused_into_its_conv(cli, tmp_path):
+    """The gate's product over the whole image (_squeeze_excitation_net) runs in a function of
+    its own, not fused behind the 1x1 conv of the pooled gate, which left that function to
+    plain loops on one thread. The artifact equals onnxruntime."""
+    source = _squeeze_excitation_net(tmp_path)
     kernels = {k["name"]: k["schedule"] for k in _built(cli, tmp_path, source)["kernels"]}
     assert "loops" not in kernels.values(), kernels
     # the product, the residual add and the next conv's padding: the pack rule's
     gates = [name for name in kernels if "multiply" in name and "conv2d" not in name]
     assert len(gates) == 1, kernels
+    _matches_onnxruntime(cli, tmp_path, source, tmp_path / "out", shape=(1, 8, 10, 12))
+
+
+def test_a_failing_unfuse_leaves_the_build_to_fuse_ops(cli, tmp_path, monkeypatch):
+    """relax/expanding_broadcasts is an optimization: planted to crash, the squeeze-and-
+    excitation graph still builds (FuseOps' own fusion) and equals onnxruntime, with a
+    warning; under EDGEPRESS_STRICT the crash is the build's error."""
+    from edgepress.backends.relax import expanding_broadcasts
+    from edgepress.compiler.errors import STRICT_ENV
+
+    def crash(mod):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(expanding_broadcasts, "unfuse_expanding_broadcasts", crash)
+    source = _squeeze_excitation_net(tmp_path)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "strict", "-q")
+    assert r.code != 0 and "planted" in r.err
+    monkeypatch.delenv(STRICT_ENV)
+    r = cli(source, "--target", "x86_64", "-o", tmp_path / "out")
+    assert r.code == 0, r.err
+    assert "expanding broadcasts left fused" in r.err
     _matches_onnxruntime(cli, tmp_path, source, tmp_path / "out", shape=(1, 8, 10, 12))
 
 

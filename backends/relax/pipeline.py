@@ -48,8 +48,6 @@ def prepare(mod, target, description, *, legalize: dict | None = None):
     from tvm import relax
     from tvm.relax import pipeline
 
-    from edgepress.backends.relax.expanding_broadcasts import unfuse_expanding_broadcasts
-
     try:
         dispatch = pipeline.library_dispatch_passes(target)
     except (ValueError, AttributeError):
@@ -68,9 +66,26 @@ def prepare(mod, target, description, *, legalize: dict | None = None):
     with target, tvm.transform.PassContext(opt_level=3):
         mod = tvm.transform.Sequential(legalized)(mod)
         if not description.is_gpu:
-            mod = unfuse_expanding_broadcasts(mod)
+            mod = _unfused_where_it_works(mod)
         mod = tvm.transform.Sequential(fused)(mod)
     return mod if description.is_gpu else _layout_free_where_read_directly(mod)
+
+
+def _unfused_where_it_works(mod):
+    """relax/expanding_broadcasts on `mod`, or `mod` as it is where that step fails (an
+    optimization: a model it cannot read builds with FuseOps' own fusion, with a warning)."""
+    from edgepress.backends.relax.expanding_broadcasts import unfuse_expanding_broadcasts
+    from edgepress.compiler.errors import strict
+
+    try:
+        return unfuse_expanding_broadcasts(mod)
+    except Exception as err:  # noqa: BLE001 - an optimization never breaks a build
+        if strict():
+            raise
+        log.warning(
+            "expanding broadcasts left fused (%s: %s)", type(err).__name__, str(err)[:200]
+        )
+        return mod
 
 
 def _layout_free_where_read_directly(mod):
