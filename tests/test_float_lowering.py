@@ -155,9 +155,9 @@ def test_a_stride_two_conv_over_512_channels_pads_its_pixels_off_4k_and_matches(
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 512, 14, 14))
 
 
-def _residual_block(tmp_path, batch: int = 1):
-    """x 1x16x14x14 -> Conv 3x3 pad 1 -> Relu -> Conv 3x3 pad 1 -> + x -> Relu: two 'same'
-    3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""
+def _residual_block(tmp_path, batch: int = 1, size: tuple[int, int] = (14, 14)):
+    """x 1x16x14x14 (or `size`) -> Conv 3x3 pad 1 -> Relu -> Conv 3x3 pad 1 -> + x -> Relu:
+    two 'same' 3x3 convs with 7 x 7 = 49 tiles of 2x2, Winograd F(2x2, 3x3)'s smallest."""
     rng = np.random.default_rng(6)
     inits = [
         random_initializer(rng, "w1", (16, 16, 3, 3)),
@@ -172,8 +172,8 @@ def _residual_block(tmp_path, batch: int = 1):
         helper.make_node("Add", ["c2", "x"], ["s"]),
         helper.make_node("Relu", ["s"], ["y"]),
     ]
-    shape = [batch, 16, 14, 14]
-    return _saved(tmp_path, f"residual{batch}", nodes, inits, shape, shape)
+    shape = [batch, 16, *size]
+    return _saved(tmp_path, f"residual{batch}_{size[0]}x{size[1]}", nodes, inits, shape, shape)
 
 
 @pytest.mark.parametrize("choice", ["edgepress", "direct"])
@@ -191,6 +191,19 @@ def test_same_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, cho
     names = [k["name"] for k in report["kernels"]]
     assert any(n.startswith("winograd_products") for n in names) == (choice == "edgepress")
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, 14, 14))
+
+
+@pytest.mark.parametrize("size", [(13, 13), (14, 13)])
+def test_odd_sized_3x3_convs_run_as_winograd_and_match_onnxruntime(cli, tmp_path, size):
+    """An odd height or width ends in half a 2x2 tile (SqueezeNet's 55x55, 27x27 and 13x13
+    layers): the input gets one zero row or column more, the output transform writes only the
+    rows it has, and the artifact equals onnxruntime."""
+    source = _residual_block(tmp_path, size=size)
+    out = tmp_path / "odd"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["winograd"] * 2
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 16, *size))
 
 
 def _silu_head(tmp_path):
@@ -444,9 +457,9 @@ def test_full_reductions_run_as_one_vectorized_kernel_each_and_match(cli, tmp_pa
 
 
 def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
-    """19 columns have no divisor for a register tile: the convs compute 21 (7 x 2 tiles) and
-    drop 2 (float_schedules.padded_width); 19 x 19 = 361 Winograd tiles have none either, so
-    the 3x3 conv is direct. The artifact still equals onnxruntime."""
+    """19 columns have no divisor for a register tile: the direct convs (Winograd off) compute
+    21 (7 x 2 tiles) and drop 2 (float_schedules.padded_width). The artifact still equals
+    onnxruntime."""
     from edgepress.backends.kernels.float.schedules import float_tile, padded_width
 
     assert padded_width(19, 2, 288, 16) == 21 and float_tile(21, 2, 288, 16) == (7, 2)
@@ -462,7 +475,7 @@ def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
     ]
     source = _saved(tmp_path, "prime", nodes, inits, [1, 32, 19, 19], [1, 24, 19, 19])
     out = tmp_path / "prime"
-    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    assert cli(source, "--target", "x86_64", "-o", out, "-q", "--float-conv", "direct").code == 0
     report = json.loads((out / "report.json").read_text())
     assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct", "direct"]
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 32, 19, 19))
@@ -479,10 +492,12 @@ def test_a_batch_of_two_keeps_the_direct_kernel(cli, tmp_path):
     _matches_onnxruntime(cli, tmp_path, source, out, (2, 16, 14, 14))
 
 
-def test_winograd_weights_transform_like_the_direct_convolution():
+@pytest.mark.parametrize("height, width", [(14, 16), (13, 15)])
+def test_winograd_weights_transform_like_the_direct_convolution(height, width):
     """The input transform, products and output transform over packed G g G^T weights equal
     numpy's direct 3x3 convolution (float64), on an odd channel count and 24 outputs (a
-    partial 16-lane block)."""
+    partial 16-lane block), and on an odd height and width (whose last tiles read one row or
+    column past the padded input, which must not reach the outputs kept)."""
     import tvm
     from tvm import te
 
@@ -506,11 +521,11 @@ def test_winograd_weights_transform_like_the_direct_convolution():
         return got.numpy()
 
     rng = np.random.default_rng(4)
-    height, width, channels, out_channels = 14, 16, 5, 24
-    x = rng.standard_normal((1, height + 2, width + 2, channels)).astype(np.float32)
+    channels, out_channels = 5, 24
+    tiles = fk.winograd_tiles(height, width)
+    x = rng.standard_normal((1, 2 * tiles[0] + 2, 2 * tiles[1] + 2, channels)).astype(np.float32)
     w = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(out_channels).astype(np.float32)
-    tiles = fk.winograd_tiles(height, width)
     v = run(lambda xp: fk.winograd_input(xp, tiles=tiles), [x])
     m = run(
         lambda a, u: fk.conv2d_nhwc(

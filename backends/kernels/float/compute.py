@@ -191,8 +191,11 @@ def winograd_input(xp, *, tiles: tuple[int, int]):
     position's values are the NHWC input of a 1x1 conv over the tiles."""
     from tvm import te, tirx
 
-    _, _, _, channels = (int(d) for d in xp.shape)
+    _, height, width, channels = (int(d) for d in xp.shape)
     rows, cols = tiles
+    if height < WINOGRAD_TILE * rows + 2 or width < WINOGRAD_TILE * cols + 2:
+        # TE does not check bounds: a short input would be read past its end
+        raise ValueError(f"winograd_input: {height}x{width} is short of {rows}x{cols} tiles")
 
     def transform(e, _, p, c):
         xi, nu = e // 4, e % 4

@@ -240,9 +240,10 @@ def _bias_add():
 
 
 def _winograd_fits(conv: _Conv, call, lanes: int) -> bool:
-    """A 3x3 stride-1 conv padded by 1 ("same" output) of one image, of even height and width
-    with enough tiles (WINOGRAD_MIN_TILES), whose count gives the products a full register
-    tile (a prime count does not; the direct kernel pads its rows instead)."""
+    """A 3x3 stride-1 conv padded by 1 ("same" output) of one image with enough tiles
+    (WINOGRAD_MIN_TILES), whose count gives the products a full register tile (a prime count
+    does not; the direct kernel pads its rows instead). An odd height or width is fine: its
+    last tiles are half cut off (_emit_winograd)."""
     batch, _, height, width = (int(d) for d in call.ty.shape)
     rows, cols = winograd_tiles(height, width)
     out_channels, in_channels = conv.weight.shape[:2]
@@ -255,8 +256,6 @@ def _winograd_fits(conv: _Conv, call, lanes: int) -> bool:
         and conv.strides == (1, 1)
         and conv.dilation == (1, 1)
         and conv.padding == (1, 1, 1, 1)
-        and height % 2 == 0
-        and width % 2 == 0
         and rows * cols >= WINOGRAD_MIN_TILES
     )
 
@@ -271,8 +270,12 @@ def _emit_winograd(builder, conv: _Conv, x_nhwc, lanes: int):
 
     _, height, width, _ = (int(d) for d in x_nhwc.ty.shape)
     channels = conv.weight.shape[0]
+    # An odd height or width ends in half a tile: one zero row or column more below or to the
+    # right completes its 4x4 input, and the output transform writes only the rows it has.
+    top, left, bottom, right = conv.padding
+    padding = (top, left, bottom + height % 2, right + width % 2)
     padded = builder.emit(
-        builder.call_te(pad_nhwc, x_nhwc, padding=conv.padding, primfunc_name_hint="pad")
+        builder.call_te(pad_nhwc, x_nhwc, padding=padding, primfunc_name_hint="pad")
     )
     tiles = builder.emit(
         opaque_call_te(
