@@ -132,6 +132,51 @@ def test_integer_conv_equals_numpy_integer_arithmetic(
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_integer_conv_computing_a_longer_row_keeps_the_first_columns(stride):
+    """A 13-column output row computed as 14 (a 7-pixel register tile instead of 1): the
+    input's right padding grows by a stride, the requantized output keeps 13 columns, and it
+    equals numpy's integer arithmetic."""
+    from edgepress.backends.kernels.int8.compute import (
+        pack_activations,
+        pack_weight,
+        packed_conv2d,
+        requantize_multiplier,
+    )
+    from edgepress.backends.kernels.int8.schedules import conv_tile, padded_width
+    from edgepress.backends.targets.description import AVX2_8x2x2, VNNI_16x4
+
+    # the decision: VNNI's 13-pixel rows of a 3x3 conv to 192 channels
+    assert conv_tile(13, 12, 108, VNNI_16x4) == (1, 2)
+    assert padded_width(13, 12, 108, VNNI_16x4) == 14
+    assert conv_tile(14, 12, 108, VNNI_16x4) == (7, 2)
+    assert padded_width(14, 12, 108, VNNI_16x4) == 14  # a row with a good tile stays
+    # a fair tile stays too: AVX2's 1 x 4 of 7 accumulators, NEON's 14 x 1 of 24 at 56
+    assert padded_width(13, 8, 36, AVX2_8x2x2) == 13 and padded_width(56, 4, 36, None) == 56
+
+    rng = np.random.default_rng(5)
+    size = 13 * stride
+    x = rng.integers(0, 256, (1, 8, size, size)).astype(np.uint8)
+    w = rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8)
+    zx, zy = 120, 3
+    bias = rng.integers(-5000, 5000, 16).astype(np.int64)
+    multiplier = requantize_multiplier(0.02, rng.uniform(0.001, 0.01, 16), 0.5)
+    kernel_bias = (bias - zx * w.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+    acc = _conv_reference(x, zx, w, stride, 1)
+    assert acc.shape[3] == 13
+
+    def compute(xt, wt, bt, mt):
+        padding = (1, 1, 1, 1 + stride)  # one output column more
+        packed = pack_activations(xt, padding=padding, in_zero_point=zx, act_dtype="uint8")
+        return packed_conv2d(
+            packed, wt, bt, mt, strides=(stride, stride), dilation=(1, 1), out_zero_point=zy,
+            out_dtype="uint8", out_channels=16, out_width=13,
+        )  # fmt: skip
+
+    got = _nchw(_run_te(compute, [_nhwc(x), pack_weight(w, 16), kernel_bias, multiplier]))
+    np.testing.assert_array_equal(got, _requantize_reference(acc, bias, multiplier, zy, "uint8"))
+
+
 def _host_flags() -> set[str]:
     try:
         text = open("/proc/cpuinfo").read()
@@ -549,6 +594,44 @@ def _fire_module(tmp_path):
     ]
     return _saved_with_calibration(tmp_path / "fire.onnx", nodes, inits,
                                    [1, 8, 32, 32], rng)  # fmt: skip
+
+
+@pytest.mark.parametrize("mcpu", [[], ["--mcpu", "znver3"]], ids=["host", "avx2"])
+def test_convs_over_13_columns_compute_longer_rows_within_one_step_of_onnxruntime(
+    cli, tmp_path, mcpu
+):
+    """16x16 -> Conv 4x4 -> 13x13 -> Conv 3x3 pad 1 -> Conv 1x1: 13 has no divisor for a
+    register tile of several pixels, so the convs may compute 14 columns and drop one
+    (int8/schedules.padded_width). The artifact stays within one step of onnxruntime."""
+    rng = np.random.default_rng(21)
+    inits = [
+        random_initializer(rng, "w1", (16, 3, 4, 4)),
+        random_initializer(rng, "w2", (64, 16, 3, 3)),
+        random_initializer(rng, "w3", (16, 64, 1, 1)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv4x4"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "w2"], ["b"], pads=[1] * 4, name="conv3x3"),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Conv", ["br", "w3"], ["y"], name="conv1x1"),
+    ]
+    source, cal = _saved_with_calibration(
+        tmp_path / "odd.onnx", nodes, inits, [1, 16, 13, 13], rng
+    )
+    out = tmp_path / "art"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", cal, "--fidelity-floor", "0", *mcpu)  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert set(_layers(report).values()) == {"dot-product"}
+    # VNNI's tile for the 3x3 conv's 13 columns is 1 pixel x 2 blocks, for 14 it is 7 x 2:
+    # its kernel multiplies 13 rows of 14 columns (FLOPs as TVM counts them). AVX2's, 1 x 4
+    # of its 7 accumulators, is fair: the row stays 13.
+    vnni = report["int8_compute"]["intrinsic"] == "dot_16x4_vnni"
+    conv3x3 = max(k["flops"] for k in report["kernels"] if "conv2d_int8" in k["name"])
+    assert (conv3x3 >= 2 * 13 * 14 * 64 * 16 * 9) == vnni, report["kernels"]
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=17)
 
 
 def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, tmp_path):

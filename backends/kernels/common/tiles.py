@@ -56,6 +56,19 @@ FLOAT_ACCUMULATORS = {
 # depthwise (both families): float32 sums; 15 vectors of 16 lanes (960 bytes) stay under
 # STACK_ALLOCA_BYTES
 DEPTHWISE_ACCUMULATORS = 15
+EXTRA_COLUMNS = 7  # computed and dropped, at most, to give a row a tile of enough pixels
+
+
+def padded_row(width: int, accumulators_of) -> int:
+    """The row length a conv kernel computes for an output row of `width`: more where its
+    divisors allow only small register tiles (a prime width of 13 or more gets 1 pixel per
+    tile, a fraction of the instruction's rate). Each candidate up to EXTRA_COLUMNS longer is
+    scored by its tile's accumulators (`accumulators_of(length)`) times the share of useful
+    columns; the extra columns read padding and their outputs are dropped."""
+    return max(
+        range(width, width + EXTRA_COLUMNS + 1),
+        key=lambda w: (accumulators_of(w) * width / w, -w),
+    )
 
 
 def split_tile(sch, loop, inner: int, most: int):

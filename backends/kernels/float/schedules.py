@@ -15,6 +15,7 @@ from edgepress.backends.kernels.common.tiles import (
     STACK_ALLOCA_BYTES,
     inline_between,
     last_consumer,
+    padded_row,
     rebuild,
     split_tile,
     unroll_epilogue,
@@ -63,24 +64,17 @@ def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, in
     return max(tiles, key=lambda t: (t[0] * t[1], t[1]))
 
 
-EXTRA_COLUMNS = 7  # computed and dropped, at most, to give a row a tile of enough pixels
-
-
 def padded_width(width: int, blocks: int, depth: int, lanes: int) -> int:
-    """The row length a conv computes for an output row of `width`: more where its divisors
-    allow only small tiles (a prime width of 17 or more gets 1 pixel per tile: 2 accumulators,
-    a fraction of the FMA rate). Each candidate up to EXTRA_COLUMNS longer is scored by the
-    tile's accumulators (of the most the target has) times the share of useful columns; the
-    extra columns read padding and their outputs are dropped."""
+    """The row length a float conv computes for an output row of `width` (tiles.padded_row)."""
     if width == 1:  # a matmul: its tiles are channel blocks
         return 1
     most = ACCUMULATORS.get(lanes, 8)
 
-    def score(w: int) -> float:
+    def accumulators(w: int) -> int:
         z, b = float_tile(w, blocks, depth, lanes)
-        return min(z * b, most) / most * width / w
+        return min(z * b, most)
 
-    return max(range(width, width + EXTRA_COLUMNS + 1), key=lambda w: (score(w), -w))
+    return padded_row(width, accumulators)
 
 
 def tile_is_full(width: int, blocks: int, depth: int, lanes: int) -> bool:

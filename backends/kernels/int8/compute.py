@@ -315,6 +315,7 @@ def packed_conv2d(
     intrinsic: str | None = None,
     in_int32: bool = False,
     pair_sums: bool = False,
+    out_width: int | None = None,
 ):
     """Quantized conv2d of padded NHWC activations whose channels are a multiple of 4 (as
     pack_activations gives them) and packed int8 weights (pack_weight), requantized to 8-bit
@@ -323,12 +324,14 @@ def packed_conv2d(
     and the tensor intrinsic it should use; `in_int32`: scaled_in_int32 holds (_scale_to).
     With `pair_sums` (AVX2's dot_8x2x2_avx2) each output channel accumulates two partial sums,
     over the first and the second pair of each 4 input channels, which the epilogue adds: the
-    instruction's pair sums need no reduction inside the loop."""
+    instruction's pair sums need no reduction inside the loop. `out_width` < the row the
+    input's padding gives: the sums are computed for the whole row (a better register tile:
+    int8/schedules.padded_width), the requantized output keeps the first `out_width`."""
     from tvm import te
 
     total, (n, oh, ow) = _dot_products(xp, weight, strides, dilation, intrinsic, pair_sums)
     return te.compute(
-        (n, oh, ow, out_channels),
+        (n, oh, ow if out_width is None else out_width, out_channels),
         lambda b, y, z, c: _requantize(
             total(b, c, y, z), bias[c], multiplier[c], out_zero_point, out_dtype, in_int32
         ),

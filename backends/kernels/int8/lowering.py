@@ -27,7 +27,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from edgepress.backends.kernels.common.nhwc_compute import pack_depthwise_weight, per_channel
+from edgepress.backends.kernels.common.nhwc_compute import (
+    output_size,
+    pack_depthwise_weight,
+    per_channel,
+)
 from edgepress.backends.kernels.common.relax_lowering import (
     Bindings,
     LayerLowering,
@@ -37,6 +41,7 @@ from edgepress.backends.kernels.common.relax_lowering import (
     nhwc_pool,
 )
 from edgepress.backends.kernels.int8.compute import (
+    DOT_DEPTH,
     FLOAT_OUTPUT,
     depthwise_conv2d,
     depthwise_sums_exact,
@@ -54,6 +59,7 @@ from edgepress.backends.kernels.common.nhwc_rewriter import op_name as _op_name
 from edgepress.backends.kernels.common import nhwc_layout_ops
 from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
 from edgepress.backends.kernels.common.nhwc_rewriter import is_scalar, rewrite, static_shape
+from edgepress.backends.kernels.int8.schedules import padded_width
 from edgepress.backends.targets.description import DotLayout
 
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
@@ -356,6 +362,7 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             **common,
         )
     else:
+        padding, out_width = (padding, None) if matmul else _computed_row(chain, x, layout)
         call = builder.call_te(
             packed_conv2d,
             _packed(builder, x, chain, padding),
@@ -366,11 +373,31 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             intrinsic=layout.intrinsic,
             pair_sums=layout.pair_sums,
             primfunc_name_hint="matmul_int8" if matmul else "conv2d_int8",
+            out_width=out_width,
             **common,
         )
     if matmul:
         call = relax.op.reshape(builder.emit(call), (*rows, channels))
     return call
+
+
+def _computed_row(chain: _Chain, x, layout: DotLayout) -> tuple[tuple, int | None]:
+    """(the input's padding, the output row length) of a direct conv: its own padding, and
+    columns more on the right where a longer row gets a better register tile
+    (int8/schedules.padded_width), whose outputs packed_conv2d drops."""
+    out_channels, in_channels, kh, kw = chain.weight.shape
+    top, left, bottom, right = chain.attrs["padding"]
+    _, sw = chain.attrs["strides"]
+    _, dw = chain.attrs["dilation"]
+    _, up = chain.attrs.get("upsample", (1, 1))
+    columns = (int(x.ty.shape[2]) - 1) * up + 1
+    width = output_size(columns, left + right, kw, sw, dw)
+    blocks = -(-out_channels // layout.lanes)
+    depth = -(-in_channels // DOT_DEPTH) * kh * kw
+    computed = padded_width(width, blocks, depth, layout.intrinsic)
+    if computed == width:
+        return (top, left, bottom, right), None
+    return (top, left, bottom, right + (computed - width) * sw), width
 
 
 def _emit_grouped(builder, chain: _Chain, x, layout: DotLayout):

@@ -24,6 +24,7 @@ from edgepress.backends.kernels.common.tiles import (
     block_with_body,
     inline_between,
     last_consumer,
+    padded_row,
     rebuild,
     split_tile,
     unroll_epilogue,
@@ -100,6 +101,33 @@ def vnni_tile(width: int, blocks: int, depth: int) -> tuple[int, int]:
     if z * b < 6:  # few blocks (a 16-channel output): more pixels instead
         z = max(d for d in range(1, width + 1) if width % d == 0 and d * b <= 15)
     return z, b
+
+
+def conv_tile(width: int, blocks: int, depth: int, intrinsic: str | None) -> tuple[int, int]:
+    """(pixels, channel blocks) of the untuned register tile for the target's intrinsic;
+    `depth`: instructions per output vector (input channels / 4 x window)."""
+    if intrinsic == VNNI_16x4:
+        return vnni_tile(width, blocks, depth)
+    return default_tile(width, blocks, _accumulators(intrinsic))
+
+
+def padded_width(width: int, blocks: int, depth: int, intrinsic: str | None) -> int:
+    """The row length an int8 conv computes for an output row of `width` (tiles.padded_row)
+    where its own tile holds under half the accumulators a longer row's would: SqueezeNet's
+    13-pixel rows took 1-pixel x 2-block tiles on VNNI and ran at half its rate. A row with a
+    fair tile keeps its length: the tile rules above chose pixels over accumulators from
+    measurements, which more accumulators alone would overrule."""
+
+    def accumulators(w: int) -> int:
+        z, b = conv_tile(w, blocks, depth, intrinsic)
+        return z * b
+
+    computed = padded_row(width, accumulators)
+    return computed if 2 * accumulators(width) < accumulators(computed) else width
+
+
+def _accumulators(intrinsic: str | None) -> int:
+    return INT8_ACCUMULATORS.get(intrinsic, INT8_ACCUMULATORS[None]).accumulators
 
 
 def _weight_bytes(sch, block) -> int:
@@ -199,12 +227,9 @@ def schedule_conv2d_int8(sch, block):
     oi, *pair, rc, ry, rx, r4 = lane_loops  # pair: the pair-sum loop (packed_conv2d pair_sums)
     width = int(sch.get(z).extent)
     blocks = int(sch.get(ob).extent)
-    accumulators = INT8_ACCUMULATORS.get(intrinsic, INT8_ACCUMULATORS[None]).accumulators
-    if intrinsic == VNNI_16x4:
-        depth = int(sch.get(rc).extent) * int(sch.get(ry).extent) * int(sch.get(rx).extent)
-        tile_z, tile_b = vnni_tile(width, blocks, depth)
-    else:
-        tile_z, tile_b = default_tile(width, blocks, accumulators)
+    accumulators = _accumulators(intrinsic)
+    depth = int(sch.get(rc).extent) * int(sch.get(ry).extent) * int(sch.get(rx).extent)
+    tile_z, tile_b = conv_tile(width, blocks, depth, intrinsic)
     z_o, z_i = split_tile(sch, z, tile_z, accumulators)
     ob_o, ob_i = split_tile(sch, ob, tile_b, accumulators)
     sch.reorder(b, ob_o, y, z_o, rc, ry, rx, ob_i, z_i, oi, *pair, r4)
