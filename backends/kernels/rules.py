@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgepress.backends.kernels.common import nhwc_compute, nhwc_schedules
+from edgepress.backends.kernels.common import nhwc_compute, nhwc_schedules, softmax
 from edgepress.backends.kernels.common.tir_walk import loops
 from edgepress.backends.kernels.float import batch_matmul
 from edgepress.backends.kernels.float import compute as float_compute
@@ -120,6 +120,12 @@ RULES: tuple[KernelRule, ...] = (
         float_compute.NARROW_RULE,
         (float_compute.narrow_pointwise,),
         float_schedules.schedule_narrow_pointwise,
+    ),
+    KernelRule(
+        softmax.RULE,
+        (softmax.softmax_last_axis,),
+        softmax.schedule_softmax,
+        declines=softmax.declines,
     ),
     KernelRule(
         float_compute.WINOGRAD_RULE,

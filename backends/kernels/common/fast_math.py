@@ -69,12 +69,20 @@ def _default(bb, call):
 
 
 def _softmax(bb, call):
+    """Along the last axis: common/softmax's row kernel; along another: TOPI's fast_softmax."""
     from tvm import topi
+
+    from edgepress.backends.kernels.common import softmax
+    from edgepress.backends.kernels.common.nhwc_rewriter import static_shape
 
     x = call.args[0]
     if str(getattr(x.ty, "dtype", "")) != FLOAT32:
         return _default(bb, call)
-    return bb.call_te(topi.nn.fast_softmax, x, int(call.attrs.axis), primfunc_name_hint="softmax")
+    axis = int(call.attrs.axis)
+    shape = static_shape(x)
+    if shape is not None and softmax.applies(shape, axis):
+        return bb.call_te(softmax.softmax_last_axis, x, primfunc_name_hint="softmax")
+    return bb.call_te(topi.nn.fast_softmax, x, axis, primfunc_name_hint="softmax")
 
 
 def legalize_map() -> dict:
