@@ -100,8 +100,8 @@ def test_no_libm_call_per_element(cli, tmp_path, target, objdump, call):
 
 @pytest.mark.parametrize("shape", [(1, 40, 1000), (2, 3, 64), (5, 17), (1, 2, 3, 197)])
 def test_softmax_rows_are_scheduled_by_their_rule_and_equal_numpy(shape):
-    """A softmax over the last axis (common/softmax): each row in one iteration of a parallel
-    loop, its max and sum over whole vectors as 16 lanes (vectorized) and the rest of the row
+    """A softmax over the last axis (common/softmax): each row in one iteration of a loop,
+    parallel where there are PARALLEL_MIN elements, its max and sum over whole vectors as 16 lanes (vectorized) and the rest of the row
     on its own; rows with and without such a rest, of rank 2 to 4. Within float32 rounding of
     numpy's float64 softmax (relative, down to 1e-17: fast_exp's error grows below 1e-30)."""
     import tvm
@@ -120,7 +120,10 @@ def test_softmax_rows_are_scheduled_by_their_rule_and_equal_numpy(shape):
     mod, done = sample_schedules(mod, target, describe(target), {"main"})
     assert done == {"main"}
     script = mod["main"].script()
-    assert "T.parallel" in script and "T.vectorized(16)" in script, script
+    from edgepress.backends.kernels.common.softmax import PARALLEL_MIN
+
+    assert ("T.parallel" in script) == (np.prod(shape) >= PARALLEL_MIN), script
+    assert "T.vectorized(16)" in script, script
     assert 'T.sblock("T_fast_exp")' in script, script  # computed once, not in each reader
     lib = tvm.compile(mod, target=target)
     values = np.random.default_rng(2).standard_normal(shape).astype(np.float32) * 8

@@ -3,10 +3,10 @@
 TOPI's softmax is five loop nests over the whole tensor (max, x - max, exp, sum, divide) whose
 reductions run one element at a time; MetaSchedule's untimed sample vectorizes none of it and
 splits the row axis with a tail test. A PP-OCR recognizer's CTC softmax over 40 x 18385
-classes took 1.6 ms of its 17.6 (1 thread), against 0.3 ms written as here:
+classes took 1.61 ms of its 17.6 (1 thread), against 0.52 ms written as here:
 
-- each row is one iteration of a parallel loop, and all of its work happens in it while the
-  row is in L2: max, exp, sum, scale;
+- each row is one iteration of a loop (parallel from PARALLEL_MIN elements), and all of its
+  work happens in it while the row is in L2: max, exp, sum, scale;
 - the max and the sum over a row are taken as PARTIAL partial results, one per vector lane
   (contiguous loads, vectorized here), then reduced across the lanes; the row's last n mod
   PARTIAL elements are reduced on their own, so no loop needs a tail test;
@@ -21,6 +21,9 @@ from __future__ import annotations
 
 RULE = "edgepress.softmax"
 PARTIAL = 16  # partial maxima and sums per row: one AVX-512 vector, two of AVX2, four of NEON
+# Elements from which the rows run in parallel: 8 rows of 32 took 6 us in parallel, under 1
+# serially; 3 x 197 rows of 197 took 0.067 ms in parallel (1 thread)
+PARALLEL_MIN = 16384
 # the blocks of softmax_last_axis, consumers first: the order they are computed at the row
 _BLOCKS = (
     "softmax",
@@ -123,7 +126,9 @@ def schedule_softmax(sch, block):
             # MetaSchedule applies its rules to the other blocks after this one: its
             # AutoInline would compute the exp again in the sum and in the output
             sch.annotate(found, "schedule_rule", "None")
-    sch.parallel(row)  # before the reductions are decomposed: TIR's check wants their inits
+    rows, length = int(sch.get(row).extent), int(sch.get(sch.get_loops(block)[-1]).extent)
+    if rows > 1 and rows * length >= PARALLEL_MIN:
+        sch.parallel(row)  # before the reductions are decomposed: TIR's check wants their inits
     for name in _PARTIALS:
         partial = _named(sch, name)
         *_, lane, ko = sch.get_loops(partial)
