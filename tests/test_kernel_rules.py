@@ -8,7 +8,7 @@ import logging
 
 def test_every_named_rule_is_in_the_table_once():
     from edgepress.backends.kernels import rules
-    from edgepress.backends.kernels.common import nhwc_schedules
+    from edgepress.backends.kernels.common import nhwc_schedules, softmax
     from edgepress.backends.kernels.float import batch_matmul
     from edgepress.backends.kernels.float import compute as float_compute
     from edgepress.backends.kernels.float import schedules as float_schedules
@@ -26,6 +26,7 @@ def test_every_named_rule_is_in_the_table_once():
         nhwc_schedules.WINDOW_RULE,
         nhwc_schedules.MEAN_RULE,
         batch_matmul.RULE,
+        softmax.RULE,
     }
     assert set(names) == named
     assert all(rule.marker for rule in rules.RULES if rule.injector)

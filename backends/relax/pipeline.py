@@ -34,6 +34,7 @@ class Kernel:
     # "written" (a kernel written as loops, channel_concat), "elementwise" (the CPU fallback's
     # own schedule of an elementwise function: common/elementwise_schedule)
     schedule: str
+    serial: bool = False  # too small to share between threads: relax/small_kernels
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -396,6 +397,7 @@ def kernels_of(
     flops: dict,
     written=frozenset(),
     elementwise=frozenset(),
+    serial=frozenset(),
 ) -> list[Kernel]:
     """Each PrimFunc with its FLOPs (from `flops`, by name) and how it was scheduled."""
     import tvm
@@ -412,7 +414,9 @@ def kernels_of(
             schedule = "elementwise"
         else:
             schedule = "tuned" if name in tuned else "sampled" if name in sampled else fallback
-        kernels.append(Kernel(gv.name_hint, flops.get(name, 0.0), schedule))
+        kernels.append(
+            Kernel(gv.name_hint, flops.get(name, 0.0), schedule, gv.name_hint in serial)
+        )
     return kernels
 
 
@@ -443,6 +447,8 @@ def finish(
     import tvm
     from tvm import relax
     from tvm.relax.vm_build import build as relax_build
+
+    from edgepress.backends.relax.small_kernels import serial_where_small
 
     flops = _flops(prepared)
     with target, tvm.transform.PassContext(opt_level=3):
@@ -485,7 +491,12 @@ def finish(
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tvm.tirx.PrimFunc) and post_schedule is not None:
                 mod[gv] = post_schedule(func)
-        kernels = kernels_of(mod, tuned, sampled, fallback, flops, written, elementwise)
+        serial = set()
+        if not description.is_gpu:
+            mod, serial = serial_where_small(
+                mod, lambda name: flops.get(name.removesuffix(PREPACKED))
+            )
+        kernels = kernels_of(mod, tuned, sampled, fallback, flops, written, elementwise, serial)
         mod = tvm.transform.Sequential(_lowering_passes(target))(mod)
         executable = relax_build(mod, target=target, relax_pipeline=None)
     return executable, kernels
