@@ -8,7 +8,6 @@ import numpy as np
 
 def _scheduled_add(n: int):
     """x + 1 over [n, 64] as a PrimFunc whose outer loop is parallel."""
-    import tvm
     from tvm import s_tir, te
 
     x = te.placeholder((n, 64), "float32", name="x")
