@@ -101,9 +101,10 @@ def test_no_libm_call_per_element(cli, tmp_path, target, objdump, call):
 @pytest.mark.parametrize("shape", [(1, 40, 1000), (2, 3, 64), (5, 17), (1, 2, 3, 197)])
 def test_softmax_rows_are_scheduled_by_their_rule_and_equal_numpy(shape):
     """A softmax over the last axis (common/softmax): each row in one iteration of a loop,
-    parallel where there are PARALLEL_MIN elements, its max and sum over whole vectors as 16 lanes (vectorized) and the rest of the row
-    on its own; rows with and without such a rest, of rank 2 to 4. Within float32 rounding of
-    numpy's float64 softmax (relative, down to 1e-17: fast_exp's error grows below 1e-30)."""
+    parallel where there are PARALLEL_MIN elements, its max and sum over whole vectors as 16
+    lanes (vectorized) and the rest of the row on its own; rows with and without such a rest,
+    of rank 2 to 4. Within float32 rounding of numpy's float64 softmax (relative, down to
+    1e-17: fast_exp's error grows below 1e-30)."""
     import tvm
     from tvm import te
 

@@ -108,8 +108,9 @@ def _named(sch, name: str):
 
 
 def schedule_softmax(sch, block):
-    """The row loop of softmax_last_axis's output `block`, parallel, with every block of the
-    compute at it (module docstring); elementwise ops fused before or after are inlined."""
+    """The row loop of softmax_last_axis's output `block` (parallel from PARALLEL_MIN
+    elements) with every block of the compute at it (module docstring); elementwise ops fused
+    before or after are inlined."""
     from edgepress.backends.kernels.common.tiles import inline_between, last_consumer
 
     ours = [b for b in (_named(sch, name) for name in _BLOCKS[1:]) if b is not None]
