@@ -44,34 +44,17 @@ def is_small(func, flops: float) -> bool:
     return size is not None and flops < SERIAL_FLOPS and size < SERIAL_BYTES
 
 
-def _serial(stmt):
-    """`stmt` with its parallel loops serial (the path down to them rebuilt)."""
-    from tvm import s_tir, tirx
+def _serial(func):
+    """`func` with its parallel loops serial (tiles.rebuild: the path down to them rebuilt)."""
+    from tvm import tirx
 
-    from edgepress.backends.kernels.common.tiles import block_with_body
+    from edgepress.backends.kernels.common.tiles import rebuild
 
-    if isinstance(stmt, tirx.For):
-        body = _serial(stmt.body)
-        kind = tirx.ForKind.SERIAL if stmt.kind == tirx.ForKind.PARALLEL else stmt.kind
-        if kind == stmt.kind and body.same_as(stmt.body):
-            return stmt
-        return tirx.For(
-            stmt.loop_var, stmt.min, stmt.extent, kind, body, stmt.thread_binding,
-            stmt.annotations,
-        )  # fmt: skip
-    if isinstance(stmt, tirx.SeqStmt):
-        parts = [_serial(s) for s in stmt.seq]
-        if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
-            return stmt
-        return tirx.SeqStmt(parts)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        body = _serial(stmt.block.body)
-        if body.same_as(stmt.block.body):
-            return stmt
-        return s_tir.SBlockRealize(
-            stmt.iter_values, stmt.predicate, block_with_body(stmt.block, body)
-        )
-    return stmt
+    def kind_of(loop):
+        return tirx.ForKind.SERIAL if loop.kind == tirx.ForKind.PARALLEL else loop.kind
+
+    body = rebuild(func.body, None, lambda loop, state: (state, None), kind_of=kind_of)
+    return func.with_body(body)
 
 
 def serial_where_small(mod, flops_of: Callable[[str], float | None]):
@@ -91,6 +74,6 @@ def serial_where_small(mod, flops_of: Callable[[str], float | None]):
             continue
         if not any(loop.kind == tvm.tirx.ForKind.PARALLEL for loop in loops(func)):
             continue
-        mod[gv] = func.with_body(_serial(func.body))
+        mod[gv] = _serial(func)
         done.add(name)
     return mod, done

@@ -124,13 +124,19 @@ def unroll_epilogue(sch, block, lanes: int) -> None:
 
 
 
-def loop_with_body(loop, body):
-    """`loop` with another body (TVM 0.27 has no Python IR mutator: passes that insert
-    statements rebuild the path down to them)."""
+def loop_with_body(loop, body, kind=None):
+    """`loop` with another body, and another kind if given (TVM 0.27 has no Python IR mutator:
+    passes that insert statements rebuild the path down to them)."""
     from tvm import tirx
 
     return tirx.For(
-        loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations
+        loop.loop_var,
+        loop.min,
+        loop.extent,
+        loop.kind if kind is None else kind,
+        body,
+        loop.thread_binding,
+        loop.annotations,
     )
 
 
@@ -152,22 +158,26 @@ def block_with_body(block, body):
     )
 
 
-def rebuild(stmt, state, on_loop, on_block=None):
+def rebuild(stmt, state, on_loop, on_block=None, kind_of=None):
     """`stmt` with the path down to what the callbacks change rebuilt (TVM 0.27 has no Python
     TIR mutator), everything else shared. `on_loop(loop, state)` gives the state for the
     loop's body and an optional function that wraps the rebuilt body (None: as it is);
-    `on_block(block, state)` gives a replacement block, or None to descend into its body.
-    The weight-prefetch injectors of both kernel families are written with it."""
+    `on_block(block, state)` gives a replacement block, or None to descend into its body;
+    `kind_of(loop)`, the kind each loop gets (None: its own). The weight-prefetch injectors of
+    both kernel families and relax/small_kernels are written with it."""
     from tvm import s_tir, tirx
 
     if isinstance(stmt, tirx.For):
         inner, wrap = on_loop(stmt, state)
-        body = rebuild(stmt.body, inner, on_loop, on_block)
+        body = rebuild(stmt.body, inner, on_loop, on_block, kind_of)
         if wrap is not None:
             body = wrap(body)
-        return stmt if body.same_as(stmt.body) else loop_with_body(stmt, body)
+        kind = stmt.kind if kind_of is None else kind_of(stmt)
+        if body.same_as(stmt.body) and kind == stmt.kind:
+            return stmt
+        return loop_with_body(stmt, body, kind)
     if isinstance(stmt, tirx.SeqStmt):
-        parts = [rebuild(s, state, on_loop, on_block) for s in stmt.seq]
+        parts = [rebuild(s, state, on_loop, on_block, kind_of) for s in stmt.seq]
         if all(a.same_as(b) for a, b in zip(parts, stmt.seq)):
             return stmt
         return tirx.SeqStmt(parts)
@@ -175,7 +185,7 @@ def rebuild(stmt, state, on_loop, on_block=None):
         block = stmt.block
         new = on_block(block, state) if on_block is not None else None
         if new is None:
-            body = rebuild(block.body, state, on_loop, on_block)
+            body = rebuild(block.body, state, on_loop, on_block, kind_of)
             new = block if body.same_as(block.body) else block_with_body(block, body)
         if new.same_as(block):
             return stmt
