@@ -253,6 +253,7 @@ def _lower_int8(mod, description: TargetDescription, lowering: LoweringOptions, 
         "act_dtype": layout.act_dtype,
         "lanes": layout.lanes,
         "intrinsic": layout.intrinsic,
+        "amx": layout.amx,
         "layers": [layer.to_json() for layer in layers],
     }
 

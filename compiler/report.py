@@ -257,6 +257,13 @@ def int8_compute_lines(i: dict) -> list[str]:
         f"{i['act_dtype']}, {i['lanes']} output channels per weight block, {instruction}.",
         "",
     ]
+    if i.get("amx"):
+        lines += [
+            "This CPU has AMX: the convs and matmuls over whole 64-channel slices into whole "
+            "16-channel blocks run on its tiles (the `conv2d_int8_amx` kernels), the others "
+            "as above.",
+            "",
+        ]
     return lines + _layer_table(layers, "float")
 
 

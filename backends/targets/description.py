@@ -26,6 +26,8 @@ class DotLayout:
     lanes: int  # int32 accumulators per instruction (output channels per weight block)
     intrinsic: str | None  # TVM's tensor intrinsic for it, None where the target has none
     pair_sums: bool = False  # accumulators hold pair sums (packed_conv2d)
+    # x86 AMX tile registers (amx-int8): convs whose channels fit run on kernels/int8/amx_conv
+    amx: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ def describe(target) -> TargetDescription:
     in the loop, AVX2 code timed on an AVX-512 CPU), 8 lanes, exact int32 pair sums (vpmaddwd;
     TVM's own x86 intrinsics use vpmaddubsw, which saturates in int16 and would break
     exactness). Older x86: 8 lanes, no intrinsic (LLVM vectorizes the int32 arithmetic).
-    arm64: u8 x s8, 4 lanes, with +i8mm (usdot: uint8 activations read as they are); else
+    With AMX (amx-int8, amx-tile) as well, the convs whose channels fit its tiles run on them
+    (kernels/int8/amx_conv), the others on VNNI. arm64: u8 x s8, 4 lanes, with +i8mm (usdot:
+    uint8 activations read as they are); else
     s8 x s8 (sdot with +dotprod; without it, no intrinsic either).
     """
     from tvm.relax.backend.utils import BackendDispatcher
@@ -108,7 +112,7 @@ def describe(target) -> TargetDescription:
     else:
         lanes, registers = 4, 16
     if has("avx512vnni"):
-        dot = DotLayout("uint8", 16, VNNI_16x4)
+        dot = DotLayout("uint8", 16, VNNI_16x4, amx=has("amx-int8") and has("amx-tile"))
     elif has("avx2"):
         dot = DotLayout("int16", 8, AVX2_8x2x2, pair_sums=True)
     else:

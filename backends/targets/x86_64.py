@@ -29,6 +29,33 @@ def host_cpu_name() -> str:
     return str(name()) if name is not None else "x86-64"
 
 
+AMX_FEATURES = ("amx-tile", "amx-int8")
+
+
+def host_amx() -> bool:
+    """Whether this CPU has AMX's int8 tiles (as LLVM reads CPUID) and Linux lets this process
+    use their state (arch_prctl ARCH_REQ_XCOMP_PERM, which kernels/int8/amx_conv asks again)."""
+    import ctypes
+
+    import tvm
+
+    features = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures", allow_missing=True)
+    if features is None:
+        return False
+    found = features()
+    if not all(bool(found.get(name, False)) for name in AMX_FEATURES):
+        return False
+    from edgepress.backends.kernels.int8.amx_conv import (
+        ARCH_REQ_XCOMP_PERM,
+        SYS_ARCH_PRCTL,
+        XFEATURE_XTILEDATA,
+    )
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    request = (SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+    return libc.syscall(*(ctypes.c_long(v) for v in request)) == 0
+
+
 def tvm_target(options: TargetOptions) -> dict:
     # num-cores: MetaSchedule sizes parallel loops by it (and refuses to tune without it).
     target = {
@@ -37,8 +64,15 @@ def tvm_target(options: TargetOptions) -> dict:
         "mcpu": options.mcpu or host_cpu_name(),
         "num-cores": options.num_cores or os.cpu_count() or 1,
     }
-    if options.mattr:
-        target["mattr"] = list(options.mattr)
+    mattr = list(options.mattr)
+    # A virtual machine may report a CPU model older than its features (LLVM named one with
+    # AMX "rocketlake", whose feature list has none): building for this machine, its AMX
+    # features are added where the name lacks them.
+    if not options.mcpu and host_amx():
+        named = {attr[1:] for attr in mattr}
+        mattr += [f"+{name}" for name in AMX_FEATURES if name not in named]
+    if mattr:
+        target["mattr"] = mattr
     return target
 
 

@@ -40,6 +40,9 @@ from edgepress.backends.kernels.common.relax_lowering import (
     emit_pool,
     nhwc_pool,
 )
+from edgepress.backends.kernels.int8.amx_conv import LANES as AMX_LANES
+from edgepress.backends.kernels.int8.amx_conv import NAME as AMX_NAME
+from edgepress.backends.kernels.int8.amx_conv import amx_conv2d, amx_fits
 from edgepress.backends.kernels.int8.compute import (
     DOT_DEPTH,
     FLOAT_OUTPUT,
@@ -361,6 +364,8 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             primfunc_name_hint="depthwise_conv2d_int8",
             **common,
         )
+    elif layout.amx and amx_fits(chain.weight.shape[1], channels, chain.x_dtype) is None:
+        call = _emit_amx(builder, chain, _packed(builder, x, chain, padding), multiplier, common)
     else:
         padding, out_width = (padding, None) if matmul else _computed_row(chain, x, layout)
         call = builder.call_te(
@@ -379,6 +384,35 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
     if matmul:
         call = relax.op.reshape(builder.emit(call), (*rows, channels))
     return call
+
+
+def _emit_amx(builder, chain: _Chain, xp, multiplier: np.ndarray, common: dict):
+    """The call of the AMX kernel (kernels/int8/amx_conv) on the padded input `xp`."""
+    from tvm import relax
+
+    weight = pack_weight(chain.weight, AMX_LANES)
+    n, height, width, _ = (int(d) for d in xp.ty.shape)
+    _, _, kh, kw = chain.weight.shape
+    (sh, sw), (dh, dw) = common["strides"], common["dilation"]
+    out_shape = (
+        n,
+        output_size(height, 0, kh, sh, dh),
+        output_size(width, 0, kw, sw, dw),
+        chain.weight.shape[0],
+    )
+    func = amx_conv2d(
+        tuple(int(d) for d in xp.ty.shape),
+        weight.shape,
+        out_shape,
+        strides=(sh, sw),
+        dilation=(dh, dw),
+        out_zero_point=common["out_zero_point"],
+        out_dtype=common["out_dtype"],
+        in_int32=common["in_int32"],
+    )
+    gv = builder.add_func(func, AMX_NAME)
+    args = [xp, relax.const(weight), relax.const(chain.bias), relax.const(multiplier)]
+    return relax.call_tir(gv, args, relax.TensorType(out_shape, common["out_dtype"]))
 
 
 def _computed_row(chain: _Chain, x, layout: DotLayout) -> tuple[tuple, int | None]:

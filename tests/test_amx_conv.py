@@ -1,0 +1,118 @@
+"""The int8 convolution on AMX tiles (kernels/int8/amx_conv): the kernel against numpy's
+integer arithmetic, and a quantized model end to end against onnxruntime. Both need a CPU
+with AMX and a Linux that grants its tile data; elsewhere they are skipped."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.builders import random_initializer
+from tests.conftest import disassembly
+from tests.test_int8_lowering import (
+    _assert_within_one_step_of_onnxruntime,
+    _layers,
+    _saved_with_calibration,
+)
+
+
+def _amx_or_skip() -> None:
+    from edgepress.backends.targets.x86_64 import host_amx
+
+    if not host_amx():
+        pytest.skip("this CPU has no AMX int8 tiles, or Linux does not grant their state")
+
+
+def _numpy_conv(x, w, bias, multiplier, stride, zero_point):
+    """Integer sums of the padded NHWC x and OIHW w, requantized as packed_conv2d does."""
+    n, height, width, _ = x.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = (height - kh) // stride + 1, (width - kw) // stride + 1
+    total = np.zeros((n, oh, ow, oc), np.int64)
+    for ry in range(kh):
+        for rx in range(kw):
+            patch = x[:, ry : ry + (oh - 1) * stride + 1 : stride,
+                      rx : rx + (ow - 1) * stride + 1 : stride].astype(np.int64)  # fmt: skip
+            total += patch @ w[:, :, ry, rx].astype(np.int64).T
+    scaled = (total + bias).astype(np.float32) * multiplier
+    return np.clip(np.rint(scaled) + zero_point, 0, 255).astype(np.uint8)
+
+
+# 1x1 over a whole image as one row (196 pixels: a last tile overlapping the one before),
+# 3x3 over rows of 14 (tiles of 14 rows), 3x3 stride 2 over 9 columns, and an odd number of
+# pixel tiles and of output-channel blocks.
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (14, 14, 64, 32, 1, 1),
+        (16, 16, 128, 48, 3, 1),
+        (9, 21, 64, 16, 3, 2),
+        (5, 5, 64, 16, 1, 1),
+    ],
+    ids=["1x1-flat", "3x3", "3x3-stride2", "1x1-one-tile"],
+)
+def test_amx_conv_equals_numpy_integer_arithmetic(shape):
+    _amx_or_skip()
+    import tvm
+
+    from edgepress.backends.kernels.int8.amx_conv import amx_conv2d
+    from edgepress.backends.kernels.int8.compute import pack_weight
+
+    height, width, channels, out_channels, k, stride = shape
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, height, width, channels)).astype(np.uint8)
+    w = rng.integers(-128, 128, (out_channels, channels, k, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, out_channels).astype(np.int32)
+    multiplier = (rng.random(out_channels) * 2e-5).astype(np.float32)
+    oh, ow = (height - k) // stride + 1, (width - k) // stride + 1
+    packed = pack_weight(w, 16)
+    func = amx_conv2d(x.shape, packed.shape, (1, oh, ow, out_channels), strides=(stride, stride),
+                      dilation=(1, 1), out_zero_point=3, out_dtype="uint8",
+                      in_int32=False)  # fmt: skip
+    target = {"kind": "llvm", "mcpu": "sapphirerapids"}
+    lib = tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+    out = tvm.runtime.tensor(np.zeros((1, oh, ow, out_channels), np.uint8))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, packed, bias, multiplier)), out)
+    np.testing.assert_array_equal(out.numpy(), _numpy_conv(x, w, bias, multiplier, stride, 3))
+
+
+def test_convs_whose_channels_fit_run_on_amx_within_one_step_of_onnxruntime(cli, tmp_path):
+    """Conv 3x3 (3 -> 64: VNNI) -> Conv 3x3 pad 1 (64 -> 64) -> Conv 1x1 (64 -> 128, with the
+    residual of the first) -> Conv 1x1 stride 2 (128 -> 64), int8 on this machine: the three
+    whose input channels are whole 64-channel tiles run on AMX (tdpbusd in the library), and
+    the artifact stays within one step of onnxruntime's run of its QDQ model."""
+    _amx_or_skip()
+    rng = np.random.default_rng(23)
+    inits = [
+        random_initializer(rng, "w1", (64, 3, 3, 3)),
+        random_initializer(rng, "w2", (64, 64, 3, 3)),
+        random_initializer(rng, "w3", (128, 64, 1, 1)),
+        random_initializer(rng, "w4", (64, 128, 1, 1)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv_in"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "w2"], ["b"], pads=[1] * 4, name="conv3x3"),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Conv", ["br", "w3"], ["c"], name="conv1x1"),
+        helper.make_node("Relu", ["c"], ["cr"], name="relu_c"),
+        helper.make_node("Conv", ["cr", "w4"], ["y"], strides=[2, 2], name="conv_stride2"),
+    ]
+    source, cal = _saved_with_calibration(tmp_path / "amx.onnx", nodes, inits, [1, 64, 7, 7], rng)
+    out = tmp_path / "art"
+    r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
+            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert set(_layers(report).values()) == {"dot-product"}
+    assert report["int8_compute"]["amx"] is True
+    names = [k["name"] for k in report["kernels"]]
+    assert sum("conv2d_int8_amx" in n for n in names) == 3, names
+    if shutil.which("objdump"):
+        assert len(re.findall(r"\btdpbusd\b", disassembly(out / "model.so"))) >= 3
+    _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=29)
