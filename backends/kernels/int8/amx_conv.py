@@ -26,7 +26,7 @@ configuration and releases the tiles when it ends.
 from __future__ import annotations
 
 from edgepress.backends.kernels.common.channel_concat import OPAQUE, WRITTEN
-from edgepress.backends.kernels.int8.compute import _requantize
+from edgepress.backends.kernels.int8.compute import requantize_sum
 
 NAME = "conv2d_int8_amx"  # the name its functions are added under (a number may follow)
 TILE_ROWS = 16  # pixels per activation tile (rows of every tile)
@@ -50,11 +50,15 @@ def amx_fits(in_channels: int, out_channels: int, act_dtype: str) -> str | None:
     return None
 
 
-def _tile_config(T, config):
-    """Palette 1; every tile 16 (or fewer) rows of 64 bytes."""
+def _tile_config(T, config, rows: int) -> None:
+    """Palette 1 (byte 0); 8 tiles of 64-byte rows (bytes 16-31, two per tile): `rows` rows
+    for the accumulators and the activations (tmm0-5, bytes 48-53), 16 for the weights."""
     for i in range(64):
         T.buffer_store(config, T.uint8(0), [i])
     T.buffer_store(config, T.uint8(1), [0])
+    for tile in range(8):
+        T.buffer_store(config, T.uint8(TILE_BYTES), [16 + 2 * tile])
+        T.buffer_store(config, T.uint8(TILE_ROWS if tile >= 6 else rows), [48 + tile])
 
 
 def _intrinsic(T, name: str, *args):
@@ -135,11 +139,7 @@ def _task(T, v: dict) -> None:
     blocks (amx_conv2d's locals in `v`)."""
     config = T.alloc_buffer((64,), "uint8")
     sums = T.alloc_buffer((4, v["rows"], LANES), "int32")
-    _tile_config(T, config)
-    for tile in range(8):  # 8 tiles x 64 bytes; rows from byte 48
-        T.buffer_store(config, T.uint8(TILE_BYTES), [16 + 2 * tile])
-        rows = TILE_ROWS if tile >= 6 else v["rows"]
-        T.buffer_store(config, T.uint8(rows), [48 + tile])
+    _tile_config(T, config, v["rows"])
     _intrinsic(T, "ldtilecfg", T.address_of(config[0]))
     b, rows, per_row = v["b"], v["rows"], v["per_row"]
     block0 = v["pair_of_blocks"] * 2
@@ -213,7 +213,7 @@ def _requantize_tiles(T, v: dict, sums, starts, blocks) -> None:
                     channel = block * LANES + lane
                     pixel = start + m if v["flat"] else row * ow + start + m
                     y, z = pixel // ow, pixel % ow
-                    value = _requantize(
+                    value = requantize_sum(
                         sums[a * 2 + c, m, lane],
                         bias[channel],
                         multiplier[channel],

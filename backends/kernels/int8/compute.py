@@ -82,7 +82,7 @@ def _convert(value, src: str, dst: str):
     return (value.astype("int32") + offset).astype(dst)
 
 
-def _requantize(acc, bias, multiplier, out_zero_point: int, out_dtype: str, in_int32: bool):
+def requantize_sum(acc, bias, multiplier, out_zero_point: int, out_dtype: str, in_int32: bool):
     """int32 acc + bias -> 8 bits, as onnxruntime does it (module docstring)."""
     total = (acc + bias).astype("float32")
     return _scale_to(total, multiplier, out_zero_point, out_dtype, in_int32)
@@ -332,7 +332,7 @@ def packed_conv2d(
     total, (n, oh, ow) = _dot_products(xp, weight, strides, dilation, intrinsic, pair_sums)
     return te.compute(
         (n, oh, ow if out_width is None else out_width, out_channels),
-        lambda b, y, z, c: _requantize(
+        lambda b, y, z, c: requantize_sum(
             total(b, c, y, z), bias[c], multiplier[c], out_zero_point, out_dtype, in_int32
         ),
         name="requantize",
@@ -428,7 +428,7 @@ def depthwise_conv2d(
             total = acc[b, y, z, c] + bias_c.astype("float32")
             return _scale_to(total, multiplier_c, out_zero_point, out_dtype, in_int32)
         acc_int = acc[b, y, z, c].astype("int32")
-        return _requantize(acc_int, bias_c, multiplier_c, out_zero_point, out_dtype, in_int32)
+        return requantize_sum(acc_int, bias_c, multiplier_c, out_zero_point, out_dtype, in_int32)
 
     return te.compute(shape, requantize, name="requantize")
 
