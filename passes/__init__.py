@@ -17,6 +17,7 @@ from edgepress.passes.decompose import (  # noqa: F401
     conv_transpose_as_depth_to_space,
     gather_nearest_resize,
     lower_integer_ops,
+    lrn_as_conv,
     one_hot_matmul_as_gather,
     resolve_sequences,
     unroll_recurrent,

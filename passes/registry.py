@@ -28,8 +28,8 @@ PASSES: dict[str, PassFn] = {}
 # what does nothing, read one-hot products as lookups, then fuse (BN before the per-channel
 # affine fold, which would otherwise take BN's decomposed form), turn 1-D convs along the width
 # and stride-sized ConvTransposes into 1x1 Convs (after the fusions that match a Conv's
-# consumers), then simplify Pow (after the fusions, whose patterns match it) and clean up what
-# the fusions left.
+# consumers), compute LRNs as 1x1 Convs over their channel windows, then simplify Pow (after
+# the fusions, whose patterns match it) and clean up what the fusions left.
 DEFAULT_PIPELINE: list[str] = [
     "fold_constants",
     "resolve_sequences",
@@ -43,6 +43,7 @@ DEFAULT_PIPELINE: list[str] = [
     "fold_conv_affine",
     "conv_along_width",
     "conv_transpose_as_depth_to_space",
+    "lrn_as_conv",
     "fuse_matmul_add",
     "fuse_layer_norm",
     "fuse_gelu",

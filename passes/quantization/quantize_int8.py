@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from edgepress.passes.decompose.lrn_as_conv import is_window_sum
 from edgepress.passes.quantization.calibration import CalibrationStats
 from edgepress.passes.registry import PassResult, register_pass
 
@@ -76,13 +77,15 @@ SCALAR_OPS = ("Add", "Mul", "Sub", "Div")
 
 
 def constant_operand_ops(proto: onnx.ModelProto) -> list[str]:
-    """Names of the elementwise nodes one of whose operands is a constant."""
+    """Names of the elementwise nodes one of whose operands is a constant, and of the LRN
+    window sums (lrn_as_conv: convs over squares, whose range 8 bits would not hold)."""
     constants = {i.name for i in proto.graph.initializer}
     constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     return [
         n.name
         for n in proto.graph.node
-        if n.op_type in SCALAR_OPS and n.name and any(i in constants for i in n.input)
+        if (n.op_type in SCALAR_OPS and n.name and any(i in constants for i in n.input))
+        or (n.op_type == "Conv" and is_window_sum(n.name))
     ]
 
 
