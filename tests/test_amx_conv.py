@@ -113,6 +113,10 @@ def test_convs_whose_channels_fit_run_on_amx_within_one_step_of_onnxruntime(cli,
     assert report["int8_compute"]["amx"] is True
     names = [k["name"] for k in report["kernels"]]
     assert sum("conv2d_int8_amx" in n for n in names) == 3, names
+    # Their FLOPs are counted (TVM's estimate sees only the epilogue): the 1x1 conv's
+    # 2 x 14 x 14 pixels x 128 x 64 channels.
+    flops = {k["name"]: k["flops"] for k in report["kernels"] if "conv2d_int8_amx" in k["name"]}
+    assert 2 * 14 * 14 * 128 * 64 in flops.values(), flops
     if shutil.which("objdump"):
         assert len(re.findall(r"\btdpbusd\b", disassembly(out / "model.so"))) >= 3
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=29)

@@ -383,9 +383,14 @@ def _flops(mod) -> dict[str, float]:
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from edgepress.backends.kernels.common.channel_concat import FLOPS_ATTR
+
     flops = {}
     for gv, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc):
+            if func.attrs is not None and FLOPS_ATTR in func.attrs:  # a written kernel's own
+                flops[gv.name_hint] = float(func.attrs[FLOPS_ATTR])
+                continue
             try:
                 flops[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({gv: func})))
             except Exception:  # some functions (layout copies, symbolic extents) have none

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 OPAQUE = 8  # relax's OpPatternKind kOpaque
 WRITTEN = "edgepress.written"  # PrimFunc attribute: a kernel written here, scheduled as it is
+# PrimFunc attribute: a written kernel's FLOPs, where TVM's estimate cannot see them (the AMX
+# conv's tile intrinsics); relax/pipeline reports them and the profile's rates use them
+FLOPS_ATTR = "edgepress.flops"
 CONCAT_NAME = "concat_channels"  # the name its functions are added under (a number may follow)
 
 

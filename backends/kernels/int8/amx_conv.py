@@ -25,7 +25,7 @@ configuration and releases the tiles when it ends.
 
 from __future__ import annotations
 
-from edgepress.backends.kernels.common.channel_concat import OPAQUE, WRITTEN
+from edgepress.backends.kernels.common.channel_concat import FLOPS_ATTR, OPAQUE, WRITTEN
 from edgepress.backends.kernels.int8.compute import requantize_sum
 
 NAME = "conv2d_int8_amx"  # the name its functions are added under (a number may follow)
@@ -103,7 +103,8 @@ def amx_conv2d(
     with IRBuilder() as builder:
         with T.prim_func():
             attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE}
-            T.func_attr({**attrs, WRITTEN: True})
+            flops = 2 * n * oh * ow * oc * channels * kh * kw
+            T.func_attr({**attrs, WRITTEN: True, FLOPS_ATTR: float(flops)})
             x = T.arg("x", T.Buffer(x_shape, "uint8"))
             w = T.arg("w", T.Buffer(weight_shape, "int8"))
             bias = T.arg("bias", T.Buffer((oc,), "int32"))
