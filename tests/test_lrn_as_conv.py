@@ -127,3 +127,35 @@ def test_a_built_lrn_runs_as_a_conv_with_no_pool_or_transpose(cli, tmp_path, int
         layers = {layer["node"]: layer for layer in report["int8_compute"]["layers"]}
         assert layers["conv1"]["kernel"] == "dot-product"
         assert not layers["norm1_lrn_window_sum"]["kernel"]  # float: not quantized
+
+
+def test_pruning_leaves_an_lrns_channels_whole():
+    """Slicing the window sum, or the channels the LRN normalizes, would change its windows:
+    prune_channels freezes them (the conv after the LRN may still lose channels)."""
+    import onnx_ir as ir
+
+    from edgepress.passes import get_pass
+    from tests.pass_checks import rand
+
+    proto = model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 6, 6] x) => (float[1, 3, 6, 6] y) {
+            a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+            r = Relu (a)
+            n = LRN <size = 3> (r)
+            b = Conv (n, w2)
+            rb = Relu (b)
+            y = Conv (rb, w3)
+        }""",
+        {"w1": rand(8, 4, 3, 3, seed=1), "w2": rand(8, 8, 1, 1, seed=2),
+         "w3": rand(3, 8, 1, 1, seed=3)},  # fmt: skip
+    )
+    after, _ = apply("lrn_as_conv", proto)
+    result = get_pass("prune_channels")(ir.from_proto(after), ratio=0.5, sensitivity=False)
+    pruned = ir.to_proto(result.model)
+    shapes = {i.name: tuple(i.dims) for i in pruned.graph.initializer}
+    convs = {n.output[0]: shapes[n.input[1]] for n in pruned.graph.node if n.op_type == "Conv"}
+    (window,) = [n for n in pruned.graph.node if n.name.endswith("lrn_window_sum")]
+    assert convs[window.output[0]] == (8, 8, 1, 1)
+    assert convs["a"] == (8, 4, 3, 3)
+    assert convs["b"] == (4, 8, 1, 1)  # after the LRN: pruned as before

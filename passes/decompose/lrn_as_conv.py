@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from edgepress.passes.naming import add_initializer
 from edgepress.passes.registry import PassResult, register_pass
@@ -65,6 +66,7 @@ def band(channels: int, size: int, alpha: float) -> np.ndarray:
 def lrn_as_conv(model: ir.Model) -> PassResult:
     """Every 4-D float32 LRN of a static channel count as a square, a 1x1 Conv over the
     channel windows, a power and a division."""
+    common_passes.ShapeInferencePass()(model)  # the channel count is the input's shape
     graph = model.graph
     rewritten = 0
     for node in list(graph):

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepress.passes.constants import constant_array
+from edgepress.passes.decompose.lrn_as_conv import is_window_sum
 
 SOURCES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHANNEL_WISE = {
@@ -178,6 +179,8 @@ def why_not_source(node: ir.Node, graph: ChannelGraph) -> str | None:
     """None when `node` is a source this analysis can slice, else why not."""
     weight = _weight(node)
     x = node.inputs[0]
+    if node.op_type == "Conv" and is_window_sum(node.name or ""):
+        return "an LRN's window sum (lrn_as_conv): slicing it would change the LRN's windows"
     if weight is None:
         return "its weight is not a constant"
     if any(inp is not None and constant_array(inp) is None for inp in node.inputs[2:]):
