@@ -125,7 +125,9 @@ def amx_conv2d(
                     T.writes(out[:, :, :, :])
                     with T.Assert(
                         granted == T.int64(0),
-                        "the AMX kernels' tile data was refused by Linux (arch_prctl)",
+                        "the AMX int8 kernels need a CPU with AMX and Linux 5.16 or later "
+                        "(arch_prctl refused their tile data here); build with "
+                        "--mattr=-amx-int8 for VNNI kernels only",
                     ):
                         with T.parallel(0, n * block_pairs * tasks) as task:
                             b = task // (block_pairs * tasks)
