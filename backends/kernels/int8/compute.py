@@ -51,11 +51,12 @@ def shift_zero_point(zero_point: int, src: str, dst: str) -> int:
     return zero_point - 128 if dst == "int8" else zero_point + 128
 
 
-def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """int8 OIHW -> [OC/lanes, IC/4, KH, KW, lanes, 4], zero-filled to whole blocks."""
+def pack_weight(weight: np.ndarray, lanes: int, channel_multiple: int = DOT_DEPTH) -> np.ndarray:
+    """int8 OIHW -> [OC/lanes, IC/4, KH, KW, lanes, 4], zero-filled to whole blocks (and the
+    input channels to a multiple of `channel_multiple`, as pack_activations pads them)."""
     oc, ic, kh, kw = weight.shape
     ocp = -(-oc // lanes) * lanes
-    icp = -(-ic // DOT_DEPTH) * DOT_DEPTH
+    icp = -(-ic // channel_multiple) * channel_multiple
     padded = np.zeros((ocp, icp, kh, kw), np.int8)
     padded[:oc, :ic] = weight
     blocks = padded.reshape(ocp // lanes, lanes, icp // DOT_DEPTH, DOT_DEPTH, kh, kw)
@@ -192,11 +193,13 @@ def pack_activations(
     in_zero_point: int,
     act_dtype: str,
     upsample: tuple[int, int] = (1, 1),
+    channel_multiple: int = DOT_DEPTH,
 ):
     """8-bit NHWC -> NHWC in `act_dtype`, padded with the zero point spatially and up to a
-    multiple of 4 channels. A kernel of its own (PACK_RULE), not inlined into
-    the convolution: the dot-product intrinsic matches 4 contiguous bytes, which a padding
-    test per read would not be.
+    multiple of `channel_multiple` channels (4: a dot-product term; 64: an AMX tile's row,
+    whose padded channels meet zero weights). A kernel of its own (PACK_RULE), not inlined
+    into the convolution: the dot-product intrinsic matches 4 contiguous bytes, which a
+    padding test per read would not be.
 
     `upsample` (sh, sw) puts sh - 1 rows and sw - 1 columns of the zero point between the
     input's: a transposed convolution is a stride-1 convolution of that, with the window
@@ -223,7 +226,7 @@ def pack_activations(
 
     from edgepress.backends.kernels.common.nhwc_schedules import INTERIOR_ATTR, PACK_RULE
 
-    padded = -(-channels // DOT_DEPTH) * DOT_DEPTH
+    padded = -(-channels // channel_multiple) * channel_multiple
     shape = (n, rows + top + bottom, cols + left + right, padded)
     interior = [top, top + rows - 1, left, left + cols - 1]
     attrs = {"schedule_rule": PACK_RULE, INTERIOR_ATTR: interior}
@@ -236,9 +239,15 @@ def needs_pack(
     src: str,
     act_dtype: str,
     upsample: tuple[int, int] = (1, 1),
+    channel_multiple: int = DOT_DEPTH,
 ) -> bool:
     """Whether a conv's NHWC input must be copied by pack_activations first."""
-    return any(padding) or channels % DOT_DEPTH != 0 or src != act_dtype or upsample != (1, 1)
+    return (
+        any(padding)
+        or channels % channel_multiple != 0
+        or src != act_dtype
+        or upsample != (1, 1)
+    )
 
 
 def _dot_products(xp, weight, strides, dilation, intrinsic: str | None, pair_sums: bool):

@@ -42,6 +42,7 @@ from edgepress.backends.kernels.common.relax_lowering import (
 )
 from edgepress.backends.kernels.int8.amx_conv import LANES as AMX_LANES
 from edgepress.backends.kernels.int8.amx_conv import NAME as AMX_NAME
+from edgepress.backends.kernels.int8.amx_conv import SLICE as AMX_SLICE
 from edgepress.backends.kernels.int8.amx_conv import amx_conv2d, amx_fits
 from edgepress.backends.kernels.int8.compute import (
     DOT_DEPTH,
@@ -310,12 +311,12 @@ def _chain_of(bindings: Bindings, var, call, layout: DotLayout) -> tuple[object,
     return out_var, chain
 
 
-def _packed(builder, x, chain: _Chain, padding):
+def _packed(builder, x, chain: _Chain, padding, channel_multiple: int = DOT_DEPTH):
     """The kernel's NHWC input: `x` itself where it needs no padding, channel rounding or
     change of signedness, else pack_activations' copy of it."""
     channels = int(x.ty.shape[3])
     upsample = chain.attrs.get("upsample", (1, 1))
-    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype, upsample):
+    if not needs_pack(channels, padding, _dtype(x), chain.x_dtype, upsample, channel_multiple):
         return x
     packed = builder.call_te(
         pack_activations,
@@ -324,6 +325,7 @@ def _packed(builder, x, chain: _Chain, padding):
         in_zero_point=chain.x_zero_point,
         act_dtype=chain.x_dtype,
         upsample=upsample,
+        channel_multiple=channel_multiple,
         primfunc_name_hint="pack_int8",
     )
     return builder.emit(packed)
@@ -365,7 +367,8 @@ def _emit(builder, chain: _Chain, x, layout: DotLayout):
             **common,
         )
     elif layout.amx and amx_fits(chain.weight.shape[1], channels, chain.x_dtype) is None:
-        call = _emit_amx(builder, chain, _packed(builder, x, chain, padding), multiplier, common)
+        xp = _packed(builder, x, chain, padding, channel_multiple=AMX_SLICE)
+        call = _emit_amx(builder, chain, xp, multiplier, common)
     else:
         padding, out_width = (padding, None) if matmul else _computed_row(chain, x, layout)
         call = builder.call_te(
@@ -390,7 +393,7 @@ def _emit_amx(builder, chain: _Chain, xp, multiplier: np.ndarray, common: dict):
     """The call of the AMX kernel (kernels/int8/amx_conv) on the padded input `xp`."""
     from tvm import relax
 
-    weight = pack_weight(chain.weight, AMX_LANES)
+    weight = pack_weight(chain.weight, AMX_LANES, AMX_SLICE)
     n, height, width, _ = (int(d) for d in xp.ty.shape)
     _, _, kh, kw = chain.weight.shape
     (sh, sw), (dh, dw) = common["strides"], common["dilation"]
