@@ -25,6 +25,8 @@ configuration and releases the tiles when it ends.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edgepress.backends.kernels.common.channel_concat import FLOPS_ATTR, OPAQUE, WRITTEN
 from edgepress.backends.kernels.int8.compute import requantize_sum
 
@@ -76,6 +78,49 @@ def _intrinsic(T, name: str, *args):
     T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How one convolution is cut into tiles (amx_conv2d), with its shapes."""
+
+    batch: int
+    width: int  # of the padded input
+    channels: int  # of the padded input: whole slices
+    blocks: int  # 16-channel output blocks
+    kh: int
+    kw: int
+    ow: int
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    flat: bool  # a stride-1 1x1 conv over an unpadded input: its image is one row
+    row_pixels: int  # output pixels per row
+    rows: int  # pixels per tile
+    positions: int  # pixel tiles per image
+
+    @property
+    def per_row(self) -> int:
+        return -(-self.row_pixels // self.rows)
+
+    @property
+    def pairs(self) -> int:  # pairs of pixel tiles per image
+        return -(-self.positions // 2)
+
+    @property
+    def tasks(self) -> int:  # parallel tasks per image and pair of output blocks
+        return -(-self.pairs // POSITIONS_PER_TASK)
+
+
+def _plan(x_shape, weight_shape, out_shape, strides, dilation) -> _Plan:
+    n, height, width, channels = x_shape
+    blocks, _, kh, kw, _, _ = weight_shape
+    _, oh, ow, _ = out_shape
+    flat = (kh, kw, *strides) == (1, 1, 1, 1) and (height, width) == (oh, ow)
+    row_pixels, image_rows = (oh * ow, 1) if flat else (ow, oh)
+    rows = min(TILE_ROWS, row_pixels)
+    positions = image_rows * -(-row_pixels // rows)
+    return _Plan(n, width, channels, blocks, kh, kw, ow, strides, dilation, flat, row_pixels,
+                 rows, positions)  # fmt: skip
+
+
 def amx_conv2d(
     x_shape: tuple[int, int, int, int],
     weight_shape: tuple[int, ...],
@@ -93,28 +138,18 @@ def amx_conv2d(
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
-    n, height, width, channels = x_shape
-    blocks, _, kh, kw, _, _ = weight_shape
-    _, oh, ow, oc = out_shape
-    sh, sw = strides
-    dh, dw = dilation
-    # One row of every pixel: a stride-1 1x1 conv over an unpadded input.
-    flat = (kh, kw, sh, sw) == (1, 1, 1, 1) and (height, width) == (oh, ow)
-    row_pixels, image_rows = (oh * ow, 1) if flat else (ow, oh)
-    rows = min(TILE_ROWS, row_pixels)
-    per_row = -(-row_pixels // rows)
-    positions = image_rows * per_row
-    pairs = -(-positions // 2)
-    block_pairs = -(-blocks // 2)
-    tasks = -(-pairs // POSITIONS_PER_TASK)
-    slices = channels // SLICE
-    weight_stride = kh * kw * TILE_BYTES
-    x_stride = sw * channels
+    plan = _plan(x_shape, weight_shape, out_shape, strides, dilation)
+    oc = out_shape[3]
+    flops = 2 * out_shape[0] * out_shape[1] * out_shape[2] * oc * plan.channels * plan.kh * plan.kw
+
+    def requantize(acc, channel):
+        return requantize_sum(
+            acc, bias[channel], multiplier[channel], out_zero_point, out_dtype, in_int32
+        )
 
     with IRBuilder() as builder:
         with T.prim_func():
             attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE}
-            flops = 2 * n * oh * ow * oc * channels * kh * kw
             T.func_attr({**attrs, WRITTEN: True, FLOPS_ATTR: float(flops)})
             x = T.arg("x", T.Buffer(x_shape, "uint8"))
             w = T.arg("w", T.Buffer(weight_shape, "int8"))
@@ -140,99 +175,80 @@ def amx_conv2d(
                         "(arch_prctl refused their tile data here); build with "
                         "--mattr=-amx-int8 for VNNI kernels only",
                     ):
-                        with T.parallel(0, n * block_pairs * tasks) as task:
-                            b = task // (block_pairs * tasks)
-                            pair_of_blocks = task // tasks % block_pairs
-                            first_pair = task % tasks * POSITIONS_PER_TASK
-                            _task(T, locals())
+                        block_pairs = -(-plan.blocks // 2)
+                        per_image = block_pairs * plan.tasks
+                        with T.parallel(0, plan.batch * per_image) as task:
+                            _task(
+                                T,
+                                plan,
+                                (x, w, out),
+                                requantize,
+                                image=task // per_image,
+                                first_block=task // plan.tasks % block_pairs * 2,
+                                first_pair=task % plan.tasks * POSITIONS_PER_TASK,
+                            )
     return builder.get()
 
 
-def _task(T, v: dict) -> None:
-    """One parallel task: POSITIONS_PER_TASK pixel-tile pairs x one pair of output-channel
-    blocks (amx_conv2d's locals in `v`)."""
+def _task(T, plan: _Plan, buffers, requantize, *, image, first_block, first_pair) -> None:
+    """One parallel task: POSITIONS_PER_TASK pairs of pixel tiles x one pair of output-channel
+    blocks of one image."""
     config = T.alloc_buffer((64,), "uint8")
-    sums = T.alloc_buffer((4, v["rows"], LANES), "int32")
-    _tile_config(T, config, v["rows"])
+    sums = T.alloc_buffer((4, plan.rows, LANES), "int32")
+    _tile_config(T, config, plan.rows)
     _intrinsic(T, "ldtilecfg", T.address_of(config[0]))
-    b, rows, per_row = v["b"], v["rows"], v["per_row"]
-    block0 = v["pair_of_blocks"] * 2
-    block1 = T.min(block0 + 1, v["blocks"] - 1)
+    blocks = (first_block, T.min(first_block + 1, plan.blocks - 1))
     with T.serial(0, POSITIONS_PER_TASK) as step:
-        pair = v["first_pair"] + step
-        with T.If(pair < v["pairs"]):
+        pair = first_pair + step
+        with T.If(pair < plan.pairs):
             with T.Then():
-                p0 = pair * 2
-                p1 = T.min(p0 + 1, v["positions"] - 1)
+                tiles = (pair * 2, T.min(pair * 2 + 1, plan.positions - 1))
                 starts = [
-                    (p // per_row, T.min(p % per_row * rows, v["row_pixels"] - rows))
-                    for p in (p0, p1)
-                ]
+                    (p // plan.per_row, T.min(p % plan.per_row * plan.rows,
+                                              plan.row_pixels - plan.rows))
+                    for p in tiles
+                ]  # fmt: skip
                 for tile in range(4):
                     _intrinsic(T, "tilezero", T.int8(tile))
-                _products(T, v, starts, (block0, block1))
+                _products(T, plan, buffers, image, starts, blocks)
                 for tile in range(4):
-                    _intrinsic(
-                        T,
-                        "tilestored64",
-                        T.int8(tile),
-                        T.address_of(sums[tile, 0, 0]),
-                        T.int64(TILE_BYTES),
-                    )
-                _requantize_tiles(T, v, sums, starts, (block0, block1))
+                    address = T.address_of(sums[tile, 0, 0])
+                    _intrinsic(T, "tilestored64", T.int8(tile), address, T.int64(TILE_BYTES))
+                _requantize_tiles(T, plan, buffers[2], requantize, sums, image, starts, blocks)
     _intrinsic(T, "tilerelease")
 
 
-def _products(T, v: dict, starts, blocks) -> None:
+def _products(T, plan: _Plan, buffers, image, starts, blocks) -> None:
     """The 4 accumulator tiles += every tap and channel slice."""
-    x, w, b = v["x"], v["w"], v["b"]
-    width = v["width"]
-    with T.serial(0, v["kh"]) as ry:
-        with T.serial(0, v["kw"]) as rx:
-            with T.serial(0, v["slices"]) as s:
+    x, w, _ = buffers
+    (sh, sw), (dh, dw) = plan.strides, plan.dilation
+    with T.serial(0, plan.kh) as ry:
+        with T.serial(0, plan.kw) as rx:
+            with T.serial(0, plan.channels // SLICE) as s:
                 for tile, (row, start) in enumerate(starts):
-                    if v["flat"]:  # the image as one row: pixel `start` of it
-                        y, z = start // width, start % width
+                    if plan.flat:  # the image as one row: pixel `start` of it
+                        y, z = start // plan.width, start % plan.width
                     else:
-                        y = row * v["sh"] + ry * v["dh"]
-                        z = start * v["sw"] + rx * v["dw"]
-                    _intrinsic(
-                        T,
-                        "tileloadd64",
-                        T.int8(4 + tile),
-                        T.address_of(x[b, y, z, s * SLICE]),
-                        T.int64(v["x_stride"]),
-                    )
+                        y, z = row * sh + ry * dh, start * sw + rx * dw
+                    address = T.address_of(x[image, y, z, s * SLICE])
+                    stride = T.int64(sw * plan.channels)
+                    _intrinsic(T, "tileloadd64", T.int8(4 + tile), address, stride)
                 for tile, block in enumerate(blocks):
-                    _intrinsic(
-                        T,
-                        "tileloadd64",
-                        T.int8(6 + tile),
-                        T.address_of(w[block, s * 16, ry, rx, 0, 0]),
-                        T.int64(v["weight_stride"]),
-                    )
+                    address = T.address_of(w[block, s * 16, ry, rx, 0, 0])
+                    stride = T.int64(plan.kh * plan.kw * TILE_BYTES)
+                    _intrinsic(T, "tileloadd64", T.int8(6 + tile), address, stride)
                 for a in range(2):
                     for c in range(2):
                         _intrinsic(T, "tdpbusd", T.int8(a * 2 + c), T.int8(4 + a), T.int8(6 + c))
 
 
-def _requantize_tiles(T, v: dict, sums, starts, blocks) -> None:
+def _requantize_tiles(T, plan: _Plan, out, requantize, sums, image, starts, blocks) -> None:
     """Each stored tile's sums requantized into the output, as packed_conv2d's epilogue."""
-    out, bias, multiplier, b = v["out"], v["bias"], v["multiplier"], v["b"]
-    ow = v["ow"]
     for a, (row, start) in enumerate(starts):
         for c, block in enumerate(blocks):
-            with T.serial(0, v["rows"]) as m:
+            with T.serial(0, plan.rows) as m:
                 with T.vectorized(0, LANES) as lane:
                     channel = block * LANES + lane
-                    pixel = start + m if v["flat"] else row * ow + start + m
-                    y, z = pixel // ow, pixel % ow
-                    value = requantize_sum(
-                        sums[a * 2 + c, m, lane],
-                        bias[channel],
-                        multiplier[channel],
-                        v["out_zero_point"],
-                        v["out_dtype"],
-                        v["in_int32"],
-                    )
-                    T.buffer_store(out, value, [b, y, z, channel])
+                    pixel = start + m if plan.flat else row * plan.ow + start + m
+                    value = requantize(sums[a * 2 + c, m, lane], channel)
+                    T.buffer_store(out, value, [image, pixel // plan.ow, pixel % plan.ow, channel])
