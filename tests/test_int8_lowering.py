@@ -409,12 +409,12 @@ def _int8_build(cli, tmp_path, *extra):
     return out, json.loads((out / "report.json").read_text())
 
 
-def _int8_without_floor(cli, tmp_path, source, cal):
+def _int8_without_floor(cli, tmp_path, source, cal, *extra):
     """(folder, report) of `source` built int8 into tmp_path/art, every layer quantized
     (--fidelity-floor 0: the kernels under test, not the fallback, are what runs)."""
     out = tmp_path / "art"
     r = cli(source, "--target", "x86_64", "-o", out, "-q", "--quantize", "int8",
-            "--calibration", cal, "--fidelity-floor", "0")  # fmt: skip
+            "--calibration", cal, "--fidelity-floor", "0", *extra)  # fmt: skip
     assert r.code == 0, r.err
     return out, json.loads((out / "report.json").read_text())
 
@@ -649,13 +649,17 @@ def test_fire_module_concat_and_upsample_stay_nhwc_between_integer_kernels(cli, 
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=13)
 
 
-def test_dense_block_batch_norm_runs_on_nhwc_values_in_whole_channel_vectors(cli, tmp_path):
+@pytest.mark.parametrize("mattr", [["--mattr=-amx-int8"], []], ids=["vnni", "host"])
+def test_dense_block_batch_norm_runs_on_nhwc_values_in_whole_channel_vectors(
+    cli, tmp_path, mattr
+):
     """A DenseNet dense block, int8: Concat -> BatchNormalization -> Relu -> Conv, whose batch
     norm no conv before it can absorb. It runs on the concatenation's NHWC value
     (nhwc_rewriter.batch_norm_in_nhwc; left NCHW it sat between two transposes) in a function
     scheduled channels-as-vectors (common/elementwise_schedule: TVM's sample vectorized the
     fused axes by 64, gathering 48 channels' parameters lane by lane); the result is within one
-    step of onnxruntime on the QDQ model."""
+    step of onnxruntime on the QDQ model. On an AMX CPU (the host case there) conv_c's 48
+    channels are padded to 64 for AMX, and the batch norm runs inside that pack instead."""
     rng = np.random.default_rng(21)
     channels = 48  # whole AVX-512 vectors, not whole vectors of TVM's 64
     bn = [
@@ -683,12 +687,15 @@ def test_dense_block_batch_norm_runs_on_nhwc_values_in_whole_channel_vectors(cli
     ]
     source, cal = _saved_with_calibration(tmp_path / "dense.onnx", nodes, inits,
                                           [1, 16, 16, 16], rng)  # fmt: skip
-    out, report = _int8_without_floor(cli, tmp_path, source, cal)
+    out, report = _int8_without_floor(cli, tmp_path, source, cal, *mattr)
     assert set(_layers(report).values()) == {"dot-product"}
     kernels = {k["name"]: k["schedule"] for k in report["kernels"]}
     norm = [name for name in kernels if "divide" in name]  # the decomposed batch norm
     assert len(norm) == 1 and "transpose" not in norm[0], kernels
-    assert kernels[norm[0]] == "elementwise", kernels
+    if report["int8_compute"]["amx"]:
+        assert "pack_int8" in norm[0], kernels
+    else:
+        assert kernels[norm[0]] == "elementwise", kernels
     # the input's transpose into NHWC and the output's back; none around the batch norm
     assert sum(name.count("transpose") for name in kernels) <= 2, kernels
     _assert_within_one_step_of_onnxruntime(cli, tmp_path, out, report, seed=22)
