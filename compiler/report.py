@@ -259,9 +259,9 @@ def int8_compute_lines(i: dict) -> list[str]:
     ]
     if i.get("amx"):
         lines += [
-            "This CPU has AMX: the convs and matmuls over whole 64-channel slices into whole "
-            "16-channel blocks run on its tiles (the `conv2d_int8_amx` kernels), the others "
-            "as above.",
+            "This CPU has AMX: the convs and matmuls into whole 16-channel blocks whose input "
+            "channels are whole 64-channel slices, or padded to them with at most half as "
+            "many again, run on its tiles (the `conv2d_int8_amx` kernels), the others as above.",
             "",
         ]
     return lines + _layer_table(layers, "float")

@@ -79,8 +79,8 @@ def describe(target) -> TargetDescription:
     exactness). Older x86: 8 lanes, no intrinsic (LLVM vectorizes the int32 arithmetic).
     With AMX (amx-int8, amx-tile) as well, the convs whose channels fit its tiles run on them
     (kernels/int8/amx_conv), the others on VNNI. arm64: u8 x s8, 4 lanes, with +i8mm (usdot:
-    uint8 activations read as they are); else
-    s8 x s8 (sdot with +dotprod; without it, no intrinsic either).
+    uint8 activations read as they are); else s8 x s8 (sdot with +dotprod; without it, no
+    intrinsic either).
     """
     from tvm.relax.backend.utils import BackendDispatcher
     from tvm.target import codegen

@@ -76,9 +76,10 @@ def _tensors_range(stats: CalibrationStats):
 SCALAR_OPS = ("Add", "Mul", "Sub", "Div")
 
 
-def constant_operand_ops(proto: onnx.ModelProto) -> list[str]:
-    """Names of the elementwise nodes one of whose operands is a constant, and of the LRN
-    window sums (lrn_as_conv: convs over squares, whose range 8 bits would not hold)."""
+def float_kept_ops(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes int8 leaves in float: the elementwise ones one of whose operands is
+    a constant (SCALAR_OPS), and the LRN window sums (lrn_as_conv: convs over squares, whose
+    range 8 bits would not hold)."""
     constants = {i.name for i in proto.graph.initializer}
     constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     return [
@@ -186,7 +187,7 @@ def quantize_int8(
         activation_qType=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
         tensors_range=_tensors_range(stats),
         nodes_to_quantize=[],
-        nodes_to_exclude=[*exclude, *constant_operand_ops(proto)],
+        nodes_to_exclude=[*exclude, *float_kept_ops(proto)],
         op_types_to_quantize=list(OP_TYPES),
         extra_options={
             "ActivationSymmetric": activations == "int8",
@@ -197,7 +198,7 @@ def quantize_int8(
     )
     quantizer.quantize_model()
     quantized = quantizer.model.model
-    float_read_outputs(quantized, made_by, {*exclude, *constant_operand_ops(proto)})
+    float_read_outputs(quantized, made_by, {*exclude, *float_kept_ops(proto)})
     result = ir.from_proto(quantized)
     # The quantizer appends its Q/DQ nodes at the end of the node list.
     common_passes.TopologicalSortPass()(result)
