@@ -28,8 +28,9 @@ def _amx_or_skip() -> None:
         pytest.skip("this CPU has no AMX int8 tiles, or Linux does not grant their state")
 
 
-def _numpy_conv(x, w, bias, multiplier, stride, zero_point):
-    """Integer sums of the padded NHWC x and OIHW w, requantized as packed_conv2d does."""
+def _numpy_conv(x, w, bias, multiplier, stride, zero_point, out_dtype="uint8"):
+    """Integer sums of the padded NHWC x and OIHW w, requantized as packed_conv2d does (or,
+    for a float32 output, scaled: the dequantized sum a float op reads)."""
     n, height, width, _ = x.shape
     oc, _, kh, kw = w.shape
     oh, ow = (height - kh) // stride + 1, (width - kw) // stride + 1
@@ -40,23 +41,27 @@ def _numpy_conv(x, w, bias, multiplier, stride, zero_point):
                       rx : rx + (ow - 1) * stride + 1 : stride].astype(np.int64)  # fmt: skip
             total += patch @ w[:, :, ry, rx].astype(np.int64).T
     scaled = (total + bias).astype(np.float32) * multiplier
+    if out_dtype == "float32":
+        return scaled
     return np.clip(np.rint(scaled) + zero_point, 0, 255).astype(np.uint8)
 
 
 # 1x1 over a whole image as one row (196 pixels: a last tile overlapping the one before),
 # 3x3 over rows of 14 (tiles of 14 rows), 3x3 stride 2 over 9 columns, and an odd number of
-# pixel tiles and of output-channel blocks.
+# pixel tiles and of output-channel blocks; uint8 out, and float32 (a conv only float ops
+# read, before a HardSwish).
 @pytest.mark.parametrize(
-    "shape",
+    ("shape", "out_dtype"),
     [
-        (14, 14, 64, 32, 1, 1),
-        (16, 16, 128, 48, 3, 1),
-        (9, 21, 64, 16, 3, 2),
-        (5, 5, 64, 16, 1, 1),
+        ((14, 14, 64, 32, 1, 1), "uint8"),
+        ((16, 16, 128, 48, 3, 1), "uint8"),
+        ((9, 21, 64, 16, 3, 2), "uint8"),
+        ((5, 5, 64, 16, 1, 1), "uint8"),
+        ((16, 16, 128, 48, 3, 1), "float32"),
     ],
-    ids=["1x1-flat", "3x3", "3x3-stride2", "1x1-one-tile"],
+    ids=["1x1-flat", "3x3", "3x3-stride2", "1x1-one-tile", "3x3-float-out"],
 )
-def test_amx_conv_equals_numpy_integer_arithmetic(shape):
+def test_amx_conv_equals_numpy_integer_arithmetic(shape, out_dtype):
     _amx_or_skip()
     import tvm
 
@@ -72,13 +77,14 @@ def test_amx_conv_equals_numpy_integer_arithmetic(shape):
     oh, ow = (height - k) // stride + 1, (width - k) // stride + 1
     packed = pack_weight(w, 16)
     func = amx_conv2d(x.shape, packed.shape, (1, oh, ow, out_channels), strides=(stride, stride),
-                      dilation=(1, 1), out_zero_point=3, out_dtype="uint8",
+                      dilation=(1, 1), out_zero_point=3, out_dtype=out_dtype,
                       in_int32=False)  # fmt: skip
     target = {"kind": "llvm", "mcpu": "sapphirerapids"}
     lib = tvm.compile(func.with_attr("global_symbol", "main"), target=target)
-    out = tvm.runtime.tensor(np.zeros((1, oh, ow, out_channels), np.uint8))
+    out = tvm.runtime.tensor(np.zeros((1, oh, ow, out_channels), out_dtype))
     lib["main"](*(tvm.runtime.tensor(a) for a in (x, packed, bias, multiplier)), out)
-    np.testing.assert_array_equal(out.numpy(), _numpy_conv(x, w, bias, multiplier, stride, 3))
+    want = _numpy_conv(x, w, bias, multiplier, stride, 3, out_dtype)
+    np.testing.assert_array_equal(out.numpy(), want)
 
 
 def test_convs_whose_channels_fit_run_on_amx_within_one_step_of_onnxruntime(cli, tmp_path):
