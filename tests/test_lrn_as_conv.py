@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from edgepress.passes import get_pass
 from edgepress.passes.decompose.lrn_as_conv import band
 from tests.builders import random_initializer
 from tests.conftest import save
-from tests.pass_checks import _run, apply, check_pass, model, ops
+from tests.pass_checks import _run, apply, check_pass, model, ops, rand
 
 
 def _lrn(channels: int, attributes: str):
@@ -132,11 +134,6 @@ def test_a_built_lrn_runs_as_a_conv_with_no_pool_or_transpose(cli, tmp_path, int
 def test_pruning_leaves_an_lrns_channels_whole():
     """Slicing the window sum, or the channels the LRN normalizes, would change its windows:
     prune_channels freezes them (the conv after the LRN may still lose channels)."""
-    import onnx_ir as ir
-
-    from edgepress.passes import get_pass
-    from tests.pass_checks import rand
-
     proto = model(
         """<ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 4, 6, 6] x) => (float[1, 3, 6, 6] y) {

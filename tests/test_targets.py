@@ -103,3 +103,24 @@ def test_winograd_build_matches_onnxruntime(cli, tmp_path, target):
     got = _run_artifact(cli, out, tmp_path, x)
     (want,) = ort_outputs(source, {"x": x})
     assert np.abs(got - want).max() <= WINOGRAD_ERROR_OF_SCALE * np.abs(want).max()
+
+
+@pytest.mark.parametrize(
+    ("cpu", "added"),
+    [("rocketlake", ["+amx-tile", "+amx-int8"]), ("sapphirerapids", None)],
+)
+def test_host_amx_features_are_added_only_where_the_cpu_name_lacks_them(
+    monkeypatch, cpu, added
+):
+    """An AMX host that LLVM names after a CPU without AMX (a VM's "rocketlake") gets the
+    features; one whose name has them keeps its plain target, whose hash keys the shipped
+    tuning records."""
+    from edgepress.backends.targets import x86_64
+    from edgepress.backends.targets.base import TargetOptions
+
+    monkeypatch.setattr(x86_64, "host_cpu_name", lambda: cpu)
+    monkeypatch.setattr(x86_64, "host_amx", lambda: True)
+    assert x86_64.tvm_target(TargetOptions()).get("mattr") == added
+    # A user's own choice stays: -amx-int8 is not overruled.
+    chosen = x86_64.tvm_target(TargetOptions(mattr=("-amx-int8",)))["mattr"]
+    assert "-amx-int8" in chosen and "+amx-int8" not in chosen

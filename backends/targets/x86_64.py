@@ -67,13 +67,23 @@ def tvm_target(options: TargetOptions) -> dict:
     mattr = list(options.mattr)
     # A virtual machine may report a CPU model older than its features (LLVM named one with
     # AMX "rocketlake", whose feature list has none): building for this machine, its AMX
-    # features are added where the name lacks them.
+    # features are added where the name lacks them. Only there: a name that has them (an
+    # emeraldrapids host) keeps its target, and the tuning records shipped for it.
     if not options.mcpu and host_amx():
-        named = {attr[1:] for attr in mattr}
+        named = {attr[1:] for attr in mattr} | _cpu_features(target["mcpu"], AMX_FEATURES)
         mattr += [f"+{name}" for name in AMX_FEATURES if name not in named]
     if mattr:
         target["mattr"] = mattr
     return target
+
+
+def _cpu_features(mcpu: str, features: tuple[str, ...]) -> set[str]:
+    """Which of `features` LLVM's CPU `mcpu` has by its name alone."""
+    import tvm
+    from tvm.target import codegen
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    return {name for name in features if codegen.target_has_features(name, target)}
 
 
 def package(executable, target: dict, outdir: Path) -> tuple[list[Path], dict]:

@@ -74,6 +74,8 @@ def lrn_as_conv(model: ir.Model) -> PassResult:
         if channels is None:
             continue
         size = _attribute(node, "size", 0)
+        if size < 1:  # a malformed LRN: TVM's importer names it
+            continue
         alpha = _attribute(node, "alpha", 0.0001)
         beta = _attribute(node, "beta", 0.75)
         bias = _attribute(node, "bias", 1.0)
