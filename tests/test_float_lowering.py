@@ -631,6 +631,22 @@ def test_conv_with_large_weights_prefetches_them_and_stays_exact():
     np.testing.assert_allclose(got.numpy()[0], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump to read the library")
+def test_a_built_1x1_conv_with_large_weights_prefetches_them(cli, tmp_path):
+    """A 1x1 conv over 512 channels (512 KB of weights) built as a build does it: MetaSchedule
+    rewrites its weights to a rank-3 layout, and the prefetch still finds them (it looked for
+    rank 5 or more, and ResNet-50's 4-8 MB 1x1 convs went unprefetched); the artifact equals
+    onnxruntime."""
+    rng = np.random.default_rng(8)
+    inits = [random_initializer(rng, "w", (256, 512, 1, 1)), random_initializer(rng, "b", (256,))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    source = _saved(tmp_path, "wide", nodes, inits, [1, 512, 7, 7], [1, 256, 7, 7])
+    out = tmp_path / "wide_out"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    assert "prefetcht1" in disassembly(out / "model.so")
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 512, 7, 7))
+
+
 def test_a_sample_that_recomputes_a_reduction_is_refused():
     """MetaSchedule's samples of a 1000-class softmax compute its max and sum inside the loop
     over the classes (550x the work at seed 0); sample_schedules refuses such samples, and what

@@ -160,16 +160,18 @@ def _schedule_copy(sch, copy) -> None:
 
 
 def _weight_buffer(func):
-    """The buffer of packed weights the conv's update block reads: the one of rank 5 or more
-    (the accumulators have rank 5 too, but the function allocates them)."""
+    """The buffer of packed weights the conv's update block reads: the last of its reads the
+    function does not allocate (conv2d_nhwc's sum is accumulators + data x weights). Its rank
+    says nothing: MetaSchedule's rewritten layout of a 1x1 conv's weights has rank 3, and
+    looking for rank 5 or more left every 1x1 conv (ResNet-50's 4-8 MB ones) unprefetched."""
     blocks = sblocks(func)
     allocated = [b for block in blocks for b in block.alloc_buffers]
     for block in blocks:
         if block.name_hint.startswith("conv_float"):
-            for region in block.reads:
-                buffer = region.source
-                if len(buffer.shape) >= 5 and not any(buffer.same_as(a) for a in allocated):
-                    return buffer
+            read = [r.source for r in block.reads]
+            outside = [b for b in read if not any(b.same_as(a) for a in allocated)]
+            if len(outside) >= 2:  # the update block: data and weights
+                return outside[-1]
     return None
 
 
