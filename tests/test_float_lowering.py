@@ -639,7 +639,10 @@ def test_a_built_1x1_conv_with_large_weights_prefetches_them(cli, tmp_path):
     onnxruntime."""
     rng = np.random.default_rng(8)
     inits = [random_initializer(rng, "w", (256, 512, 1, 1)), random_initializer(rng, "b", (256,))]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
     source = _saved(tmp_path, "wide", nodes, inits, [1, 512, 7, 7], [1, 256, 7, 7])
     out = tmp_path / "wide_out"
     assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
