@@ -590,6 +590,17 @@ def test_register_tiles_divide_the_row_and_fit_the_registers():
                     assert width % z == 0 and blocks % b == 0 and z * b <= most
 
 
+def test_rows_go_outside_the_channel_steps_only_for_small_expanding_convs():
+    """rows_outer: ResNet-50's 64 -> 256 1x1 conv yes; its 256 -> 64 (reads more than it
+    writes) and 128 -> 512 (256 KB of weights, read again per row) no. _float_net's 24 -> 32
+    conv takes it, and test_float_convs_run_as_nhwc_kernels_and_match_onnxruntime checks its
+    outputs."""
+    from edgepress.backends.kernels.float.schedules import rows_outer
+
+    assert rows_outer(64, 256) and rows_outer(24, 32)
+    assert not rows_outer(256, 64) and not rows_outer(128, 512) and not rows_outer(64, 64)
+
+
 def test_conv_with_large_weights_prefetches_them_and_stays_exact():
     """A conv whose weights pass PREFETCH_MIN_BYTES (64 -> 64 channels, 3x3: 147 KB) gets the
     weight prefetch at the top of its reduction loop (as a build does it), its tile's
