@@ -582,6 +582,9 @@ def test_register_tiles_divide_the_row_and_fit_the_registers():
     assert float_tile(7, 64, 4608, 8) == (7, 1)  # AVX2: no 2-block tile of 7 pixels fits
     assert float_tile(56, 8, 576, 8) == (4, 2)
     assert float_tile(112, 6, 16, 16) == (2, 6)  # shallow: blocks first
+    # weights of 3 blocks in L1 (96 x 3 x 64 B): fewest loads per FMA, not 13 x 1's 14 per 13
+    assert float_tile(676, 6, 96, 16) == (4, 3)
+    assert float_tile(169, 6, 96, 16) == (13, 1)  # no other tile of half the accumulators
     for lanes, most in ACCUMULATORS.items():
         for width in (1, 5, 7, 13, 20, 56, 112):
             for blocks in (1, 2, 3, 9, 63):
