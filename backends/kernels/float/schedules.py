@@ -56,7 +56,9 @@ def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, in
     7x7x512 ran 3.27 ms on 7 x 1 against 4.93 on 1 x 8. Shallow layers take the most blocks
     (up to 6) first: 112x112x16 -> 96 2 x 6 0.26 ms against 0.46 for 7 x 2; 56x56x32 -> 144
     4 x 3 0.178 against 0.205 for 1 x 9. A matmul (one pixel) takes up to all accumulators
-    in blocks, independent sums that hide the FMA latency."""
+    in blocks, independent sums that hide the FMA latency. Between the two, a layer whose
+    weights of more than 2 blocks fit L1_STEP_BYTES takes the tile with the fewest loads per
+    multiply-add (_fewest_loads)."""
     accumulators = ACCUMULATORS.get(lanes, 8)
     if depth < SHALLOW_DEPTH and width > 1:
         b = max(_divisors(blocks, SHALLOW_BLOCKS))
