@@ -585,12 +585,32 @@ def test_register_tiles_divide_the_row_and_fit_the_registers():
     # weights of 3 blocks in L1 (96 x 3 x 64 B): fewest loads per FMA, not 13 x 1's 14 per 13
     assert float_tile(676, 6, 96, 16) == (4, 3)
     assert float_tile(169, 6, 96, 16) == (13, 1)  # no other tile of half the accumulators
+    assert float_tile(2, 6, 96, 16) == (2, 2)  # none of half the accumulators: the deep rule
     for lanes, most in ACCUMULATORS.items():
         for width in (1, 5, 7, 13, 20, 56, 112):
             for blocks in (1, 2, 3, 9, 63):
                 for depth in (16, 576):
                     z, b = float_tile(width, blocks, depth, lanes)
                     assert width % z == 0 and blocks % b == 0 and z * b <= most
+
+
+def test_a_conv_on_an_l1_resident_tile_matches_onnxruntime(cli, tmp_path):
+    """A 1x1 conv 96 -> 96 over 28x28: its 6 blocks of weights fit L1 and float_tile gives it
+    4 pixels x 3 blocks (fewest loads per multiply-add), a tile the deep rule never made;
+    the artifact equals onnxruntime."""
+    from edgepress.backends.kernels.float.schedules import float_tile
+
+    assert float_tile(28, 6, 96, 16) == (4, 3)
+    rng = np.random.default_rng(9)
+    inits = [random_initializer(rng, "w", (96, 96, 1, 1)), random_initializer(rng, "b", (96,))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    source = _saved(tmp_path, "resident", nodes, inits, [1, 96, 28, 28], [1, 96, 28, 28])
+    out = tmp_path / "resident_out"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 96, 28, 28))
 
 
 def test_rows_go_outside_the_channel_steps_only_for_small_expanding_convs():

@@ -66,7 +66,9 @@ def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, in
     if width > 1:
         resident = min(SHALLOW_BLOCKS, L1_STEP_BYTES // (depth * lanes * 4))
         if resident > DEEP_BLOCKS and max(_divisors(blocks, resident)) > DEEP_BLOCKS:
-            return _fewest_loads(width, blocks, resident, accumulators)
+            tile = _fewest_loads(width, blocks, resident, accumulators)
+            if tile is not None:
+                return tile
     most_blocks = accumulators if width == 1 else DEEP_BLOCKS
     tiles = [
         (z, b) for b in _divisors(blocks, most_blocks) for z in _divisors(width, accumulators // b)
@@ -74,7 +76,9 @@ def float_tile(width: int, blocks: int, depth: int, lanes: int) -> tuple[int, in
     return max(tiles, key=lambda t: (t[0] * t[1], t[1]))
 
 
-def _fewest_loads(width: int, blocks: int, most_blocks: int, accumulators: int):
+def _fewest_loads(
+    width: int, blocks: int, most_blocks: int, accumulators: int
+) -> tuple[int, int] | None:
     """The tile of at least half the accumulators with the fewest loads per multiply-add
     ((pixels + blocks) / (pixels x blocks): a broadcast per pixel, a weight vector per block),
     then the most accumulators: for a layer whose weights of up to `most_blocks` blocks stay
@@ -87,8 +91,8 @@ def _fewest_loads(width: int, blocks: int, most_blocks: int, accumulators: int):
         for z in _divisors(width, accumulators // b)
         if z * b >= accumulators // 2
     ]
-    if not tiles:
-        tiles = [(max(_divisors(width, accumulators)), 1)]
+    if not tiles:  # none fills half the accumulators: float_tile's deep rule decides
+        return None
     return min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[0] * t[1]))
 
 
