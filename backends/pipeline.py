@@ -203,7 +203,9 @@ def _lower(mod, description: TargetDescription, lowering: LoweringOptions, names
         mod, float_conv = _lower_float(mod, description, lowering, names, integer)
         return mod, None, float_conv
     mod, int8 = _lower_int8(mod, description, lowering, names)
-    if int8["compute"] != "integer" or all(layer["kernel"] for layer in int8["layers"]):
+    lowered = [layer["kernel"] for layer in int8["layers"]]
+    float_left = int8["compute"] == "integer" and not all(lowered)
+    if not float_left and not _nhwc_convs(integer):
         if integer:  # dynamic quantization's integer matmuls, nothing float left to lower
             return mod, int8, _float_notes(description, lowering, integer)
         return mod, int8, None
@@ -214,6 +216,12 @@ def _lower(mod, description: TargetDescription, lowering: LoweringOptions, names
         log.warning("%s; its float layers use TVM's kernels", why.splitlines()[0])
         float_conv = {"kernels": "tvm", "why": why.splitlines()[0], "layers": []}
     return mod, int8, float_conv
+
+
+def _nhwc_convs(integer: list | None) -> bool:
+    """Whether _lower_integer_matmuls took convs: NHWC kernels, whose neighbours the float
+    lowering's rewrite keeps in NHWC (and whose dynamic quantizations it fuses)."""
+    return any(layer.op == "conv2d" for layer in integer or [])
 
 
 def _lower_integer_matmuls(
@@ -275,8 +283,14 @@ def _lower_float(
     if lowering.float_conv is FloatConv.TVM:
         return mod, {"kernels": "tvm", "why": "--float-conv tvm", "layers": []}
     winograd = lowering.float_conv is FloatConv.EDGEPRESS
+    nhwc_before = _nhwc_convs(integer)
     mod, layers = lower_float(
-        mod, lanes, names, skip_winograd=lowering.winograd, winograd=winograd
+        mod,
+        lanes,
+        names,
+        skip_winograd=lowering.winograd,
+        winograd=winograd,
+        nhwc_before=nhwc_before,
     )
     return mod, _float_notes(description, lowering, [*(integer or []), *layers])
 

@@ -446,16 +446,20 @@ def lower_float(
     *,
     skip_winograd: bool = False,
     winograd: bool = True,
+    nhwc_before: bool = False,
 ):
     """Rewrite the module's `main`; returns (module, [LayerLowering]). `skip_winograd` leaves
     3x3 stride-1 convs to TVM (--winograd legalizes them as TVM's Winograd F(4x4, 3x3));
-    `winograd` computes those that qualify as Winograd F(2x2, 3x3) (_winograd_fits)."""
+    `winograd` computes those that qualify as Winograd F(2x2, 3x3) (_winograd_fits).
+    `nhwc_before`: an earlier lowering left NHWC kernels (int8/integer_matmul's convs), so the
+    rewrite runs without float convs too: it keeps what lies between those kernels in NHWC
+    (without it, ddddocr's quantized recognizer transposed every conv's input and output)."""
     from tvm import relax
 
     # Constants first: the bias reshapes, the FC weight's transpose, clip's bounds.
     mod = relax.transform.FoldConstant()(mod)
     plan = _Plan(mod["main"], lanes, skip_winograd, winograd, names or {})
-    if not plan.convs and not plan.batched:
+    if not plan.convs and not plan.batched and not nhwc_before:
         return mod, plan.layers
 
     def lower(rewriter, binding) -> bool:

@@ -188,7 +188,7 @@ def scaled_in_int32(
 
 def pack_activations(
     x,
-    *,
+    *zero_point,
     padding: tuple[int, int, int, int],
     in_zero_point: int,
     act_dtype: str,
@@ -203,7 +203,10 @@ def pack_activations(
 
     `upsample` (sh, sw) puts sh - 1 rows and sw - 1 columns of the zero point between the
     input's: a transposed convolution is a stride-1 convolution of that, with the window
-    flipped (int8/lowering)."""
+    flipped (int8/lowering).
+
+    A `zero_point` tensor (one 8-bit value: dynamic quantization's, computed at run time)
+    is the padding instead of `in_zero_point`."""
     from tvm import te, tirx
 
     n, height, width, channels = (int(d) for d in x.shape)
@@ -220,9 +223,10 @@ def pack_activations(
         if sw > 1:
             inside = tirx.all(inside, z % sw == 0)
         value = x[b, y // sh, z // sw, c] if (sh, sw) != (1, 1) else x[b, y, z, c]
-        return tirx.if_then_else(
-            inside, _convert(value, src, act_dtype), tirx.const(in_zero_point, act_dtype)
-        )
+        fill = tirx.const(in_zero_point, act_dtype)
+        if zero_point:
+            fill = _convert(_one_value(zero_point[0]), src, act_dtype)
+        return tirx.if_then_else(inside, _convert(value, src, act_dtype), fill)
 
     from edgepress.backends.kernels.common.nhwc_schedules import INTERIOR_ATTR, PACK_RULE
 
@@ -348,38 +352,86 @@ def packed_conv2d(
     )
 
 
-def integer_matmul(
+def _one_value(tensor):
+    """The element of a tensor of one element (a run-time zero point), of any rank."""
+    return tensor[(0,) * len(tensor.shape)]
+
+
+def integer_conv2d(
     xp,
     weight,
     zero_point,
     column_sums,
     *row_terms,
+    strides: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
     out_channels: int,
     offset: int,
     intrinsic: str | None = None,
     pair_sums: bool = False,
 ):
-    """float32 sum_k (q[m, k] - z) c[k, n]: dynamic quantization's integer product, whose
-    zero point z is computed at run time (int8/integer_matmul).
+    """float32 sum over each window of (q - z) c: dynamic quantization's integer conv and
+    matmul (a 1x1 conv over a row of M pixels), whose zero point z is computed at run time
+    (int8/integer_matmul).
 
-    `xp` [1, 1, M, K'] holds a = q - `offset` in the instruction's type (K padded to whole
-    dot-product terms), `weight` the packed w8 = c - d, `zero_point` [1] int32 holds z,
-    `column_sums` [N] int32 the sums over k of w8. Then sum (q - z) c = acc + (offset - z)
-    column_sums[n] + d[n] sum_k (q - z); where some d is not 0 (weights whose centred range
-    is not int8's), `row_terms` are d [N] and sum_k (q[m, k] - z) [M], both int32. Every term
-    is an integer in int32, so the result is exact wherever float32 holds it."""
+    `xp` [N, H, W, C'] holds a = q - `offset` in the instruction's type (C padded to whole
+    dot-product terms; padded pixels hold z: pack_activations), `weight` the packed w8 = c - d,
+    `zero_point` z (one 8-bit or int32 value), `column_sums` [O] int32 the sums of each
+    output channel's w8 over its window. Then sum (q - z) c = acc + (offset - z)
+    column_sums[o] + d[o] S, S the sum over the window of (q - z); where some d is not 0
+    (weights whose centred range is not int8's), `row_terms` are d [O] and S [N, OH, OW], both
+    int32 (window_sums). Every term is an integer in int32, so the result is exact wherever
+    float32 holds it."""
     from tvm import te
 
-    total, (n, oh, ow) = _dot_products(xp, weight, (1, 1), (1, 1), intrinsic, pair_sums)
+    total, (n, oh, ow) = _dot_products(xp, weight, strides, dilation, intrinsic, pair_sums)
 
-    def product(b, y, m, c):
-        value = total(b, c, y, m) + (offset - zero_point[0]) * column_sums[c]
+    def product(b, y, x, c):
+        z = _one_value(zero_point).astype("int32")
+        value = total(b, c, y, x) + (offset - z) * column_sums[c]
         if row_terms:
-            shift, rows = row_terms
-            value = value + shift[c] * rows[m]
+            shift, sums = row_terms
+            value = value + shift[c] * sums[b, y, x]
         return value.astype("float32")
 
     return te.compute((n, oh, ow, out_channels), product, name="integer_product")
+
+
+def window_sums(
+    x,
+    zero_point,
+    *,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+):
+    """S [N, OH, OW] int32: the sum over each output pixel's window of q - z, over every
+    channel of 8-bit NHWC `x` (padded pixels hold z, so add nothing): the share of a weight
+    shift d in integer_conv2d."""
+    from tvm import te, tirx
+
+    n, height, width, channels = (int(d) for d in x.shape)
+    z = _one_value(zero_point).astype("int32")
+    rc = te.reduce_axis((0, channels), name="rc")
+    sums = te.compute(
+        (n, height, width),
+        lambda b, y, w: te.sum(x[b, y, w, rc].astype("int32"), axis=[rc]),
+        name="channel_sums",
+    )
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = padding
+    oh = output_size(height, top + bottom, kh, sh, dh)
+    ow = output_size(width, left + right, kw, sw, dw)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def window(b, y, w):
+        h, v = y * sh + ry * dh - top, w * sw + rx * dw - left
+        inside = tirx.all(h >= 0, h < height, v >= 0, v < width)
+        return te.sum(tirx.if_then_else(inside, sums[b, h, v] - channels * z, 0), axis=[ry, rx])
+
+    return te.compute((n, oh, ow), window, name="window_sums")
 
 
 FLOAT_EXACT = 1 << 24  # integers up to this magnitude are exact in float32

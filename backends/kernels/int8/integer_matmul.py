@@ -1,19 +1,22 @@
-"""Dynamic quantization's integer matmuls on the int8 dot-product kernels.
+"""Dynamic quantization's integer matmuls and convs on the int8 dot-product kernels.
 
-onnxruntime's quantize_dynamic (MatMulInteger, DynamicQuantizeLSTM) quantizes each matmul's
-input at run time, to 8 bits with a zero point computed from the values, and keeps 8-bit
-weights. passes/decompose turns that into float: matmul(float(q) - float(z), c) with c the
-constant centred weight, integers computed exactly in float32. That runs at the float
-kernels' speed on 4-byte weights: ddddocr's LSTM read 4 MB of weights per step and its
-8210-class output layer 34 MB, where onnxruntime reads a quarter.
+onnxruntime's quantize_dynamic (MatMulInteger, ConvInteger, DynamicQuantizeLSTM) quantizes
+each layer's input at run time, to 8 bits with a zero point computed from the values, and
+keeps 8-bit weights. passes/decompose turns that into float: matmul(float(q) - float(z), c)
+and conv2d(float(q) - float(z), c) with c the constant centred weight, integers computed
+exactly in float32. That runs at the float kernels' speed on 4-byte weights: ddddocr's LSTM
+read 4 MB of weights per step and its 8210-class output layer 34 MB, where onnxruntime reads
+a quarter; its 21 convs ran as float Winograd and direct convs.
 
-Here such a matmul (a float32 matmul whose left operand is an 8-bit tensor less its 8-bit
-zero point, converted to float32, and whose constant weight holds integers, at most 255
-apart per column) runs as the packed int8 kernel of int8/compute with an int32 result: the
-weight is stored as int8 (a column whose centred values leave int8's range is shifted by a
-constant d, whose share d x sum_k (q - z) is added back), and the zero point's share
-(compute.integer_matmul) comes off at run time. The result is the same integer the float
-matmul computes, exact in int32 also where float32 sums would round.
+Here such a layer (a float32 matmul or NCHW conv whose input is an 8-bit tensor less its
+8-bit zero point, converted to float32, and whose constant weight holds integers, at most 255
+apart per output channel) runs as the packed int8 kernel of int8/compute with an int32
+result: the weight is stored as int8 (a channel whose centred values leave int8's range is
+shifted by a constant d, whose share d x sum (q - z) over the window is added back: the
+window sums), and the zero point's share (compute.integer_conv2d) comes off at run time. A
+conv's input is packed NHWC with the run-time zero point in its padding, so padded pixels
+add nothing, as in the float conv of the centred values. The result is the same integer the
+float layer computes, exact in int32 also where float32 sums would round.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from edgepress.backends.kernels.common.relax_lowering import (
     constant,
 )
 from edgepress.backends.kernels.int8.compute import (
-    integer_matmul,
+    integer_conv2d,
     needs_pack,
     pack_activations,
     pack_weight,
     shift_zero_point,
+    window_sums,
 )
 from edgepress.backends.targets.description import DotLayout
 
@@ -45,12 +49,13 @@ MAX_DEPTH = (1 << 31) // (2 * 255 * 255)
 
 @dataclass
 class _Product:
-    """One matmul(float(q) - float(z), c) with what the integer kernel needs."""
+    """One matmul or conv2d of float(q) - float(z) and c with what the integer kernel needs."""
 
-    q: object  # the 8-bit [..., M, K] operand
+    q: object  # the 8-bit [..., M, K] operand (NCHW for a conv)
     zero_point: object | None  # its 8-bit scalar zero point (None: 0)
-    weight: np.ndarray  # int8 [N, K]: c - shift
-    shift: np.ndarray  # int32 [N]: d per column
+    weight: np.ndarray  # int8 [N, K] (a conv's [O, I, KH, KW]): c - shift
+    shift: np.ndarray  # int32 [N]: d per column (output channel)
+    conv: dict | None = None  # a conv's strides, padding (top, left, bottom, right), dilation
 
 
 def _dtype(expr) -> str:
@@ -90,11 +95,14 @@ def _int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(w8), shift
 
 
+def _float_result(call) -> bool:
+    out_dtype = call.attrs.out_dtype
+    return out_dtype is None or str(out_dtype) in ("", "void", "float32")
+
+
 def _product_of(bindings: Bindings, call) -> _Product:
     x, weight_expr = call.args
-    out_dtype = call.attrs.out_dtype
-    out_float = out_dtype is None or str(out_dtype) in ("", "void", "float32")
-    if _dtype(x) != "float32" or not out_float:
+    if _dtype(x) != "float32" or not _float_result(call):
         raise NotLowered("it is not a float32 matmul")
     q, zero_point = _eight_bit_operand(bindings, x)
     shape = static_shape(q)
@@ -106,15 +114,76 @@ def _product_of(bindings: Bindings, call) -> _Product:
     return _Product(q, zero_point, weight, shift)
 
 
+def _conv_of(bindings: Bindings, call) -> _Product:
+    """A ConvInteger (lower_integer_ops' float conv of the centred integers): NCHW, OIHW
+    weights, one group."""
+    x, weight_expr = call.args
+    attrs = call.attrs
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    if layouts != ("NCHW", "OIHW", "NCHW") or int(attrs.groups) != 1:
+        raise NotLowered(f"it is a grouped or {'/'.join(layouts)} conv")
+    if _dtype(x) != "float32" or not _float_result(call):
+        raise NotLowered("it is not a float32 conv")
+    q, zero_point = _eight_bit_operand(bindings, x)
+    if static_shape(q) is None:
+        raise NotLowered("its input's shape is not static")
+    weight = constant(weight_expr, "its weight")
+    if weight.ndim != 4:
+        raise NotLowered(f"its weight is of rank {weight.ndim}, not OIHW")
+    depth = int(np.prod(weight.shape[1:]))
+    if depth > MAX_DEPTH:
+        raise NotLowered(f"its depth {depth} could overflow int32 sums")
+    columns, shift = _int8_columns(weight.reshape(weight.shape[0], depth).T)
+    conv = {
+        "strides": tuple(int(v) for v in attrs.strides),
+        "padding": tuple(int(v) for v in attrs.padding),
+        "dilation": tuple(int(v) for v in attrs.dilation),
+    }
+    return _Product(q, zero_point, columns.reshape(weight.shape), shift, conv)
+
+
+PRODUCTS = {"relax.matmul": ("matmul", _product_of), "relax.nn.conv2d": ("conv2d", _conv_of)}
+
+
+def _zero_point_operand(zero_point):
+    """The kernel's zero point operand: the 8-bit value as it is (the kernel widens it), or
+    an int32 0."""
+    from tvm import relax
+
+    return relax.const(np.zeros(1, np.int32)) if zero_point is None else zero_point
+
+
+def _call_kernel(builder, product: _Product, pixels, z, terms, layout: DotLayout, **conv):
+    """integer_conv2d's call on packed 8-bit NHWC `pixels`: float32 NHWC."""
+    from tvm import relax
+
+    weight = product.weight if product.conv else product.weight[:, :, None, None]
+    return builder.emit(
+        builder.call_te(
+            integer_conv2d,
+            pixels,
+            relax.const(pack_weight(weight, layout.lanes)),
+            z,
+            relax.const(weight.astype(np.int32).sum(axis=(1, 2, 3)).astype(np.int32)),
+            *terms,
+            **conv,
+            out_channels=weight.shape[0],
+            offset=-shift_zero_point(0, _dtype(product.q), layout.act_dtype),  # q = a + offset
+            intrinsic=layout.intrinsic,
+            pair_sums=layout.pair_sums,
+            primfunc_name_hint="integer_conv2d" if product.conv else "integer_matmul",
+        )
+    )
+
+
 def _emit(builder, product: _Product, q, zero_point, layout: DotLayout):
-    """The kernel's call on the (remapped) q and zero point: float32 [..., M, N]."""
+    """The matmul's kernel call on the (remapped) q and zero point: float32 [..., M, N]."""
     from tvm import relax
 
     *lead, depth = static_shape(q)
     rows = int(np.prod(lead))
-    src = _dtype(q)
     pixels = builder.emit(relax.op.reshape(q, (1, 1, rows, depth)))
-    if needs_pack(depth, (0, 0, 0, 0), src, layout.act_dtype):
+    if needs_pack(depth, (0, 0, 0, 0), _dtype(q), layout.act_dtype):
         pixels = builder.emit(
             builder.call_te(
                 pack_activations,
@@ -125,33 +194,57 @@ def _emit(builder, product: _Product, q, zero_point, layout: DotLayout):
                 primfunc_name_hint="pack_int8",
             )
         )
-    offset = -shift_zero_point(0, src, layout.act_dtype)  # q = a + offset
-    if zero_point is None:
-        z = relax.const(np.zeros(1, np.int32))
-    else:
-        z = builder.emit(relax.op.reshape(relax.op.astype(zero_point, "int32"), (1,)))
-    channels = product.weight.shape[0]
+    z = _zero_point_operand(zero_point)
     terms = []
     if np.any(product.shift):
-        q_rows = relax.op.reshape(relax.op.astype(q, "int32"), (rows, depth))
-        sums = relax.op.sum(q_rows, axis=[1])
-        zero_sums = relax.op.multiply(z, relax.const(depth, "int32"))
-        centred = builder.emit(relax.op.subtract(sums, zero_sums))
-        terms = [relax.const(product.shift), centred]
-    call = builder.call_te(
-        integer_matmul,
-        pixels,
-        relax.const(pack_weight(product.weight[:, :, None, None], layout.lanes)),
-        z,
-        relax.const(product.weight.astype(np.int32).sum(axis=1).astype(np.int32)),
-        *terms,
-        out_channels=channels,
-        offset=offset,
-        intrinsic=layout.intrinsic,
-        pair_sums=layout.pair_sums,
-        primfunc_name_hint="integer_matmul",
-    )
-    return relax.op.reshape(builder.emit(call), (*lead, channels))
+        q_rows = relax.op.reshape(relax.op.astype(q, "int32"), (1, 1, rows, depth))
+        sums = relax.op.sum(q_rows, axis=[3])
+        zero_sums = relax.op.multiply(relax.op.astype(z, "int32"), relax.const(depth, "int32"))
+        terms = [relax.const(product.shift), builder.emit(relax.op.subtract(sums, zero_sums))]
+    call = _call_kernel(builder, product, pixels, z, terms, layout)
+    return relax.op.reshape(call, (*lead, product.weight.shape[0]))
+
+
+def _emit_conv(rewriter, product: _Product, q, zero_point, layout: DotLayout):
+    """The conv's kernel calls on the (remapped) NCHW q, as the kernels have it (NHWC): the
+    input packed with its run-time zero point around it, and the window sums where a shift
+    needs them. Returns the NHWC float32 result."""
+    from tvm import relax
+
+    builder = rewriter.builder_
+    x = rewriter.to_nhwc(q)
+    channels = static_shape(x)[3]
+    padding = product.conv["padding"]
+    src = _dtype(q)
+    z = _zero_point_operand(zero_point)
+    pixels = x
+    if needs_pack(channels, padding, src, layout.act_dtype):
+        pixels = builder.emit(
+            builder.call_te(
+                pack_activations,
+                x,
+                *([] if zero_point is None else [zero_point]),
+                padding=padding,
+                in_zero_point=shift_zero_point(0, src, layout.act_dtype),
+                act_dtype=layout.act_dtype,
+                primfunc_name_hint="pack_int8",
+            )
+        )
+    terms = []
+    if np.any(product.shift):
+        sums = builder.call_te(
+            window_sums,
+            x,
+            z,
+            kernel=product.weight.shape[2:],
+            strides=product.conv["strides"],
+            padding=padding,
+            dilation=product.conv["dilation"],
+            primfunc_name_hint="window_sums",
+        )
+        terms = [relax.const(product.shift), builder.emit(sums)]
+    conv = {k: product.conv[k] for k in ("strides", "dilation")}
+    return _call_kernel(builder, product, pixels, z, terms, layout, **conv)
 
 
 def lower_integer_matmuls(mod, layout: DotLayout, names: dict | None = None):
@@ -162,14 +255,15 @@ def lower_integer_matmuls(mod, layout: DotLayout, names: dict | None = None):
     products: dict = {}
     layers: list[LayerLowering] = []
     for var, value in bindings.value.items():
-        if op_name(value) != "relax.matmul":
+        kind, product_of = PRODUCTS.get(op_name(value), (None, None))
+        if product_of is None:
             continue
         try:
-            products[var] = _product_of(bindings, value)
+            products[var] = product_of(bindings, value)
         except NotLowered:
             continue
         node = (names or {}).get(var.name)
-        layers.append(LayerLowering(len(layers), "matmul", "integer", node=node))
+        layers.append(LayerLowering(len(layers), kind, "integer", node=node))
     if not products:
         return mod, layers
 
@@ -181,6 +275,9 @@ def lower_integer_matmuls(mod, layout: DotLayout, names: dict | None = None):
         zero_point = None
         if product.zero_point is not None:
             zero_point = rewriter.visit_expr(product.zero_point)
+        if product.conv:
+            rewriter.bind(binding.var, _emit_conv(rewriter, product, q, zero_point, layout))
+            return True
         call = _emit(rewriter.builder_, product, q, zero_point, layout)
         rewriter.set_var_remap(binding.var, rewriter.emit_as(binding.var, call))
         return True
