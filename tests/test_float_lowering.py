@@ -286,29 +286,31 @@ def _dynamically_quantized(tmp_path):
 
 
 def test_dynamically_quantized_convs_stay_nhwc_get_schedules_and_match(cli, tmp_path):
-    """A dynamic quantization's range, rounding and casts run on the NHWC values, its int32
-    round trip is gone (lower_integer_ops), its scalars are not counted as recomputation,
-    the scale-bias-SiLU epilogue reads the Winograd sums once (behind the direct kernel of
-    ddddocr's first conv, 24 channels in vectors of 32, it is within OUR_RECOMPUTE_LIMIT),
-    and the last conv writes its NCHW output as a separate copy: no kernel is left as plain
-    loops (two were: the first conv's input quantization and its epilogue), two transposes
-    are left (the input's and the output's), and the artifact equals onnxruntime."""
+    """Each ConvInteger runs on the integer kernel (int8/integer_matmul), its input's
+    dynamic quantization (range, scale, zero point, rounding) as one dynamic_quantize kernel
+    on the NHWC values, its int32 round trip is gone (lower_integer_ops), and the last conv
+    writes its NCHW output as a separate copy: no kernel is left as plain loops, two
+    transposes are left (the input's and the output's), and the artifact equals
+    onnxruntime."""
     source = _dynamically_quantized(tmp_path)
     assert "ConvInteger" in {n.op_type for n in onnx.load(source).graph.node}
     out = tmp_path / "out"
     r = cli(source, "--target", "x86_64", "-o", out, "-q")
     assert r.code == 0, r.err
     report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["integer"] * 2
     schedules = {k["name"]: k["schedule"] for k in report["kernels"]}
     assert not [name for name, how in schedules.items() if how == "loops"], schedules
     assert sum("transpose" in name for name in schedules) == 2, schedules
+    assert sum(name.startswith("dynamic_quantize") for name in schedules) == 2, schedules
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 1, 32, 64))
 
 
 def test_arm64_float_kernels_match_onnxruntime_under_qemu(cli, tmp_path):
     """The residual block's Winograd kernels, the small net's direct, depthwise and Gemm
-    kernels and the dynamically quantized net's (its rounding on NHWC values, its NCHW
-    output copy) built for arm64 (4 lanes) equal onnxruntime, run under qemu by the build."""
+    kernels and the dynamically quantized net's (its integer convs, its rounding on NHWC
+    values, its NCHW output copy) built for arm64 (4 lanes) equal onnxruntime, run under qemu
+    by the build."""
     sources = (_residual_block(tmp_path), _float_net(tmp_path), _silu_head(tmp_path),
                _dynamically_quantized(tmp_path))  # fmt: skip
     for source in sources:
@@ -594,6 +596,26 @@ def test_register_tiles_divide_the_row_and_fit_the_registers():
                     assert width % z == 0 and blocks % b == 0 and z * b <= most
 
 
+def _built_1x1_conv_relu(cli, tmp_path, name: str, channels: int, out_channels: int,
+                         size: int, *, seed: int):
+    """(source, artifact folder) of x [1, channels, size, size] -> 1x1 Conv with bias ->
+    Relu, built for x86_64 through the CLI."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        random_initializer(rng, "w", (out_channels, channels, 1, 1)),
+        random_initializer(rng, "b", (out_channels,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    shapes = [1, channels, size, size], [1, out_channels, size, size]
+    source = _saved(tmp_path, name, nodes, inits, *shapes)
+    out = tmp_path / f"{name}_out"
+    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    return source, out
+
+
 def test_a_conv_on_an_l1_resident_tile_matches_onnxruntime(cli, tmp_path):
     """A 1x1 conv 96 -> 96 over 28x28: its 6 blocks of weights fit L1 and float_tile gives it
     4 pixels x 3 blocks (fewest loads per multiply-add), a tile the deep rule never made;
@@ -601,15 +623,7 @@ def test_a_conv_on_an_l1_resident_tile_matches_onnxruntime(cli, tmp_path):
     from edgepress.backends.kernels.float.schedules import float_tile
 
     assert float_tile(28, 6, 96, 16) == (4, 3)
-    rng = np.random.default_rng(9)
-    inits = [random_initializer(rng, "w", (96, 96, 1, 1)), random_initializer(rng, "b", (96,))]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
-        helper.make_node("Relu", ["c"], ["y"]),
-    ]
-    source = _saved(tmp_path, "resident", nodes, inits, [1, 96, 28, 28], [1, 96, 28, 28])
-    out = tmp_path / "resident_out"
-    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    source, out = _built_1x1_conv_relu(cli, tmp_path, "resident", 96, 96, 28, seed=9)
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 96, 28, 28))
 
 
@@ -671,15 +685,7 @@ def test_a_built_1x1_conv_with_large_weights_prefetches_them(cli, tmp_path):
     rewrites its weights to a rank-3 layout, and the prefetch still finds them (it looked for
     rank 5 or more, and ResNet-50's 4-8 MB 1x1 convs went unprefetched); the artifact equals
     onnxruntime."""
-    rng = np.random.default_rng(8)
-    inits = [random_initializer(rng, "w", (256, 512, 1, 1)), random_initializer(rng, "b", (256,))]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
-        helper.make_node("Relu", ["c"], ["y"]),
-    ]
-    source = _saved(tmp_path, "wide", nodes, inits, [1, 512, 7, 7], [1, 256, 7, 7])
-    out = tmp_path / "wide_out"
-    assert cli(source, "--target", "x86_64", "-o", out, "-q").code == 0
+    source, out = _built_1x1_conv_relu(cli, tmp_path, "wide", 512, 256, 7, seed=8)
     assert "prefetcht1" in disassembly(out / "model.so")
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 512, 7, 7))
 

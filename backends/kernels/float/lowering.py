@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgepress.backends.kernels.common.channel_concat import emit_channel_concat
+from edgepress.backends.kernels.common.dynamic_quantize import fuse_dynamic_quantization
 from edgepress.backends.kernels.common.window_copy import emit_window_copy
 from edgepress.backends.kernels.float.batch_matmul import ROWS as BATCH_ROWS
 from edgepress.backends.kernels.float.batch_matmul import batch_matmul
@@ -491,6 +492,6 @@ def lower_float(
                 return False
             rewriter.bind(binding.var, emit_pool(builder, value, rewriter.nhwc[x]))
             return True
-        return False
+        return fuse_dynamic_quantization(rewriter, binding)
 
     return rewrite(mod, lower), plan.layers
