@@ -458,6 +458,39 @@ def test_full_reductions_run_as_one_vectorized_kernel_each_and_match(cli, tmp_pa
     _matches_onnxruntime(cli, tmp_path, source, out, (1, 8, 32, 32))
 
 
+def test_a_conv_read_in_place_is_copied_to_a_longer_row_only_where_it_cuts_loads():
+    """Extra columns cost a conv without padding of its own a copy of its whole input: one
+    block of 16 channels over 55 columns keeps its row (11 pixels a tile, one broadcast per
+    multiply-add like 14 would be), two blocks over 27 columns still take 28 (7 x 2 tiles: 0.64
+    loads per multiply-add against 1.11 on 9 x 1), and a conv padded anyway takes the longer
+    row as before."""
+    from types import SimpleNamespace
+
+    from edgepress.backends.kernels.float.lowering import _Conv, _direct_padding
+
+    def padding(in_channels, out_channels, width, pads=(0, 0, 0, 0), kernel=1):
+        weight = np.zeros((out_channels, in_channels, kernel, kernel), np.float32)
+        conv = _Conv(None, None, weight, np.zeros(out_channels, np.float32), strides=(1, 1),
+                     padding=pads, dilation=(1, 1), depthwise=False, matmul=False)  # fmt: skip
+        x_nhwc = SimpleNamespace(ty=SimpleNamespace(shape=(1, width, width, in_channels)))
+        return _direct_padding(conv, x_nhwc, 16)
+
+    assert padding(128, 16, 55) == (0, 0, 0, 0)
+    assert padding(128, 32, 27) == (0, 0, 0, 1)
+    assert padding(16, 64, 55) == (0, 0, 0, 2)
+    assert padding(128, 16, 55, (1, 1, 1, 1), 3) == (1, 1, 1, 2)
+
+
+def test_a_squeeze_conv_reads_its_odd_row_in_place_and_matches_onnxruntime(cli, tmp_path):
+    """SqueezeNet's squeeze layer, a 1x1 conv 128 -> 16 with its relu over 55x55: no pad
+    kernel copies its input, and the artifact equals onnxruntime."""
+    source, out = _built_1x1_conv_relu(cli, tmp_path, "squeeze", 128, 16, 55, seed=10)
+    report = json.loads((out / "report.json").read_text())
+    assert [layer["kernel"] for layer in report["float_conv"]["layers"]] == ["direct"]
+    assert not [k["name"] for k in report["kernels"] if "pad" in k["name"]], report["kernels"]
+    _matches_onnxruntime(cli, tmp_path, source, out, (1, 128, 55, 55))
+
+
 def test_a_prime_row_length_is_computed_padded_and_cropped(cli, tmp_path):
     """19 columns have no divisor for a register tile: the direct convs (Winograd off) compute
     21 (7 x 2 tiles) and drop 2 (float_schedules.padded_width). The artifact still equals

@@ -120,6 +120,13 @@ def padded_width(width: int, blocks: int, depth: int, lanes: int) -> int:
     return padded_row(width, accumulators)
 
 
+def loads_per_multiply_add(width: int, blocks: int, depth: int, lanes: int) -> float:
+    """Vector loads per multiply-add of float_tile's tile for a row of `width`: a broadcast per
+    pixel and a weight vector per block, (pixels + blocks) / (pixels x blocks)."""
+    z, b = float_tile(width, blocks, depth, lanes)
+    return (z + b) / (z * b)
+
+
 def tile_is_full(width: int, blocks: int, depth: int, lanes: int) -> bool:
     """Whether float_tile finds a tile of at least half the target's accumulators."""
     z, b = float_tile(width, blocks, depth, lanes)
