@@ -61,8 +61,9 @@ COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
 # against 1.33, 14x14x256 0.75 against 1.34 (49 tiles); its 7x7 layers have 16 tiles, of which
 # a quarter pads, and 16/9 x their 9.4 MB of weights to stream: they stay direct.
 WINOGRAD_MIN_TILES = 49
-# A row with no padding of its own is copied into a longer one (_direct_padding) only where
-# the longer row's tile needs this many times fewer loads per multiply-add or less.
+# A conv with no padding of its own copies its input into longer rows (_direct_padding) only
+# where its own row's tile needs more than this many times the longer row's loads per
+# multiply-add.
 COLUMNS_WORTH_A_COPY = 1.1
 
 
@@ -355,8 +356,8 @@ def _direct_padding(conv: _Conv, x_nhwc, lanes: int) -> tuple[int, int, int, int
     """The direct kernel's padding of its input: the conv's own, and the columns that make a
     row length with a better register tile (float/schedules.padded_width). A conv with no
     padding of its own reads its input in place, and extra columns would cost a copy of all
-    of it: it takes them only where they cut the tile's loads per multiply-add by more than
-    COLUMNS_WORTH_A_COPY. SqueezeNet's 1x1 convs to one block of 16 channels over 55 columns
+    of it: it takes them only where its own row's tile is not full or needs more than
+    COLUMNS_WORTH_A_COPY times the longer row's loads per multiply-add. SqueezeNet's 1x1 convs to one block of 16 channels over 55 columns
     copied 0.8-1.5 MB into 56 (0.06-0.12 ms, nearly the conv's own 0.14) for a tile of 14
     pixels instead of 11, whose loads are one broadcast per multiply-add either way."""
     out_channels, in_channels, kh, kw = conv.weight.shape
