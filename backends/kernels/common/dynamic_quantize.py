@@ -15,9 +15,7 @@ import numpy as np
 
 from edgepress.backends.kernels.common.nhwc_compute import full_reduce
 from edgepress.backends.kernels.common.nhwc_rewriter import op_name, static_shape
-
-# The range is reduced as rows of this many floats (one AVX-512 register): full_reduce.
-VECTOR = 16
+from edgepress.backends.kernels.common.nhwc_schedules import MEAN_VECTOR
 
 
 def _number(expr) -> float | None:
@@ -90,9 +88,10 @@ def dynamic_range_input(original: dict, quantize) -> tuple | None:
 
 
 def dynamic_quantize(rows, *, scale_shape: tuple, zero_point_shape: tuple):
-    """(q, scale, zero point) of float32 [1, n, VECTOR] `rows` as DynamicQuantizeLinear
-    defines them, with TVM's arithmetic for each (onnx_frontend's DynamicQuantizeLinear, the
-    legalized quantize): scale = (max(x, 0) - min(x, 0)) / 255, zero point = uint8(round(
+    """(q, scale, zero point) of float32 [1, n, MEAN_VECTOR] `rows` (rows of vectors, as the
+    nhwc rewriter's full reductions take them) as DynamicQuantizeLinear defines them, with
+    TVM's arithmetic for each (onnx_frontend's DynamicQuantizeLinear, the legalized
+    quantize): scale = (max(x, 0) - min(x, 0)) / 255, zero point = uint8(round(
     clip(0 - min(x, 0) / scale, 0, 255))), q = clip(round(x / scale) + zero point, 0, 255)."""
     from tvm import te, tirx
 
@@ -140,7 +139,7 @@ def fuse_dynamic_quantization(rewriter, binding) -> bool:
     source = rewriter.nhwc.get(x, x)
     shape = static_shape(source)
     size = int(np.prod(shape, dtype=np.int64))
-    lanes = VECTOR if size % VECTOR == 0 else 1
+    lanes = MEAN_VECTOR if size % MEAN_VECTOR == 0 else 1
     builder = rewriter.builder_
     rows = builder.emit(relax.op.reshape(source, (1, size // lanes, lanes)))
     call = builder.emit(

@@ -357,9 +357,10 @@ def _direct_padding(conv: _Conv, x_nhwc, lanes: int) -> tuple[int, int, int, int
     row length with a better register tile (float/schedules.padded_width). A conv with no
     padding of its own reads its input in place, and extra columns would cost a copy of all
     of it: it takes them only where its own row's tile is not full or needs more than
-    COLUMNS_WORTH_A_COPY times the longer row's loads per multiply-add. SqueezeNet's 1x1 convs to one block of 16 channels over 55 columns
-    copied 0.8-1.5 MB into 56 (0.06-0.12 ms, nearly the conv's own 0.14) for a tile of 14
-    pixels instead of 11, whose loads are one broadcast per multiply-add either way."""
+    COLUMNS_WORTH_A_COPY times the longer row's loads per multiply-add. SqueezeNet's 1x1
+    convs to one block of 16 channels over 55 columns copied 0.8-1.5 MB into 56 (0.06-0.12
+    ms, nearly the conv's own 0.14) for a tile of 14 pixels instead of 11, whose loads are
+    one broadcast per multiply-add either way."""
     out_channels, in_channels, kh, kw = conv.weight.shape
     width = int(x_nhwc.ty.shape[2])
     top, left, bottom, right = conv.padding
